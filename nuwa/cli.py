@@ -1,0 +1,367 @@
+"""`nuwa <stage>`: parse arguments, call the stage's core, write its files. Nothing else.
+
+Every subcommand reads and validates the parameter file first (``--params``, default
+params.yaml), so a bad value stops the job before it writes anything. Default paths follow
+the file contract in :mod:`nuwa.grid`; Snakemake rules and DVC stages pass them explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from nuwa import grid
+
+COMMON_HELP = "parameter file (validated against the schema before anything runs)"
+
+
+def _params(args):
+    from nuwa.config import load_params
+
+    params = load_params(args.params)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return params
+
+
+def _dataset_config(params, name):
+    if name not in params["datasets"]:
+        from nuwa.config import ParamsError
+
+        raise ParamsError(f"{name!r} is not a dataset in {params.get('_source', 'params.yaml')} "
+                          f"(defined: {', '.join(sorted(params['datasets']))})")
+    return params["datasets"][name]
+
+
+def _check_name(params, section, name):
+    if name not in params[section]:
+        from nuwa.config import ParamsError
+
+        raise ParamsError(f"--{section[:-1]} {name!r} is not defined under {section} "
+                          f"(defined: {', '.join(sorted(params[section]))})")
+
+
+def cmd_validate(args):
+    params = _params(args)
+    cells = grid.train_cells(params)
+    print(f"{args.params}: valid; {len(params['grid']['datasets'])} dataset(s), {len(cells)} training run(s)")
+
+
+def cmd_ingest(args):
+    from nuwa.ingest import ingest
+    from nuwa.io import write_netcdf
+
+    params = _params(args)
+    config = _dataset_config(params, args.dataset)
+    out = args.out or grid.PROCESSED.format(dataset=args.dataset)
+    write_netcdf(ingest(args.dataset, config), out)
+    print(f"wrote {out}")
+
+
+def cmd_pretrain(args):
+    from nuwa.io import save_checkpoint, write_csv
+    from nuwa.pretrain import checkpoint, pretrain
+    from nuwa.windows import load_series
+
+    params = _params(args)
+    config = _dataset_config(params, args.dataset)
+    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    model, history = pretrain(series, args.dataset, config, params["pretrain"], params["seed"])
+    model_out = args.model_out or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
+    history_out = args.history_out or grid.UPSTREAM_HISTORY.format(dataset=args.dataset)
+    write_csv(history, history_out)
+    save_checkpoint(checkpoint(model, args.dataset, params["pretrain"]), model_out)
+    print(f"wrote {model_out} (final loss {history['loss'].iloc[-1]:.4g})")
+
+
+def cmd_saliency(args):
+    from nuwa.io import load_checkpoint, write_netcdf
+    from nuwa.pretrain import load_upstream
+    from nuwa.saliency import compute_importance, saliency_dataset
+    from nuwa.windows import load_series, select_dataset
+
+    params = _params(args)
+    config = _dataset_config(params, args.dataset)
+    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    model_path = args.model or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
+    model = load_upstream(load_checkpoint(model_path), model_path)
+    train = select_dataset(series, config, "train")
+    settings = params["saliency"]
+    source_index, importance = compute_importance(model, train, settings["layers"], settings["batch_size"])
+    dataset = saliency_dataset(source_index, importance, settings["environment_ratio"], config["patch_size"],
+                               settings["layers"], len(model.blocks), args.dataset)
+    out = args.out or grid.SALIENCY.format(dataset=args.dataset)
+    write_netcdf(dataset, out)
+    print(f"wrote {out} ({len(source_index)} training windows)")
+
+
+def cmd_bank(args):
+    import numpy as np
+
+    from nuwa.bank import bank_dataset, generate_bank
+    from nuwa.io import DataFileError, open_netcdf, write_netcdf
+    from nuwa.seeding import numpy_rng
+    from nuwa.windows import load_series, select_dataset
+
+    params = _params(args)
+    config = _dataset_config(params, args.dataset)
+    _check_name(params, "variants", args.variant)
+    settings = grid.variant_settings(params, args.variant)
+    method = settings.pop("method")
+    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    train = select_dataset(series, config, "train")
+    source_index = np.asarray(train.starts)
+    out = args.out or grid.BANK.format(dataset=args.dataset, variant=args.variant)
+    if method == "none":
+        # Ori trains on the original windows: its bank is empty by definition, which keeps
+        # the DAG uniform (every variant's training reads its bank) in Snakemake and DVC alike.
+        write_netcdf(empty_bank_dataset(series, config, args.dataset, args.variant), out)
+        print(f"wrote {out} (method 'none': no augmented windows)")
+        return
+    importance = None
+    if method == "saliency":
+        saliency_path = args.saliency or grid.SALIENCY.format(dataset=args.dataset)
+        saliency = open_netcdf(saliency_path, variables=("importance", "causal"),
+                               dims={"importance": ("sample", "step", "patch_y", "patch_x")})
+        if not np.array_equal(saliency["sample"].values, source_index):
+            raise DataFileError(f"{saliency_path}: its samples are not this dataset's training windows "
+                                "(stale saliency file?); rerun the saliency stage")
+        importance = saliency["importance"].values
+    rng = numpy_rng(params["seed"], "bank", args.dataset, args.variant)
+    bank = generate_bank(train.inputs(source_index), source_index, method=method, settings=settings,
+                         patch_size=config["patch_size"], rng=rng, importance=importance,
+                         desc=f"bank {args.dataset}/{args.variant}")
+    dataset = bank_dataset(bank, channels=[str(c) for c in range(series.field.shape[1])],
+                           units=series.attrs.get("units", "1"), method=method, settings=settings,
+                           patch_size=config["patch_size"], dataset_name=args.dataset, variant=args.variant)
+    write_netcdf(dataset, out)
+    print(f"wrote {out} ({len(bank['source_index'])} augmented windows)")
+
+
+def empty_bank_dataset(series, config, dataset_name, variant):
+    import numpy as np
+
+    from nuwa.bank import bank_dataset
+
+    t, (c, h, w) = config["input_frames"], series.field.shape[1:]
+    p = config["patch_size"]
+    empty = {"augmented": np.zeros((0, t, c, h, w), np.float32), "source_index": np.zeros(0, np.int64),
+             "copy": np.zeros(0, np.int32), "intervened": np.zeros((0, t), np.int8),
+             "causal": np.zeros((0, t, h // p, w // p), np.int8)}
+    return bank_dataset(empty, channels=[str(i) for i in range(c)], units=series.attrs.get("units", "1"),
+                        method="none", settings={"environment_ratio": 0.0}, patch_size=p,
+                        dataset_name=dataset_name, variant=variant)
+
+
+def cmd_train(args):
+    from nuwa.evaluate import METRIC_CONVENTIONS, examples_dataset
+    from nuwa.io import DataFileError, open_netcdf, save_checkpoint, write_csv, write_json, write_netcdf
+    from nuwa.train import train_cell
+    from nuwa.windows import load_series
+
+    params = _params(args)
+    config = _dataset_config(params, args.dataset)
+    _check_name(params, "backbones", args.backbone)
+    _check_name(params, "variants", args.variant)
+    seed = params["seed"] if args.seed is None else args.seed
+    cell = grid.Cell(args.dataset, args.backbone, args.variant, seed, primary=seed == params["seed"])
+    out_dir = Path(args.out_dir or cell.run_dir)
+    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    bank_inputs = bank_sources = None
+    method = params["variants"][args.variant]["method"]
+    bank_path = args.bank or grid.BANK.format(dataset=args.dataset, variant=args.variant)
+    bank = open_netcdf(bank_path, variables=("augmented", "source_index"))
+    if bank.attrs.get("method") != method:
+        raise DataFileError(f"{bank_path}: bank made with method {bank.attrs.get('method')!r}, but variant "
+                            f"{args.variant!r} has method {method!r}; rerun the bank stage")
+    bank_inputs, bank_sources = bank["augmented"].values, bank["source_index"].values
+    checkpoint_path = out_dir / "checkpoint.pt"
+    model, history, metrics, examples = train_cell(
+        series, dataset_name=args.dataset, dataset_config=config, backbone_name=args.backbone,
+        backbone_config=params["backbones"][args.backbone], variant=args.variant, train_config=params["train"],
+        seed=seed, bank_inputs=bank_inputs, bank_sources=bank_sources, checkpoint_path=checkpoint_path)
+    metrics.update({"dataset": args.dataset, "backbone": args.backbone, "variant": args.variant, "method": method,
+                    "split": "test", "conventions": METRIC_CONVENTIONS})
+    write_csv(history, out_dir / "history.csv")
+    write_netcdf(examples_dataset(examples, series, {"dataset": args.dataset, "backbone": args.backbone,
+                                                     "variant": args.variant, "seed": seed}), out_dir / "examples.nc")
+    save_checkpoint({"state_dict": model.state_dict(), "backbone": dict(params["backbones"][args.backbone]),
+                     "dataset": args.dataset, "variant": args.variant, "seed": seed}, out_dir / "model.pt")
+    # metrics.json last: its presence marks a finished run
+    write_json(metrics, out_dir / "metrics.json")
+    checkpoint_path.unlink(missing_ok=True)
+    print(f"wrote {out_dir} (test mse {metrics['mse']:.4g}, ssim {metrics['ssim']:.4f})")
+
+
+def cmd_baseline(args):
+    from nuwa.evaluate import METRIC_CONVENTIONS, evaluate_forecaster, persistence
+    from nuwa.io import write_json
+    from nuwa.windows import load_series, select_dataset
+
+    params = _params(args)
+    config = _dataset_config(params, args.dataset)
+    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    test = select_dataset(series, config, "test")
+    metrics, _ = evaluate_forecaster(lambda x: persistence(x, config["output_frames"]), test, config["csi_thresholds"])
+    metrics.update({"dataset": args.dataset, "baseline": "persistence", "split": "test",
+                    "conventions": METRIC_CONVENTIONS})
+    out = args.out or grid.BASELINE.format(dataset=args.dataset)
+    write_json(metrics, out)
+    print(f"wrote {out} (test mse {metrics['mse']:.4g})")
+
+
+def cmd_tables(args):
+    from nuwa.evaluate import METRIC_CONVENTIONS
+    from nuwa.io import read_json, write_csv, write_text
+    from nuwa.tables import summarise, to_markdown
+
+    params = _params(args)
+    records = []
+    for cell in grid.train_cells(params):
+        metrics = read_json(cell.file("metrics.json"))
+        records.append({"dataset": cell.dataset, "backbone": cell.backbone, "variant": cell.variant,
+                        "seed": cell.seed, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+    baselines = {d: read_json(grid.BASELINE.format(dataset=d)) for d in params["grid"]["datasets"]}
+    methods = {name: entry["method"] for name, entry in params["variants"].items()}
+    summary = summarise(records, baselines, methods)
+    write_csv(summary, args.out_csv or grid.SUMMARY_CSV)
+    write_text(to_markdown(summary, METRIC_CONVENTIONS), args.out_md or grid.SUMMARY_MD)
+    print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows)")
+
+
+def cmd_figures(args):
+    import matplotlib.pyplot as plt
+
+    from nuwa.figures import prediction_strip
+    from nuwa.io import open_netcdf, save_figure
+
+    params = _params(args)
+    backbone = params["figures"]["backbone"]
+    examples = {}
+    for variant in params["grid"]["variants"]:
+        path = grid.Cell(args.dataset, backbone, variant, params["seed"], True).file("examples.nc")
+        examples[variant] = open_netcdf(path, variables=("inputs", "truth", "prediction"))
+    figure = prediction_strip(examples, f"{args.dataset} ({backbone})")
+    save_figure(figure, args.out_predictions or grid.PREDICTION_FIGURE.format(dataset=args.dataset), dpi=110)
+    plt.close(figure)
+    out = args.out_saliency or grid.SALIENCY_FIGURE.format(dataset=args.dataset)
+    show_mask(grid.SALIENCY.format(dataset=args.dataset), 0, out, data=grid.PROCESSED.format(dataset=args.dataset),
+              by_position=True)
+    print(f"wrote figures for {args.dataset}")
+
+
+def show_mask(saliency_path, sample, out, data=None, by_position=False):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from nuwa.figures import saliency_overlay
+    from nuwa.io import DataFileError, open_netcdf, save_figure
+    from nuwa.windows import load_series
+
+    saliency = open_netcdf(saliency_path, variables=("importance", "causal"))
+    dataset_name = saliency.attrs.get("nuwa_dataset", "")
+    data = data or grid.PROCESSED.format(dataset=dataset_name)
+    series = load_series(data)
+    samples = saliency["sample"].values
+    if by_position:
+        sample = int(samples[sample])
+    if sample not in samples:
+        raise DataFileError(f"{saliency_path}: no sample {sample} (samples are window start indices "
+                            f"{int(samples.min())}..{int(samples.max())})")
+    entry = saliency.sel(sample=sample)
+    steps = entry.sizes["step"]
+    frames = series.field[sample:sample + steps, 0]
+    figure = saliency_overlay(frames, entry["importance"].values, entry["causal"].values,
+                              int(saliency.attrs["patch_size"]),
+                              title=f"{dataset_name}: window t={sample}, environment ratio "
+                                    f"{saliency.attrs['environment_ratio']:g} (cyan = environmental)")
+    save_figure(figure, out, dpi=110)
+    plt.close(figure)
+    return np.asarray(frames)
+
+
+def cmd_show_mask(args):
+    out = args.out or f"mask_{Path(args.saliency).stem}_{args.sample}.png"
+    show_mask(args.saliency, args.sample, out, data=args.data)
+    print(f"wrote {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nuwa", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+
+    def add(name, func, help_text, dataset=True):
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        command.add_argument("--params", default="params.yaml", help=COMMON_HELP)
+        command.add_argument("--threads", type=int, default=int(os.environ.get("NUWA_THREADS", "0")) or None,
+                             help="torch threads (default: torch's choice, or $NUWA_THREADS)")
+        if dataset:
+            command.add_argument("--dataset", required=True, help="dataset name (a key of params datasets)")
+        return command
+
+    add("validate", cmd_validate, "check params.yaml and print the size of the grid", dataset=False)
+    c = add("ingest", cmd_ingest, "generate or read a dataset into data/processed/{dataset}.nc")
+    c.add_argument("--out")
+    c = add("pretrain", cmd_pretrain, "train the upstream ViT to reconstruct its input (training split only)")
+    c.add_argument("--data")
+    c.add_argument("--model-out")
+    c.add_argument("--history-out")
+    c = add("saliency", cmd_saliency, "attention importance and causal/environmental masks of every training window")
+    c.add_argument("--data")
+    c.add_argument("--model")
+    c.add_argument("--out")
+    c = add("bank", cmd_bank, "DistriXplorer bank of augmented training windows for one variant")
+    c.add_argument("--variant", required=True)
+    c.add_argument("--data")
+    c.add_argument("--saliency")
+    c.add_argument("--out")
+    c = add("train", cmd_train, "train one backbone for one variant and seed; evaluate once on the test split")
+    c.add_argument("--backbone", required=True)
+    c.add_argument("--variant", required=True)
+    c.add_argument("--seed", type=int, help="training seed (default: params seed)")
+    c.add_argument("--data")
+    c.add_argument("--bank")
+    c.add_argument("--out-dir")
+    c = add("baseline", cmd_baseline, "persistence baseline metrics on the test split")
+    c.add_argument("--data")
+    c.add_argument("--out")
+    c = add("tables", cmd_tables, "summary table over the grid (mean ± std over seeds, persistence rows)", dataset=False)
+    c.add_argument("--out-csv")
+    c.add_argument("--out-md")
+    c = add("figures", cmd_figures, "prediction strip and saliency overlay for one dataset")
+    c.add_argument("--out-predictions")
+    c.add_argument("--out-saliency")
+    c = sub.add_parser("show-mask", help="PNG of one window's frames with environmental patches and importance",
+                       description="PNG of one window's input frames with environmental patches outlined and "
+                                   "the attention importance as a heat map")
+    c.set_defaults(func=cmd_show_mask)
+    c.add_argument("saliency", help="results/saliency/{dataset}.nc")
+    c.add_argument("--sample", type=int, required=True, help="window start index (the file's 'sample' coordinate)")
+    c.add_argument("--data", help="processed dataset (default: data/processed/<dataset in the file>.nc)")
+    c.add_argument("--out", help="PNG path (default: mask_<file>_<sample>.png)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from nuwa.config import ParamsError
+    from nuwa.io import DataFileError
+
+    try:
+        args.func(args)
+    except (ParamsError, DataFileError, ValueError, KeyError) as exc:
+        if os.environ.get("NUWA_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"nuwa {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Load and validate params.yaml: one schema, one set of checks, for Snakemake, DVC and `nuwa`.
+
+Every error is a :class:`ParamsError` whose message names the file, the key (as a dotted
+path), the bad value and what is allowed, so a typo is fixed without reading code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_FILE = "params.schema.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed or inconsistent."""
+
+
+def load_schema() -> dict:
+    text = resources.files("nuwa").joinpath("schemas", SCHEMA_FILE).read_text()
+    return yaml.safe_load(text)
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: parameter file not found") from None
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    validate_params(params, source=str(path))
+    return params
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One human sentence for a schema violation: key, bad value, what is allowed."""
+    key = _dotted(error.absolute_path)
+    schema = error.schema
+    value = error.instance
+    kind = error.validator
+    if kind == "additionalProperties":
+        allowed = ", ".join(sorted(schema.get("properties", {})))
+        extra = sorted(set(value) - set(schema.get("properties", {})))
+        where = key if error.absolute_path else "top level"
+        return f"{where}: unknown key {extra[0]!r} (allowed: {allowed})"
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"{key}: missing required key {missing!r}"
+    if kind == "enum":
+        return f"{key}: {value!r} is not allowed (allowed: {', '.join(map(repr, schema['enum']))})"
+    if kind == "pattern":
+        return (f"{key}: name {value!r} is not allowed (names are lower-case ASCII letters, digits and "
+                f"underscores, starting with a letter, at most 48 characters: pattern {schema['pattern']})")
+    if kind == "propertyNames":
+        bad = error.instance
+        return (f"{key}: name {bad!r} is not allowed (names are lower-case ASCII letters, digits and "
+                f"underscores, starting with a letter, at most 48 characters)")
+    if kind == "type":
+        return f"{key}: {value!r} has type {type(value).__name__}, expected {schema['type']}"
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        bounds = []
+        if "minimum" in schema:
+            bounds.append(f">= {schema['minimum']}")
+        if "exclusiveMinimum" in schema:
+            bounds.append(f"> {schema['exclusiveMinimum']}")
+        if "maximum" in schema:
+            bounds.append(f"<= {schema['maximum']}")
+        if "exclusiveMaximum" in schema:
+            bounds.append(f"< {schema['exclusiveMaximum']}")
+        return f"{key}: {value!r} is out of range (allowed: {' and '.join(bounds)})"
+    if kind == "minItems":
+        return f"{key}: {value!r} must have at least {schema['minItems']} item(s)"
+    if kind == "minProperties":
+        return f"{key}: must have at least {schema['minProperties']} entry"
+    if kind == "uniqueItems":
+        counts = Counter(map(repr, value))
+        dupes = [item for item, count in counts.items() if count > 1]
+        return f"{key}: duplicate item(s) {', '.join(dupes)} in {value!r} (items must be unique)"
+    return f"{key}: {error.message}"
+
+
+def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    # propertyNames errors wrap the pattern error about the name itself
+    while error.context:
+        error = max(error.context, key=lambda e: len(e.absolute_path))
+    return error
+
+
+def validate_params(params: Any, source: str = "params.yaml") -> None:
+    """Raise ParamsError on the first problem found; return None when params are usable."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"{source}: expected a mapping of keys at the top level, got {type(params).__name__}")
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        error = errors[0]
+        if error.validator == "propertyNames":
+            inner = _deepest(error)
+            raise ParamsError(f"{source}: {_dotted(error.absolute_path)}: name {inner.instance!r} is not allowed "
+                              "(names are lower-case ASCII letters, digits and underscores, starting with a letter, "
+                              "at most 48 characters)")
+        raise ParamsError(f"{source}: {_describe(error)}")
+    for message in _cross_checks(params):
+        raise ParamsError(f"{source}: {message}")
+
+
+def _cross_checks(params: dict):
+    """Checks that need more than one key, or the registries. Yields messages."""
+    from nuwa.backbones import backbone_kinds
+    from nuwa.datasets import dataset_config_schema, dataset_kinds
+
+    grid = params["grid"]
+    for section, grid_key in (("datasets", "datasets"), ("backbones", "backbones"), ("variants", "variants")):
+        for name in grid[grid_key]:
+            if name not in params[section]:
+                yield (f"grid.{grid_key}: {name!r} has no entry under {section} "
+                       f"(defined: {', '.join(sorted(params[section]))})")
+    replicate_seeds = grid.get("replicate_seeds", [])
+    if params["seed"] in replicate_seeds:
+        yield (f"grid.replicate_seeds: {params['seed']} is the primary seed (key 'seed'); "
+               "replicate seeds must differ from it")
+    kinds = dataset_kinds()
+    for name, entry in params["datasets"].items():
+        key = f"datasets.{name}"
+        if entry["kind"] not in kinds:
+            yield f"{key}.kind: unknown dataset kind {entry['kind']!r} (registered: {', '.join(kinds)})"
+            continue
+        kind_schema = dataset_config_schema(entry["kind"])
+        validator = jsonschema.Draft202012Validator(kind_schema)
+        kind_errors = sorted(validator.iter_errors(entry), key=lambda e: list(map(str, e.absolute_path)))
+        if kind_errors:
+            error = kind_errors[0]
+            error.path.extendleft(reversed(["datasets", name]))
+            yield _describe(error)
+            continue
+        patch = entry["patch_size"]
+        for side in ("height", "width"):
+            if entry[side] % patch:
+                yield (f"{key}.patch_size: {patch} does not divide {side} {entry[side]} "
+                       f"(allowed: a divisor of both height {entry['height']} and width {entry['width']})")
+        split = entry["split"]
+        total = split["train"] + split["val"] + split["test"]
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            yield f"{key}.split: fractions {split} sum to {total:g} (allowed: train + val + test = 1)"
+        window = entry["input_frames"] + entry["output_frames"]
+        if "length" in entry:
+            for part in ("train", "val", "test"):
+                frames = int(entry["length"] * split[part])
+                if frames < window:
+                    yield (f"{key}: the {part} split has {frames} frames (length {entry['length']} x {split[part]}), "
+                           f"fewer than one window of input_frames + output_frames = {window}")
+    registered_backbones = backbone_kinds()
+    for name, entry in params["backbones"].items():
+        if entry["kind"] not in registered_backbones:
+            yield (f"backbones.{name}.kind: unknown backbone kind {entry['kind']!r} "
+                   f"(registered: {', '.join(registered_backbones)})")
+    if params["figures"]["backbone"] not in grid["backbones"]:
+        yield (f"figures.backbone: {params['figures']['backbone']!r} is not in grid.backbones "
+               f"({', '.join(grid['backbones'])})")
+    methods = {params["variants"][v]["method"] for v in grid["variants"]}
+    if "none" not in methods:
+        yield "grid.variants: no variant with method 'none' (the Ori baseline every comparison needs)"

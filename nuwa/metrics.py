@@ -1,0 +1,488 @@
+"""Forecast-verification metrics for spatio-temporal fields (numpy / scipy only).
+
+Conventions (these are the definitions behind every number in the result tables)
+-------------------------------------------------------------------------------
+Inputs
+    ``pred`` (the forecast) and ``truth`` are arrays shaped ``(B, T, C, H, W)``
+    (batch, lead time, channel, height, width) in the data's *physical* units,
+    i.e. after de-normalisation. Torch tensors are accepted (detached, moved to
+    CPU). Everything is computed in float64. NaN or +-inf in either input is an
+    error (``ValueError`` naming the argument), as are non-5-D inputs, shape
+    mismatches and a non-positive ``data_range``.
+
+``mse``, ``mae``
+    Per-pixel means of the squared / absolute error over all B*T*C*H*W values.
+
+``mse_frame``, ``mae_frame``
+    OpenSTL-style per-frame errors: the squared / absolute error summed over the
+    C*H*W values of a frame, averaged over the B*T frames
+    (= ``mse * C*H*W`` and ``mae * C*H*W``).
+
+``ssim``
+    Mean, over every 2-D image (b, t, c), of the SSIM that
+    ``skimage.metrics.structural_similarity(truth_img, pred_img,
+    data_range=data_range)`` returns with its defaults: 7x7 uniform window,
+    K1 = 0.01, K2 = 0.03, sample covariance (factor 49/48), C1 = (K1*R)^2,
+    C2 = (K2*R)^2 with R = ``data_range``, and the SSIM map averaged over the
+    valid interior only (``(7-1)//2 = 3`` pixels cropped at every border).
+    ``data_range`` must be the data's real range (e.g. max - min of the
+    physical variable) -- never the float default of 2 used by some reference
+    code. Requires H >= 7 and W >= 7. Vectorised over all images at once.
+
+``psnr``
+    Mean over the B*T frames of ``10*log10(data_range**2 / mse_f)`` where
+    ``mse_f`` is the mean squared error over the frame's C*H*W values (what
+    ``skimage.metrics.peak_signal_noise_ratio(truth_frame, pred_frame,
+    data_range=data_range)`` returns). A perfect frame would give +inf; here
+    ``mse_f`` is floored at ``1e-10 * data_range**2``, so a frame's PSNR is
+    capped at **100 dB** (``PSNR_CAP_DB``) and the mean stays finite.
+
+CSI family (``csi_{thr:g}``, ``pod_{thr:g}``, ``far_{thr:g}``, ``bias_{thr:g}``, ``csi_m``)
+    Earthformer's SEVIR convention (``SEVIRSkillScore``, mode "0"): at each
+    threshold ``thr`` (physical units) a pixel is an event when its value is
+    ``>= thr`` (a value exactly equal to the threshold counts as an event), so
+
+        hits         = #(pred >= thr  and  truth >= thr)
+        misses       = #(pred <  thr  and  truth >= thr)
+        false alarms = #(pred >= thr  and  truth <  thr)
+
+    are counted with integers and *pooled* over all pixels, channels, lead
+    times, samples and streamed batches before any division. With
+    ``eps = 1e-4`` (Earthformer's default):
+
+        csi  = hits / (hits + misses + fas + eps)
+        pod  = hits / (hits + misses + eps)
+        far  = fas / (hits + fas + eps)
+        bias = (hits + fas) / (hits + misses + eps)   (frequency bias)
+
+    ``csi_m`` is the unweighted mean of ``csi_{thr}`` over the thresholds.
+    Note: ``bias`` here is the plain frequency bias; Earthformer's reported
+    "bias" is the transform ``(bias / ln 2) ** 2`` of it. ``far`` is
+    ``1 - sucr`` (up to eps) in Earthformer's terms.
+
+Streaming
+    :class:`MetricAccumulator` keeps float64 sums and integer counts, so
+    ``update`` over several batches followed by ``compute`` gives the same
+    numbers (up to float64 summation-order rounding, ~1e-15 relative) as the
+    one-shot functions on the concatenation of the batches along B. All
+    returned values are plain Python floats (JSON-serialisable).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.ndimage import uniform_filter
+
+__all__ = [
+    "CSI_EPS",
+    "PSNR_CAP_DB",
+    "SSIM_WIN_SIZE",
+    "MetricAccumulator",
+    "categorical_scores",
+    "contingency_counts",
+    "csi_scores",
+    "evaluate",
+    "mae",
+    "mae_frame",
+    "mse",
+    "mse_frame",
+    "per_step",
+    "psnr",
+    "psnr_per_frame",
+    "ssim",
+    "ssim_per_image",
+    "threshold_key",
+]
+
+#: Earthformer's epsilon in the CSI / POD / FAR / bias denominators.
+CSI_EPS = 1e-4
+#: SSIM window (skimage default for ``gaussian_weights=False``).
+SSIM_WIN_SIZE = 7
+_SSIM_K1 = 0.01
+_SSIM_K2 = 0.03
+#: Frame MSE is floored at ``_PSNR_MSE_FLOOR * data_range**2`` ...
+_PSNR_MSE_FLOOR = 1e-10
+#: ... which caps the PSNR of a frame at this many dB.
+PSNR_CAP_DB = -10.0 * math.log10(_PSNR_MSE_FLOOR)  # 100.0
+
+# Number of pixels processed at once by the SSIM filters (bounds peak memory).
+_SSIM_CHUNK_PIXELS = 1 << 23
+
+
+# --------------------------------------------------------------------------- #
+# Input validation
+# --------------------------------------------------------------------------- #
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating)
+        or np.issubdtype(arr.dtype, np.integer)
+        or arr.dtype == np.bool_
+    ):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_data_range(data_range: Any) -> float:
+    if isinstance(data_range, (bool, np.bool_)):
+        raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
+    try:
+        value = float(data_range)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"data_range must be a positive finite number, got {data_range!r}"
+        ) from None
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
+    return value
+
+
+def _check_pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a (pred, truth) pair and return float64 arrays of shape (B, T, C, H, W)."""
+    p = _to_numpy(pred, "pred")
+    t = _to_numpy(truth, "truth")
+    for arr, name in ((p, "pred"), (t, "truth")):
+        if arr.ndim != 5:
+            raise ValueError(
+                f"{name} must be 5-D (B, T, C, H, W); got {arr.ndim}-D array of shape "
+                f"{tuple(arr.shape)}"
+            )
+    if p.shape != t.shape:
+        raise ValueError(
+            f"shape mismatch: pred has shape {tuple(p.shape)}, truth has shape "
+            f"{tuple(t.shape)}"
+        )
+    if p.size == 0:
+        raise ValueError(f"pred and truth are empty (shape {tuple(p.shape)})")
+    p = p.astype(np.float64, copy=False)
+    t = t.astype(np.float64, copy=False)
+    for arr, name in ((p, "pred"), (t, "truth")):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_nan = int(np.count_nonzero(np.isnan(arr)))
+            n_inf = int(arr.size - np.count_nonzero(finite) - n_nan)
+            parts = []
+            if n_nan:
+                parts.append(f"{n_nan} NaN")
+            if n_inf:
+                parts.append(f"{n_inf} inf")
+            raise ValueError(
+                f"{name} contains non-finite values ({', '.join(parts)} of {arr.size})"
+            )
+    return p, t
+
+
+def threshold_key(metric: str, threshold: float) -> str:
+    """Result-dict key for a thresholded score, e.g. ``threshold_key('csi', 16.0) == 'csi_16'``."""
+    return f"{metric}_{threshold:g}"
+
+
+def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(thresholds, (str, bytes)):
+        raise TypeError("thresholds must be a sequence of numbers, not a string")
+    out = []
+    for thr in thresholds:
+        if isinstance(thr, (bool, np.bool_)):
+            raise ValueError(f"threshold must be a finite number, got {thr!r}")
+        try:
+            value = float(thr)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be a finite number, got {thr!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"threshold must be a finite number, got {thr!r}")
+        out.append(value)
+    keys = [f"{v:g}" for v in out]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            f"thresholds must be distinct (as formatted with :g for the result keys); "
+            f"got {list(thresholds)!r} -> {keys}"
+        )
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- #
+# Per-image / per-frame kernels (validated float64 inputs)
+# --------------------------------------------------------------------------- #
+def _ssim_images(p: np.ndarray, t: np.ndarray, data_range: float) -> np.ndarray:
+    """SSIM of every (b, t, c) image; returns shape (B, T, C). Inputs already validated."""
+    B, T, C, H, W = p.shape
+    win = SSIM_WIN_SIZE
+    if H < win or W < win:
+        raise ValueError(
+            f"SSIM needs H >= {win} and W >= {win} (its window size); got H={H}, W={W}"
+        )
+    n_img = B * T * C
+    x = t.reshape(n_img, H, W)  # skimage's im1 (truth); the formula is symmetric anyway
+    y = p.reshape(n_img, H, W)
+    np_win = win * win
+    cov_norm = np_win / (np_win - 1.0)  # sample covariance, as skimage's default
+    c1 = (_SSIM_K1 * data_range) ** 2
+    c2 = (_SSIM_K2 * data_range) ** 2
+    pad = (win - 1) // 2
+    size = (1, win, win)
+    out = np.empty(n_img, dtype=np.float64)
+    step = max(1, _SSIM_CHUNK_PIXELS // (H * W))
+    # Loop over large blocks of images only to bound memory; within a block all
+    # images are filtered at once (size 1 along the image axis = no mixing).
+    for start in range(0, n_img, step):
+        xs = x[start : start + step]
+        ys = y[start : start + step]
+        ux = uniform_filter(xs, size=size)
+        uy = uniform_filter(ys, size=size)
+        uxx = uniform_filter(xs * xs, size=size)
+        uyy = uniform_filter(ys * ys, size=size)
+        uxy = uniform_filter(xs * ys, size=size)
+        vx = cov_norm * (uxx - ux * ux)
+        vy = cov_norm * (uyy - uy * uy)
+        vxy = cov_norm * (uxy - ux * uy)
+        a1 = 2 * ux * uy + c1
+        a2 = 2 * vxy + c2
+        b1 = ux**2 + uy**2 + c1
+        b2 = vx + vy + c2
+        s = (a1 * a2) / (b1 * b2)
+        out[start : start + step] = s[:, pad : H - pad, pad : W - pad].mean(axis=(1, 2))
+    return out.reshape(B, T, C)
+
+
+def _psnr_frames(p: np.ndarray, t: np.ndarray, data_range: float) -> np.ndarray:
+    """PSNR (dB) of every (b, t) frame over its C*H*W values; shape (B, T)."""
+    d = p - t
+    mse_f = np.mean(d * d, axis=(2, 3, 4))
+    mse_f = np.maximum(mse_f, _PSNR_MSE_FLOOR * data_range**2)
+    return 10.0 * np.log10(data_range**2 / mse_f)
+
+
+def _counts(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Integer (hits, misses, false alarms) per threshold; shape (K, 3), int64."""
+    out = np.zeros((len(thresholds), 3), dtype=np.int64)
+    for k, thr in enumerate(thresholds):
+        t_ev = t >= thr
+        p_ev = p >= thr
+        hits = int(np.count_nonzero(t_ev & p_ev))
+        out[k] = (hits, int(np.count_nonzero(t_ev)) - hits, int(np.count_nonzero(p_ev)) - hits)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Public one-shot functions
+# --------------------------------------------------------------------------- #
+def mse(pred: Any, truth: Any) -> float:
+    """Mean squared error per pixel over all B*T*C*H*W values."""
+    p, t = _check_pair(pred, truth)
+    d = p - t
+    return float(np.mean(d * d))
+
+
+def mae(pred: Any, truth: Any) -> float:
+    """Mean absolute error per pixel over all B*T*C*H*W values."""
+    p, t = _check_pair(pred, truth)
+    return float(np.mean(np.abs(p - t)))
+
+
+def mse_frame(pred: Any, truth: Any) -> float:
+    """OpenSTL-style MSE: squared error summed over C*H*W, averaged over the B*T frames."""
+    p, t = _check_pair(pred, truth)
+    d = p - t
+    return float(np.sum(d * d) / (p.shape[0] * p.shape[1]))
+
+
+def mae_frame(pred: Any, truth: Any) -> float:
+    """OpenSTL-style MAE: absolute error summed over C*H*W, averaged over the B*T frames."""
+    p, t = _check_pair(pred, truth)
+    return float(np.sum(np.abs(p - t)) / (p.shape[0] * p.shape[1]))
+
+
+def ssim_per_image(pred: Any, truth: Any, data_range: float) -> np.ndarray:
+    """SSIM of every (b, t, c) 2-D image, shape (B, T, C), float64 (skimage-equivalent)."""
+    dr = _check_data_range(data_range)
+    p, t = _check_pair(pred, truth)
+    return _ssim_images(p, t, dr)
+
+
+def ssim(pred: Any, truth: Any, data_range: float) -> float:
+    """Mean SSIM over all (b, t, c) images (see module docstring for the exact definition)."""
+    return float(np.mean(ssim_per_image(pred, truth, data_range)))
+
+
+def psnr_per_frame(pred: Any, truth: Any, data_range: float) -> np.ndarray:
+    """PSNR (dB) of every (b, t) frame over its C*H*W values, shape (B, T), capped at 100 dB."""
+    dr = _check_data_range(data_range)
+    p, t = _check_pair(pred, truth)
+    return _psnr_frames(p, t, dr)
+
+
+def psnr(pred: Any, truth: Any, data_range: float) -> float:
+    """Mean over the B*T frames of the per-frame PSNR (capped at ``PSNR_CAP_DB`` = 100 dB)."""
+    return float(np.mean(psnr_per_frame(pred, truth, data_range)))
+
+
+def contingency_counts(pred: Any, truth: Any, thresholds: Sequence[float]) -> np.ndarray:
+    """Pooled (hits, misses, false_alarms) per threshold (``>=`` events); int64 array (K, 3)."""
+    thr = _check_thresholds(thresholds)
+    p, t = _check_pair(pred, truth)
+    return _counts(p, t, thr)
+
+
+def categorical_scores(
+    counts: Any, thresholds: Sequence[float], eps: float = CSI_EPS
+) -> dict[str, float]:
+    """CSI / POD / FAR / bias per threshold and ``csi_m`` from pooled counts of shape (K, 3)."""
+    thr = _check_thresholds(thresholds)
+    c = np.asarray(counts, dtype=np.float64).reshape(-1, 3)
+    if c.shape[0] != len(thr):
+        raise ValueError(f"counts has {c.shape[0]} rows but {len(thr)} thresholds were given")
+    out: dict[str, float] = {}
+    csis = []
+    for (hits, misses, fas), th in zip(c, thr):
+        csi = hits / (hits + misses + fas + eps)
+        csis.append(csi)
+        out[threshold_key("csi", th)] = float(csi)
+        out[threshold_key("pod", th)] = float(hits / (hits + misses + eps))
+        out[threshold_key("far", th)] = float(fas / (hits + fas + eps))
+        out[threshold_key("bias", th)] = float((hits + fas) / (hits + misses + eps))
+    if thr:
+        out["csi_m"] = float(np.mean(csis))
+    return out
+
+
+def csi_scores(pred: Any, truth: Any, thresholds: Sequence[float]) -> dict[str, float]:
+    """One-shot CSI family (``csi_{thr:g}``, ``pod_*``, ``far_*``, ``bias_*``, ``csi_m``)."""
+    return categorical_scores(contingency_counts(pred, truth, thresholds), thresholds)
+
+
+def evaluate(
+    pred: Any, truth: Any, data_range: float, thresholds: Sequence[float] = ()
+) -> dict[str, float]:
+    """All metrics on one (B, T, C, H, W) pair; same keys as :meth:`MetricAccumulator.compute`."""
+    acc = MetricAccumulator(data_range, thresholds)
+    acc.update(pred, truth)
+    return acc.compute()
+
+
+def per_step(pred: Any, truth: Any, data_range: float) -> dict[str, list[float]]:
+    """Metrics per lead time t (length-T lists), for plots.
+
+    ``mse`` and ``mae`` are per-pixel means over everything but T; ``psnr`` is the
+    mean over samples of the frame PSNR at step t; ``ssim`` the mean over samples
+    and channels of the image SSIM at step t (needs H, W >= 7).
+    """
+    acc = MetricAccumulator(data_range)
+    acc.update(pred, truth)
+    return acc.compute_per_step()
+
+
+# --------------------------------------------------------------------------- #
+# Streaming
+# --------------------------------------------------------------------------- #
+class MetricAccumulator:
+    """Streaming metrics over batches; ``compute()`` equals the one-shot metrics on the
+    concatenation (along B) of all batches passed to ``update``.
+
+    All batches must share (T, C, H, W). Sums are float64, contingency counts int64.
+    """
+
+    def __init__(self, data_range: float, thresholds: Sequence[float] = ()) -> None:
+        self.data_range = _check_data_range(data_range)
+        self.thresholds = _check_thresholds(thresholds)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all batches seen so far."""
+        self._frame_shape: tuple[int, int, int, int] | None = None  # (T, C, H, W)
+        self.n_samples = 0
+        self._sse = 0.0
+        self._sae = 0.0
+        self._ssim_sum = 0.0
+        self._psnr_sum = 0.0
+        self._counts = np.zeros((len(self.thresholds), 3), dtype=np.int64)
+        self._sse_t: np.ndarray | None = None
+        self._sae_t: np.ndarray | None = None
+        self._ssim_t: np.ndarray | None = None
+        self._psnr_t: np.ndarray | None = None
+
+    def update(self, pred: Any, truth: Any) -> None:
+        """Add a batch of forecasts and truths, each shaped (B, T, C, H, W)."""
+        p, t = _check_pair(pred, truth)
+        B, T, C, H, W = p.shape
+        if self._frame_shape is None:
+            if H < SSIM_WIN_SIZE or W < SSIM_WIN_SIZE:
+                raise ValueError(
+                    f"SSIM needs H >= {SSIM_WIN_SIZE} and W >= {SSIM_WIN_SIZE}; "
+                    f"got H={H}, W={W}"
+                )
+        elif (T, C, H, W) != self._frame_shape:
+            raise ValueError(
+                f"batch has (T, C, H, W) = {(T, C, H, W)} but earlier batches had "
+                f"{self._frame_shape}"
+            )
+        d = p - t
+        sq = d * d
+        ab = np.abs(d)
+        sse_t = sq.sum(axis=(0, 2, 3, 4))
+        sae_t = ab.sum(axis=(0, 2, 3, 4))
+        ssim_img = _ssim_images(p, t, self.data_range)  # (B, T, C)
+        psnr_fr = _psnr_frames(p, t, self.data_range)  # (B, T)
+        counts = _counts(p, t, self.thresholds)
+        # Commit state only after everything succeeded.
+        if self._frame_shape is None:
+            self._frame_shape = (T, C, H, W)
+            self._sse_t = np.zeros(T)
+            self._sae_t = np.zeros(T)
+            self._ssim_t = np.zeros(T)
+            self._psnr_t = np.zeros(T)
+        self.n_samples += B
+        self._sse += float(sq.sum())
+        self._sae += float(ab.sum())
+        self._ssim_sum += float(ssim_img.sum())
+        self._psnr_sum += float(psnr_fr.sum())
+        self._counts += counts
+        self._sse_t += sse_t
+        self._sae_t += sae_t
+        self._ssim_t += ssim_img.sum(axis=(0, 2))
+        self._psnr_t += psnr_fr.sum(axis=0)
+
+    def _require_data(self) -> tuple[int, int, int, int]:
+        if self._frame_shape is None:
+            raise ValueError("no batches were added: call update() before compute()")
+        return self._frame_shape
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Pooled (hits, misses, false_alarms) per threshold, int64 array (K, 3) (a copy)."""
+        return self._counts.copy()
+
+    def compute(self) -> dict[str, float]:
+        """Pooled metrics as plain floats: mse, mae, mse_frame, mae_frame, ssim, psnr,
+        and ``csi_*``/``pod_*``/``far_*``/``bias_*``/``csi_m`` when thresholds were given."""
+        T, C, H, W = self._require_data()
+        n_frames = self.n_samples * T
+        n_pixels = n_frames * C * H * W
+        n_images = n_frames * C
+        out = {
+            "mse": self._sse / n_pixels,
+            "mae": self._sae / n_pixels,
+            "mse_frame": self._sse / n_frames,
+            "mae_frame": self._sae / n_frames,
+            "ssim": self._ssim_sum / n_images,
+            "psnr": self._psnr_sum / n_frames,
+        }
+        out = {k: float(v) for k, v in out.items()}
+        if self.thresholds:
+            out.update(categorical_scores(self._counts, self.thresholds))
+        return out
+
+    def compute_per_step(self) -> dict[str, list[float]]:
+        """Per-lead-time lists (length T) of mse, mae, psnr, ssim (see :func:`per_step`)."""
+        T, C, H, W = self._require_data()
+        n_pix_t = self.n_samples * C * H * W
+        return {
+            "mse": [float(v) for v in self._sse_t / n_pix_t],
+            "mae": [float(v) for v in self._sae_t / n_pix_t],
+            "psnr": [float(v) for v in self._psnr_t / self.n_samples],
+            "ssim": [float(v) for v in self._ssim_t / (self.n_samples * C)],
+        }

@@ -1,0 +1,82 @@
+"""Stage 2, pretrain: the upstream ViT learns, without labels, to reconstruct its input window.
+
+Objectives: ``reconstruct`` (the paper: input window -> itself), ``masked`` (a random
+``mask_ratio`` of patches per frame is hidden and only those are scored) and ``next_frame``
+(frame t -> frame t+1). Only training-split windows are seen.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nuwa.progress import progress
+from nuwa.seeding import seed_torch, torch_generator
+from nuwa.upstream import UpstreamViT, build_upstream
+from nuwa.windows import SeriesData, select_dataset
+
+
+def pretrain(series: SeriesData, dataset_name: str, dataset_config: dict, config: dict, seed: int):
+    """Train the upstream ViT; returns (model, history DataFrame)."""
+    seed_torch(seed, "pretrain", dataset_name)
+    train = select_dataset(series, dataset_config, "train")
+    if len(train) == 0:
+        raise ValueError(f"dataset {dataset_name!r}: no training window fits in the training split")
+    model = build_upstream(config, dataset_config, channels=series.field.shape[1])
+    optimiser = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+    generator = torch_generator(seed, "pretrain-batches", dataset_name)
+    frames = dataset_config["input_frames"]
+    rows = []
+    started = time.perf_counter()
+    model.train()
+    for step in progress(range(1, config["steps"] + 1), desc=f"pretrain {dataset_name}", unit="step"):
+        batch = torch.randint(len(train), (config["batch_size"],), generator=generator)
+        starts = train.starts[batch.numpy()]
+        index = torch.as_tensor(starts)[:, None] + torch.arange(frames + 1)[None, :]
+        window = train.normalised[index]  # (B, T_in + 1, C, H, W): one extra frame for next_frame
+        loss = objective_loss(model, window, config, generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        rows.append({"step": step, "loss": float(loss), "seconds": time.perf_counter() - started})
+    model.eval()
+    return model, pd.DataFrame(rows)
+
+
+def objective_loss(model: UpstreamViT, window: torch.Tensor, config: dict, generator: torch.Generator) -> torch.Tensor:
+    frames = window.shape[1] - 1
+    inputs = window[:, :frames]
+    objective = config["objective"]
+    if objective == "reconstruct":
+        return torch.mean((model(inputs) - inputs) ** 2)
+    if objective == "next_frame":
+        return torch.mean((model(inputs) - window[:, 1:]) ** 2)
+    if objective == "masked":
+        batch = inputs.shape[0]
+        gy, gx = model.grid
+        hidden = torch.rand(batch * frames, gy * gx, generator=generator) < config["mask_ratio"]
+        output = model(inputs, patch_mask=hidden)
+        p = model.patch_size
+        pixel_mask = hidden.reshape(batch, frames, 1, gy, 1, gx, 1).expand(-1, -1, 1, -1, p, -1, p)
+        pixel_mask = pixel_mask.reshape(batch, frames, 1, gy * p, gx * p).expand_as(inputs)
+        squared = (output - inputs) ** 2
+        return squared[pixel_mask].mean() if pixel_mask.any() else squared.mean() * 0
+    raise ValueError(f"pretrain.objective: unknown objective {objective!r} (allowed: reconstruct, masked, next_frame)")
+
+
+def checkpoint(model: UpstreamViT, dataset_name: str, config: dict) -> dict:
+    """What model.pt holds: weights plus the plain-data config to rebuild the model."""
+    return {"state_dict": model.state_dict(), "model_config": dict(model.config),
+            "pretrain": dict(config), "dataset": dataset_name, "kind": "upstream_vit"}
+
+
+def load_upstream(payload: dict, source: str) -> UpstreamViT:
+    if payload.get("kind") != "upstream_vit":
+        raise ValueError(f"{source}: not an upstream ViT checkpoint (kind={payload.get('kind')!r})")
+    model = UpstreamViT(**payload["model_config"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model

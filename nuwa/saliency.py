@@ -1,0 +1,103 @@
+"""Stage 3, saliency: attention of the upstream ViT -> causal / environmental patches.
+
+For layer attention ``α[h, i, j]`` (rows sum to one), the importance of patch ``j`` is its
+column mean ``I_j = 1/(N_heads·L) Σ_h Σ_i α[h, i, j]``, averaged over the chosen layers, then
+min-max normalised per step. The ``⌊ρ·L⌋`` least important patches of each step are
+environmental (``causal = 0``), the rest causal. Batched; each row keeps its window's
+``source_index``, so a shuffled loader cannot pair a mask with another sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from nuwa.progress import progress
+from nuwa.upstream import UpstreamViT
+from nuwa.windows import WindowDataset
+
+
+def column_importance(attention: torch.Tensor) -> torch.Tensor:
+    """(..., heads, L_query, L_key) -> (..., L_key): mean over heads and queries."""
+    return attention.mean(dim=(-3, -2))
+
+
+def normalise_per_step(importance: torch.Tensor) -> torch.Tensor:
+    """Min-max over the patch axis (last); a step with equal importances maps to zeros."""
+    low = importance.amin(dim=-1, keepdim=True)
+    high = importance.amax(dim=-1, keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (importance - low) / torch.where(span > 0, span, 1), torch.zeros_like(importance))
+
+
+def environment_count(num_patches: int, environment_ratio: float) -> int:
+    return int(np.floor(environment_ratio * num_patches))
+
+
+def causal_mask(importance: np.ndarray, environment_ratio: float) -> np.ndarray:
+    """1 = causal, 0 = environmental: the ⌊ρ·L⌋ smallest of each step (over the last axis).
+
+    Ties are broken by patch order (stable sort), so the mask is a function of the values.
+    """
+    num_patches = importance.shape[-1]
+    count = environment_count(num_patches, environment_ratio)
+    order = np.argsort(importance, axis=-1, kind="stable")
+    mask = np.ones(importance.shape, dtype=np.int8)
+    np.put_along_axis(mask, order[..., :count], 0, axis=-1)
+    return mask
+
+
+def compute_importance(model: UpstreamViT, windows: WindowDataset, layers: list[int], batch_size: int,
+                       shuffle: bool = False, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Importance (N, T, Py, Px) for every window, rows ordered by source index.
+
+    ``shuffle`` exists to prove the alignment: results are placed by each batch's own indices.
+    """
+    loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    position = {int(start): row for row, start in enumerate(windows.starts)}
+    frames = windows.input_frames
+    gy, gx = model.grid
+    importance = np.full((len(windows), frames, gy, gx), np.nan, dtype=np.float32)
+    for starts, inputs, _ in progress(loader, desc="saliency", unit="batch"):
+        attention = model.attention_maps(inputs, layers)  # (layers, B*T, heads, L, L)
+        scores = column_importance(attention).mean(dim=0)  # (B*T, L)
+        scores = normalise_per_step(scores).reshape(len(starts), frames, gy, gx)
+        rows = [position[int(s)] for s in starts]
+        importance[rows] = scores.numpy()
+    if np.isnan(importance).any():
+        raise RuntimeError("saliency: some windows received no importance (loader/index mismatch)")
+    return np.asarray(windows.starts), importance
+
+
+def saliency_dataset(source_index: np.ndarray, importance: np.ndarray, environment_ratio: float, patch_size: int,
+                     layers: list[int], depth: int, dataset_name: str) -> xr.Dataset:
+    samples, frames, gy, gx = importance.shape
+    causal = causal_mask(importance.reshape(samples, frames, -1), environment_ratio).reshape(importance.shape)
+    coords = {
+        "sample": ("sample", np.asarray(source_index, dtype=np.int64),
+                   {"long_name": "source window: index of its first time step in the processed dataset"}),
+        "step": ("step", np.arange(frames, dtype=np.int32), {"long_name": "input step within the window"}),
+        "patch_y": ("patch_y", np.arange(gy, dtype=np.int32), {"long_name": "patch row", "units": "patch"}),
+        "patch_x": ("patch_x", np.arange(gx, dtype=np.int32), {"long_name": "patch column", "units": "patch"}),
+    }
+    dims = ("sample", "step", "patch_y", "patch_x")
+    return xr.Dataset(
+        {
+            "importance": (dims, importance.astype(np.float32),
+                           {"long_name": "attention column importance, min-max normalised per step", "units": "1"}),
+            "causal": (dims, causal, {"long_name": "patch role", "flag_values": np.array([0, 1], dtype=np.int8),
+                                      "flag_meanings": "environmental causal"}),
+        },
+        coords=coords,
+        attrs={
+            "title": f"nuwa saliency masks for {dataset_name}",
+            "Conventions": "CF-1.10",
+            "nuwa_dataset": dataset_name,
+            "environment_ratio": float(environment_ratio),
+            "environmental_patches_per_step": environment_count(gy * gx, environment_ratio),
+            "patch_size": int(patch_size),
+            "layers": np.asarray(sorted({layer % depth for layer in layers}), dtype=np.int32),
+            "split": "train",
+        },
+    )

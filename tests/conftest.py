@@ -1,0 +1,37 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    return yaml.safe_load(TINY_PARAMS.read_text())
+
+
+def tool_env() -> dict:
+    """Environment for subprocesses: the venv's bin (nuwa, snakemake, dvc) first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("NUWA_THREADS", "1")
+    return env
+
+
+def make_workdir(directory: Path, params: dict | None = None) -> Path:
+    """A copy of the workflow (Snakefile, rules, dvc.yaml) with the tiny params, as a user would have."""
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(REPO / name, directory / name)
+    shutil.copytree(REPO / "workflow", directory / "workflow", symlinks=True)
+    # the schema symlink points into the package; keep it resolvable in the copy
+    target = directory / "workflow" / "schemas" / "params.schema.yaml"
+    target.unlink()
+    shutil.copy(REPO / "nuwa" / "schemas" / "params.schema.yaml", target)
+    text = TINY_PARAMS.read_text() if params is None else yaml.safe_dump(params, sort_keys=False)
+    (directory / "params.yaml").write_text(text)
+    return directory

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from nuwa.ingest import build_processed
+from nuwa.saliency import causal_mask, column_importance, compute_importance, environment_count, normalise_per_step
+from nuwa.upstream import UpstreamViT, _attention_weights
+from nuwa.windows import WindowDataset, load_series
+
+
+def test_column_importance_matches_formula_on_hand_built_attention():
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, tokens = 3, 2, 5
+    attention = torch.rand(batch, heads, tokens, tokens, generator=generator).softmax(dim=-1)
+    expected = torch.zeros(batch, tokens)
+    for b in range(batch):
+        for j in range(tokens):
+            expected[b, j] = sum(attention[b, h, i, j] for h in range(heads) for i in range(tokens)) / (heads * tokens)
+    assert torch.allclose(column_importance(attention), expected, atol=1e-7)
+    # rows sum to one, so the row mean would carry no information; the columns do
+    assert not torch.allclose(column_importance(attention), torch.full_like(expected, 1 / tokens))
+
+
+def test_hand_built_attention_one_dominant_key():
+    attention = torch.zeros(1, 1, 4, 4)
+    attention[..., 2] = 0.7
+    attention[..., [0, 1, 3]] = 0.1
+    importance = normalise_per_step(column_importance(attention))
+    assert importance.argmax().item() == 2
+    assert importance.max().item() == 1.0 and importance.min().item() == 0.0
+
+
+@pytest.mark.parametrize("ratio,patches", [(0.25, 16), (0.3, 16), (0.5, 9), (0.1, 4), (0.99, 64)])
+def test_number_of_environmental_patches_is_floor_ratio_times_patches(ratio, patches):
+    rng = np.random.default_rng(1)
+    importance = rng.random((7, 3, patches))
+    mask = causal_mask(importance, ratio)
+    expected = int(np.floor(ratio * patches))
+    assert expected == environment_count(patches, ratio)
+    assert ((mask == 0).sum(axis=-1) == expected).all()
+    # the environmental ones are the least important
+    for row_importance, row_mask in zip(importance.reshape(-1, patches), mask.reshape(-1, patches)):
+        if expected:
+            assert row_importance[row_mask == 0].max() <= row_importance[row_mask == 1].min()
+
+
+def test_recomputed_attention_reproduces_timm_block_output():
+    model = UpstreamViT(frames=2, channels=1, height=8, width=8, patch_size=2, embed_dim=16, depth=2, num_heads=4,
+                        mlp_ratio=2.0).eval()
+    tokens = torch.randn(3, 16, 16)
+    attention_module = model.blocks[0].attn
+    normed = model.blocks[0].norm1(tokens)
+    weights = _attention_weights(attention_module, normed)
+    assert torch.allclose(weights.sum(-1), torch.ones(3, 4, 16), atol=1e-6)
+    qkv = attention_module.qkv(normed).reshape(3, 16, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    values = qkv[2]
+    manual = (weights @ values).transpose(1, 2).reshape(3, 16, 16)
+    manual = attention_module.proj(attention_module.norm(manual))
+    assert torch.allclose(manual, attention_module(normed), atol=1e-5)
+
+
+def _toy_series(tmp_path, frames=60):
+    import xarray as xr
+
+    rng = np.random.default_rng(3)
+    values = rng.random((frames, 1, 8, 8)).astype(np.float32)
+    field = xr.DataArray(values, dims=("time", "channel", "y", "x"), name="v", attrs={"units": "1", "long_name": "v"})
+    config = {"kind": "toy", "split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+    dataset = build_processed(field, config, "toy")
+    path = tmp_path / "toy.nc"
+    dataset.to_netcdf(path)
+    return load_series(path)
+
+
+def test_shuffled_loader_returns_each_mask_to_its_own_sample(tmp_path):
+    series = _toy_series(tmp_path)
+    windows = WindowDataset(series, "train", 3, 2, 1)
+    model = UpstreamViT(frames=3, channels=1, height=8, width=8, patch_size=2, embed_dim=16, depth=1, num_heads=2,
+                        mlp_ratio=2.0).eval()
+    index_ordered, ordered = compute_importance(model, windows, [-1], batch_size=5)
+    index_shuffled, shuffled = compute_importance(model, windows, [-1], batch_size=5, shuffle=True,
+                                                  generator=torch.Generator().manual_seed(9))
+    np.testing.assert_array_equal(index_ordered, windows.starts)
+    np.testing.assert_array_equal(index_ordered, index_shuffled)
+    np.testing.assert_allclose(ordered, shuffled, atol=1e-6)
+    # and each row is the importance of its own window, computed alone
+    for row in (0, 7, len(windows) - 1):
+        _, alone_inputs, _ = windows[row]
+        attention = model.attention_maps(alone_inputs[None], [-1])
+        alone = normalise_per_step(column_importance(attention).mean(0)).reshape(3, 4, 4)
+        np.testing.assert_allclose(ordered[row], alone.numpy(), atol=1e-6)
+    # windows differ, so a mispairing would be visible
+    assert not np.allclose(ordered[0], ordered[1])

@@ -1,0 +1,19 @@
+rule bank:
+    input:
+        data=grid.PROCESSED,
+        saliency=saliency_input,
+    output:
+        grid.BANK,
+    params:
+        stage=stage_params("bank"),
+        saliency=lambda wildcards, input: f"--saliency {input.saliency}" if input.saliency else "",
+    log:
+        "logs/bank/{dataset}/{variant}.log",
+    threads: 1
+    resources:
+        mem_mb=6000,
+    conda:
+        ENV
+    shell:
+        "nuwa bank --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --variant {wildcards.variant}"
+        " --data {input.data:q} {params.saliency} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,47 @@
+# Validation of params.yaml and the grid: both come from the nuwa package, so Snakemake,
+# DVC and `nuwa` accept and reject exactly the same parameter files.
+import json
+
+from nuwa import grid
+from nuwa.config import validate_params
+
+PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
+validate_params(config, source=str(PARAMS_FILE))
+
+ENV = "../envs/nuwa.yaml"
+NAME = "[a-z][a-z0-9_]*"
+
+
+wildcard_constraints:
+    dataset=NAME,
+    backbone=NAME,
+    variant=NAME,
+    seed=r"\d+",
+
+
+def stage_params(stage):
+    """A rule's `params:` entry: the JSON of the keys the stage reads (a change reruns it)."""
+    return lambda wildcards: json.dumps(
+        grid.stage_params(config, stage, **dict(wildcards)), sort_keys=True
+    )
+
+
+def run_files(dataset, backbone, variant, seed, primary):
+    cell = grid.Cell(dataset, backbone, variant, int(seed), primary)
+    return {name.split(".")[0]: cell.file(name) for name in grid.RUN_FILES}
+
+
+def saliency_input(wildcards):
+    method = config["variants"][wildcards.variant]["method"]
+    return grid.SALIENCY.format(dataset=wildcards.dataset) if method == "saliency" else []
+
+
+def all_targets():
+    targets = [grid.SUMMARY_CSV, grid.SUMMARY_MD]
+    for dataset in config["grid"]["datasets"]:
+        targets += [
+            grid.PREDICTION_FIGURE.format(dataset=dataset),
+            grid.SALIENCY_FIGURE.format(dataset=dataset),
+            grid.UPSTREAM_HISTORY.format(dataset=dataset),
+        ]
+    return targets

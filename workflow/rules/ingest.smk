@@ -1,0 +1,33 @@
+rule ingest:
+    output:
+        grid.PROCESSED,
+    params:
+        stage=stage_params("ingest"),
+    log:
+        "logs/ingest/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        ENV
+    shell:
+        "nuwa ingest --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --out {output:q} > {log:q} 2>&1"
+
+
+rule baseline:
+    input:
+        grid.PROCESSED,
+    output:
+        grid.BASELINE,
+    params:
+        stage=stage_params("baseline"),
+    log:
+        "logs/baseline/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        ENV
+    shell:
+        "nuwa baseline --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --threads {threads}"
+        " --data {input:q} --out {output:q} > {log:q} 2>&1"

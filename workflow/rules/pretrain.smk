@@ -1,0 +1,19 @@
+rule pretrain:
+    input:
+        grid.PROCESSED,
+    output:
+        model=grid.UPSTREAM_MODEL,
+        history=grid.UPSTREAM_HISTORY,
+    params:
+        stage=stage_params("pretrain"),
+    log:
+        "logs/pretrain/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "nuwa pretrain --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --threads {threads}"
+        " --data {input:q} --model-out {output.model:q} --history-out {output.history:q} > {log:q} 2>&1"

@@ -1,0 +1,19 @@
+rule saliency:
+    input:
+        data=grid.PROCESSED,
+        model=grid.UPSTREAM_MODEL,
+    output:
+        grid.SALIENCY,
+    params:
+        stage=stage_params("saliency"),
+    log:
+        "logs/saliency/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "nuwa saliency --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --threads {threads}"
+        " --data {input.data:q} --model {input.model:q} --out {output:q} > {log:q} 2>&1"

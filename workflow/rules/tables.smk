@@ -1,0 +1,43 @@
+rule tables:
+    input:
+        metrics=[cell.file("metrics.json") for cell in grid.train_cells(config)],
+        baselines=expand(grid.BASELINE, dataset=config["grid"]["datasets"]),
+    output:
+        csv=grid.SUMMARY_CSV,
+        md=grid.SUMMARY_MD,
+    params:
+        stage=stage_params("tables"),
+    log:
+        "logs/tables.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "nuwa tables --params {PARAMS_FILE:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        data=grid.PROCESSED,
+        saliency=grid.SALIENCY,
+        examples=lambda wildcards: [
+            grid.Cell(wildcards.dataset, config["figures"]["backbone"], variant, config["seed"], True).file("examples.nc")
+            for variant in config["grid"]["variants"]
+        ],
+    output:
+        predictions=grid.PREDICTION_FIGURE,
+        saliency=grid.SALIENCY_FIGURE,
+    params:
+        stage=stage_params("figures"),
+    log:
+        "logs/figures/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "nuwa figures --params {PARAMS_FILE:q} --dataset {wildcards.dataset}"
+        " --out-predictions {output.predictions:q} --out-saliency {output.saliency:q} > {log:q} 2>&1"

@@ -1,0 +1,51 @@
+# One rule for the primary seed (params `seed`, files in the cell's folder) and one for each
+# replicate seed (grid.replicate_seeds, files in a seed{N}/ subfolder); the same command.
+TRAIN_COMMAND = (
+    "nuwa train --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
+    " --variant {wildcards.variant} --seed {params.seed} --threads {threads} --data {input.data:q}"
+    " --bank {input.bank:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+)
+
+
+rule train:
+    input:
+        data=grid.PROCESSED,
+        bank=grid.BANK,
+    output:
+        **run_files("{dataset}", "{backbone}", "{variant}", config["seed"], True),
+    params:
+        stage=stage_params("train"),
+        seed=config["seed"],
+        out_dir=grid.RUN_DIR,
+    log:
+        "logs/train/{dataset}/{backbone}/{variant}.log",
+    threads: 1
+    resources:
+        mem_mb=6000,
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        TRAIN_COMMAND
+
+
+rule train_replicate:
+    input:
+        data=grid.PROCESSED,
+        bank=grid.BANK,
+    output:
+        **{name.split(".")[0]: grid.REPLICATE_DIR + "/" + name for name in grid.RUN_FILES},
+    params:
+        stage=stage_params("train"),
+        seed=lambda wildcards: int(wildcards.seed),
+        out_dir=grid.REPLICATE_DIR,
+    log:
+        "logs/train/{dataset}/{backbone}/{variant}/seed{seed}.log",
+    threads: 1
+    resources:
+        mem_mb=6000,
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        TRAIN_COMMAND
