@@ -137,4 +137,4 @@ def load_checkpoint(path: str | Path) -> dict:
 def check_finite(array: np.ndarray, what: str) -> None:
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))
-        raise DataFileError(f"{what}: {len(bad)} non-finite value(s) (NaN or Inf), first at index {tuple(bad[0])}")
+        raise DataFileError(f"{what}: {len(bad)} non-finite value(s) (NaN or Inf), first at index {tuple(int(i) for i in bad[0])}")

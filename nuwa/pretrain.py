@@ -41,7 +41,7 @@ def pretrain(series: SeriesData, dataset_name: str, dataset_config: dict, config
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        rows.append({"step": step, "loss": float(loss), "seconds": time.perf_counter() - started})
+        rows.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started})
     model.eval()
     return model, pd.DataFrame(rows)
 

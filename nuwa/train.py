@@ -117,7 +117,7 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         scheduler.step()
         state["step"] += 1
         step = state["step"]
-        row = {"step": step, "train_loss": float(loss), "learning_rate": scheduler.get_last_lr()[0],
+        row = {"step": step, "train_loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0],
                "val_loss": float("nan")}
         if step % train_config["eval_every"] == 0 or step == steps:
             row["val_loss"] = validation_loss(model, val, batch_size, train_config["val_batches"])
@@ -141,6 +141,5 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         "best_step": state["best_step"], "best_val_loss": state["best_val"], "steps": steps, "seed": seed,
         "train_pool": len(pool), "bank_samples": len(pool) - len(train),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds": state["seconds"],
     })
     return model, pd.DataFrame(state["history"]), metrics, examples

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Fast on a 2-core CPU at 32x32, 10 -> 10 frames (19 recurrent steps): patches of 4 put the
     # cells on an 8x8 grid with 16 input channels.
     "small": {
-        "num_hidden": [16, 16],
+        "num_hidden": [24, 24],
         "filter_size": 3,
         "patch_size": 4,
         "layer_norm": False,

@@ -5,6 +5,7 @@ rule bank:
     output:
         grid.BANK,
     params:
+        file=PARAMS_FILE,
         stage=stage_params("bank"),
         saliency=lambda wildcards, input: f"--saliency {input.saliency}" if input.saliency else "",
     log:
@@ -15,5 +16,5 @@ rule bank:
     conda:
         ENV
     shell:
-        "nuwa bank --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --variant {wildcards.variant}"
+        "nuwa bank --params {params.file:q} --dataset {wildcards.dataset} --variant {wildcards.variant}"
         " --data {input.data:q} {params.saliency} --out {output:q} > {log:q} 2>&1"

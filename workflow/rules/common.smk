@@ -27,8 +27,11 @@ def stage_params(stage):
 
 
 def run_files(dataset, backbone, variant, seed, primary):
-    cell = grid.Cell(dataset, backbone, variant, int(seed), primary)
-    return {name.split(".")[0]: cell.file(name) for name in grid.RUN_FILES}
+    """Output files of a training run (seed may be the wildcard "{seed}")."""
+    folder = (grid.RUN_DIR if primary else grid.REPLICATE_DIR).format(
+        dataset=dataset, backbone=backbone, variant=variant, seed=seed
+    )
+    return {name.split(".")[0]: f"{folder}/{name}" for name in grid.RUN_FILES}
 
 
 def saliency_input(wildcards):

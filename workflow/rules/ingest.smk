@@ -2,6 +2,7 @@ rule ingest:
     output:
         grid.PROCESSED,
     params:
+        file=PARAMS_FILE,
         stage=stage_params("ingest"),
     log:
         "logs/ingest/{dataset}.log",
@@ -11,7 +12,7 @@ rule ingest:
     conda:
         ENV
     shell:
-        "nuwa ingest --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --out {output:q} > {log:q} 2>&1"
+        "nuwa ingest --params {params.file:q} --dataset {wildcards.dataset} --out {output:q} > {log:q} 2>&1"
 
 
 rule baseline:
@@ -20,6 +21,7 @@ rule baseline:
     output:
         grid.BASELINE,
     params:
+        file=PARAMS_FILE,
         stage=stage_params("baseline"),
     log:
         "logs/baseline/{dataset}.log",
@@ -29,5 +31,5 @@ rule baseline:
     conda:
         ENV
     shell:
-        "nuwa baseline --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --threads {threads}"
+        "nuwa baseline --params {params.file:q} --dataset {wildcards.dataset} --threads {threads}"
         " --data {input:q} --out {output:q} > {log:q} 2>&1"

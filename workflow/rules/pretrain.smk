@@ -5,6 +5,7 @@ rule pretrain:
         model=grid.UPSTREAM_MODEL,
         history=grid.UPSTREAM_HISTORY,
     params:
+        file=PARAMS_FILE,
         stage=stage_params("pretrain"),
     log:
         "logs/pretrain/{dataset}.log",
@@ -15,5 +16,5 @@ rule pretrain:
     conda:
         ENV
     shell:
-        "nuwa pretrain --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --threads {threads}"
+        "nuwa pretrain --params {params.file:q} --dataset {wildcards.dataset} --threads {threads}"
         " --data {input:q} --model-out {output.model:q} --history-out {output.history:q} > {log:q} 2>&1"

@@ -5,6 +5,7 @@ rule saliency:
     output:
         grid.SALIENCY,
     params:
+        file=PARAMS_FILE,
         stage=stage_params("saliency"),
     log:
         "logs/saliency/{dataset}.log",
@@ -15,5 +16,5 @@ rule saliency:
     conda:
         ENV
     shell:
-        "nuwa saliency --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --threads {threads}"
+        "nuwa saliency --params {params.file:q} --dataset {wildcards.dataset} --threads {threads}"
         " --data {input.data:q} --model {input.model:q} --out {output:q} > {log:q} 2>&1"

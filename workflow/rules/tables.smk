@@ -6,6 +6,7 @@ rule tables:
         csv=grid.SUMMARY_CSV,
         md=grid.SUMMARY_MD,
     params:
+        file=PARAMS_FILE,
         stage=stage_params("tables"),
     log:
         "logs/tables.log",
@@ -15,7 +16,7 @@ rule tables:
     conda:
         ENV
     shell:
-        "nuwa tables --params {PARAMS_FILE:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+        "nuwa tables --params {params.file:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -30,6 +31,7 @@ rule figures:
         predictions=grid.PREDICTION_FIGURE,
         saliency=grid.SALIENCY_FIGURE,
     params:
+        file=PARAMS_FILE,
         stage=stage_params("figures"),
     log:
         "logs/figures/{dataset}.log",
@@ -39,5 +41,5 @@ rule figures:
     conda:
         ENV
     shell:
-        "nuwa figures --params {PARAMS_FILE:q} --dataset {wildcards.dataset}"
+        "nuwa figures --params {params.file:q} --dataset {wildcards.dataset}"
         " --out-predictions {output.predictions:q} --out-saliency {output.saliency:q} > {log:q} 2>&1"

@@ -1,7 +1,7 @@
 # One rule for the primary seed (params `seed`, files in the cell's folder) and one for each
 # replicate seed (grid.replicate_seeds, files in a seed{N}/ subfolder); the same command.
 TRAIN_COMMAND = (
-    "nuwa train --params {PARAMS_FILE:q} --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
+    "nuwa train --params {params.file:q} --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
     " --variant {wildcards.variant} --seed {params.seed} --threads {threads} --data {input.data:q}"
     " --bank {input.bank:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 )
@@ -14,6 +14,7 @@ rule train:
     output:
         **run_files("{dataset}", "{backbone}", "{variant}", config["seed"], True),
     params:
+        file=PARAMS_FILE,
         stage=stage_params("train"),
         seed=config["seed"],
         out_dir=grid.RUN_DIR,
@@ -34,8 +35,9 @@ rule train_replicate:
         data=grid.PROCESSED,
         bank=grid.BANK,
     output:
-        **{name.split(".")[0]: grid.REPLICATE_DIR + "/" + name for name in grid.RUN_FILES},
+        **run_files("{dataset}", "{backbone}", "{variant}", "{seed}", False),
     params:
+        file=PARAMS_FILE,
         stage=stage_params("train"),
         seed=lambda wildcards: int(wildcards.seed),
         out_dir=grid.REPLICATE_DIR,

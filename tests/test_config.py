@@ -1,0 +1,87 @@
+"""Bad parameters are refused before anything runs, with a message naming key, value and rule."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY_PARAMS, make_workdir, tool_env
+from nuwa.config import ParamsError, load_params, validate_params
+
+
+def _set(params, dotted, value):
+    node = params
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+BAD = [
+    ("grid.backbones", ["simvp", "no_such_net"], "no_such_net"),
+    ("grid.datasets", ["moving_glyphs", "nowhere"], "nowhere"),
+    ("saliency.environment_ratio", 1.5, "saliency.environment_ratio"),
+    ("saliency.environment_ratio", 0.0, "saliency.environment_ratio"),
+    ("variants.nuwa.environment_ratio", -0.2, "variants.nuwa.environment_ratio"),
+    ("datasets.moving_glyphs.patch_size", 5, "patch_size"),
+    ("train.steps", 0, "train.steps"),
+    ("train.steps", "many", "train.steps"),
+    ("seed", 1.5, "seed"),
+    ("grid.variants", [], "grid.variants"),
+    ("grid.backbones", ["simvp", "simvp"], "grid.backbones"),
+    ("pretrain.objective", "denoise", "denoise"),
+    ("datasets.moving_glyphs.split", {"train": 0.5, "val": 0.1, "test": 0.1}, "split"),
+    ("datasets.moving_glyphs.output_frames", 400, "output_frames"),
+]
+
+
+@pytest.mark.parametrize("key,value,expected", BAD)
+def test_bad_values_are_named(tiny_params, key, value, expected):
+    params = copy.deepcopy(tiny_params)
+    _set(params, key, value)
+    with pytest.raises(ParamsError) as error:
+        validate_params(params)
+    assert expected in str(error.value)
+
+
+def test_typo_key_is_named_with_the_allowed_keys(tiny_params):
+    tiny_params["saliency"]["enviroment_ratio"] = 0.3
+    with pytest.raises(ParamsError, match=r"saliency: unknown key 'enviroment_ratio' \(allowed: batch_size, "
+                                          r"environment_ratio, layers\)"):
+        validate_params(tiny_params)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "a;b", "$(x)", "with space", "Мoving"])
+def test_names_that_could_become_paths_or_shell_words_are_refused(tiny_params, name):
+    tiny_params["variants"][name] = {"method": "none"}
+    with pytest.raises(ParamsError, match="is not allowed"):
+        validate_params(tiny_params)
+
+
+def test_default_and_tiny_params_are_valid():
+    load_params(REPO / "params.yaml")
+    load_params(TINY_PARAMS)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ParamsError, match="nope.yaml: parameter file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.slow
+def test_cli_snakemake_and_dvc_give_the_same_error(tmp_path, tiny_params):
+    tiny_params["saliency"]["environment_ratio"] = 1.5
+    directory = make_workdir(tmp_path, tiny_params)
+    expected = "saliency.environment_ratio: 1.5 is out of range (allowed: > 0 and < 1)"
+    cli = subprocess.run(["nuwa", "validate"], cwd=directory, env=tool_env(), capture_output=True, text=True)
+    assert cli.returncode == 2 and expected in cli.stderr
+    smk = subprocess.run(["snakemake", "--cores", "1"], cwd=directory, env=tool_env(), capture_output=True, text=True)
+    assert smk.returncode != 0 and expected in smk.stdout + smk.stderr
+    subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=directory, env=tool_env(), check=True)
+    dvc = subprocess.run(["dvc", "repro"], cwd=directory, env=tool_env(), capture_output=True, text=True)
+    assert dvc.returncode != 0 and expected in dvc.stdout + dvc.stderr
+    assert not (directory / "data").exists() and not (directory / "results").exists()
