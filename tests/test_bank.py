@@ -134,3 +134,22 @@ def test_same_seed_same_bank_different_seed_different():
                                 rng=np.random.default_rng(7))
     assert not np.array_equal(random_bank["causal"][:10], random_bank["causal"][10:])
     assert ((random_bank["causal"] == 0).sum(axis=(2, 3)) == 4).all()  # floor(0.25 * 16)
+
+
+def test_same_seed_same_bank_file_bytes(tmp_path):
+    from nuwa.bank import bank_dataset
+    from nuwa.io import write_netcdf
+
+    rng = np.random.default_rng(6)
+    x = _inputs(rng, n=4)
+    settings = dict(environment_ratio=0.25, copies=1, chunk_size=4, sigma=2.0, history=2, history_decay=0.5,
+                    exclude_causal_neighbours=True)
+    paths = []
+    for attempt in range(2):
+        bank = generate_bank(x, np.arange(4), method="random", settings=settings, patch_size=2,
+                             rng=np.random.default_rng(11))
+        dataset = bank_dataset(bank, channels=["a", "b"], units="1", method="random", settings=settings, patch_size=2,
+                               dataset_name="toy", variant="random")
+        paths.append(tmp_path / f"bank{attempt}.nc")
+        write_netcdf(dataset, paths[-1])
+    assert paths[0].read_bytes() == paths[1].read_bytes()

@@ -105,6 +105,16 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
     assert not list(snakemake_run.rglob("*.tmp")), "a temporary file survived"
 
 
+def test_show_mask_writes_a_png_of_a_window(snakemake_run):
+    sample = int(xr.open_dataset(snakemake_run / "results/saliency/moving_glyphs.nc")["sample"].values[3])
+    run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", str(sample), "--out", "mask.png"],
+        snakemake_run)
+    assert (snakemake_run / "mask.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", "99999"], snakemake_run,
+                  check=False)
+    assert missing.returncode == 2 and "no sample 99999" in missing.stderr
+
+
 def test_snakemake_and_dvc_build_the_same_files_with_the_same_bytes(snakemake_run, dvc_run):
     assert output_files(snakemake_run) == output_files(dvc_run)
     for relative in ("data/processed/moving_glyphs.nc", "results/saliency/moving_glyphs.nc",
