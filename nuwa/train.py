@@ -19,6 +19,7 @@ import torch
 from nuwa.backbones import create_backbone
 from nuwa.evaluate import evaluate_forecaster
 from nuwa.io import load_checkpoint, save_checkpoint
+from nuwa.methods import training_loss
 from nuwa.progress import progress
 from nuwa.seeding import seed_torch, torch_generator
 from nuwa.windows import SeriesData, WindowDataset, select_dataset
@@ -110,7 +111,7 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     while state["step"] < steps:
         rows = torch.randint(len(pool), (batch_size,), generator=generator)
         inputs, targets = pool.batch(rows)
-        loss = torch.mean((model(inputs) - targets) ** 2)
+        loss = training_loss(model, inputs, targets, progress=state["step"] / steps, generator=generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -1,0 +1,67 @@
+"""How a backbone is trained, apart from what the network is (OpenSTL's methods/models split).
+
+A backbone declares ``training_method`` (default ``"plain"``):
+
+* ``plain``: ``loss = MSE(model(inputs), targets)``.
+* ``scheduled_sampling`` (Bengio et al. 2015, as PredRNN/OpenSTL use it for ConvLSTM and
+  E3D-LSTM): while training, each forecast step is fed the true previous frame with a
+  probability ``eta`` that falls linearly from 1 to 0 over ``sampling_fraction`` of training,
+  else the model's own previous prediction.
+* ``reverse_scheduled_sampling`` (PredRNN-V2, Wang et al. 2022): in addition, each input step
+  is fed the model's own prediction with a probability that falls from 0.5 to 0 (the encoder
+  first learns to forecast, then to use its context), while the forecast part follows an
+  exponential schedule from 0.5 towards 0.
+
+Recurrent backbones accept ``forward(inputs, targets=None, true_frame_mask=None)``: the mask
+has shape ``(B, T_in + T_out - 2)``; entry ``k`` says whether recurrent step ``k + 1`` is fed the
+true frame (1) or the model's previous prediction (0). Without a mask (evaluation) they feed
+true inputs and their own predictions: targets are never seen at test time.
+A backbone may set ``auxiliary_loss`` (a scalar tensor) during a training forward, e.g.
+PredRNN-V2's memory decoupling loss; it is added to the MSE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def true_frame_mask(method: str, progress: float, batch: int, input_frames: int, output_frames: int,
+                    generator: torch.Generator, sampling_fraction: float = 0.5) -> torch.Tensor | None:
+    """(B, T_in + T_out - 2) float mask of true frames for the training step at ``progress`` in [0, 1]."""
+    if method == "plain":
+        return None
+    steps = input_frames + output_frames - 2
+    mask = torch.ones(batch, steps)
+    forecast = slice(input_frames - 1, steps)
+    if method == "scheduled_sampling":
+        eta = max(0.0, 1.0 - progress / sampling_fraction)
+        mask[:, forecast] = (torch.rand(batch, steps - input_frames + 1, generator=generator) < eta).float()
+        return mask
+    if method == "reverse_scheduled_sampling":
+        # OpenSTL's reserve_schedule_sampling_exp, with training progress in place of iterations
+        input_true = 0.5 + 0.5 * min(1.0, progress / sampling_fraction) if input_frames > 1 else 1.0
+        forecast_true = 0.5 * math.exp(-5.0 * progress / sampling_fraction)
+        if input_frames > 1:
+            mask[:, : input_frames - 1] = (torch.rand(batch, input_frames - 1, generator=generator) < input_true).float()
+        mask[:, forecast] = (torch.rand(batch, steps - input_frames + 1, generator=generator) < forecast_true).float()
+        return mask
+    raise ValueError(f"unknown training method {method!r} (allowed: plain, scheduled_sampling, "
+                     "reverse_scheduled_sampling)")
+
+
+def training_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, progress: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    method = getattr(model, "training_method", "plain")
+    if method == "plain":
+        prediction = model(inputs)
+    else:
+        mask = true_frame_mask(method, progress, inputs.shape[0], inputs.shape[1], targets.shape[1], generator,
+                               getattr(model, "sampling_fraction", 0.5))
+        prediction = model(inputs, targets=targets, true_frame_mask=mask)
+    loss = torch.mean((prediction - targets) ** 2)
+    auxiliary = getattr(model, "auxiliary_loss", None)
+    if auxiliary is not None:
+        loss = loss + auxiliary
+    return loss
