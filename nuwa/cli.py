@@ -290,6 +290,51 @@ def cmd_show_mask(args):
     print(f"wrote {out}")
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers T,C,H,W, got {text!r}") from None
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected four positive integers T,C,H,W, got {text!r}")
+    return values
+
+
+def cmd_backbones(args):
+    import pandas as pd
+
+    from nuwa.bench.backbones import describe
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows = describe(args.size, args.in_shape, args.out_frames, args.scale)
+    pd.DataFrame(rows, columns=["name", "params", "flops"]).to_csv(sys.stdout, index=False)
+
+
+def cmd_bench(args):
+    import torch
+
+    from nuwa.bench import rows_frame
+    from nuwa.io import write_csv
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.name == "backbones":
+        from nuwa.bench.backbones import benchmark
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        rows = benchmark(args.sizes.split(","), args.in_shape, args.out_frames, args.batch_size, device,
+                         kinds=args.backbones.split(",") if args.backbones else None, min_seconds=args.min_seconds,
+                         progress=lambda line: print(line, file=sys.stderr))
+    frame = rows_frame(rows)
+    frame.to_csv(sys.stdout, index=False, float_format="%.6g")
+    out = args.out or f"results/bench/{args.name}.csv"
+    write_csv(frame, out)
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuwa", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
@@ -336,6 +381,30 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("figures", cmd_figures, "prediction strip and saliency overlay for one dataset")
     c.add_argument("--out-predictions")
     c.add_argument("--out-saliency")
+    c = sub.add_parser("backbones", help="CSV name,params,flops of every registered backbone",
+                       description="CSV (name,params,flops) of every registered backbone at a size and input "
+                                   "shape; FLOPs from torch's FLOP counter, one sample, one forward pass")
+    c.set_defaults(func=cmd_backbones)
+    c.add_argument("--size", choices=("small", "reference"), default="small")
+    c.add_argument("--in-shape", type=_shape, default=(4, 2, 32, 32), help="T,C,H,W (default 4,2,32,32: TaxiBJ)")
+    c.add_argument("--out-frames", type=int, default=4)
+    c.add_argument("--scale", type=int, default=1, help="spatial upsampling factor of the output")
+    c.add_argument("--threads", type=int)
+    c = sub.add_parser("bench", help="benchmarks (CSV to stdout and results/bench/NAME.csv)",
+                       description="Run a benchmark. Output rows: benchmark,case,value,unit,reference,"
+                                   "reference_value,ratio; ratio = value / reference_value, both measured in "
+                                   "this run, oriented so that bigger is better.")
+    c.set_defaults(func=cmd_bench)
+    c.add_argument("name", choices=("backbones",))
+    c.add_argument("--sizes", default="small,reference", help="backbone sizes, comma-separated")
+    c.add_argument("--backbones", help="comma-separated subset (default: every registered backbone)")
+    c.add_argument("--in-shape", type=_shape, default=(10, 1, 32, 32), help="T,C,H,W")
+    c.add_argument("--out-frames", type=int, default=10)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--min-seconds", type=float, default=2.0, help="time each case at least this long")
+    c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    c.add_argument("--threads", type=int)
+    c.add_argument("--out")
     c = sub.add_parser("show-mask", help="PNG of one window's frames with environmental patches and importance",
                        description="PNG of one window's input frames with environmental patches outlined and "
                                    "the attention importance as a heat map")

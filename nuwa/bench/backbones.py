@@ -1,0 +1,84 @@
+"""Backbone sizes and speed: parameters, FLOPs (torch's FLOP counter) and training throughput.
+
+Throughput is forward + backward + optimiser step, in samples per second, after warm-up,
+timed with ``time.perf_counter`` (``torch.cuda.synchronize`` on a GPU). The reference in the
+same run is SimVP at the same size and shape, so the ratio says how many times faster (>1)
+or slower (<1) than SimVP a backbone trains.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from nuwa.backbones import backbone_kinds, create_backbone
+from nuwa.methods import training_loss
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_sample(model: torch.nn.Module, in_shape: tuple[int, int, int, int]) -> int:
+    """FLOPs of one forward pass on one sample (torch counts a multiply-add as 2 FLOPs)."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *in_shape))
+    return int(counter.get_total_flops())
+
+
+def describe(size: str, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1) -> list[dict]:
+    rows = []
+    for kind in backbone_kinds():
+        model = create_backbone(kind, in_shape=in_shape, out_frames=out_frames, scale=scale, size=size)
+        rows.append({"name": kind, "params": parameter_count(model), "flops": flops_per_sample(model, in_shape)})
+    return rows
+
+
+def throughput(kind: str, size: str, in_shape, out_frames: int, batch_size: int, device: str,
+               min_seconds: float = 2.0, max_repeats: int = 20, warmup: int = 2) -> float:
+    torch.manual_seed(0)
+    model = create_backbone(kind, in_shape=in_shape, out_frames=out_frames, size=size).to(device)
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+    inputs = torch.randn(batch_size, *in_shape, device=device)
+    targets = torch.randn(batch_size, out_frames, *in_shape[1:], device=device)
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        loss = training_loss(model, inputs, targets, progress=0.5, generator=generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    for _ in range(warmup):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    repeats, started = 0, time.perf_counter()
+    while repeats < max_repeats and (repeats == 0 or time.perf_counter() - started < min_seconds):
+        step()
+        repeats += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return repeats * batch_size / (time.perf_counter() - started)
+
+
+def benchmark(sizes: list[str], in_shape, out_frames: int, batch_size: int, device: str, kinds=None,
+              min_seconds: float = 2.0, progress=None) -> list[dict]:
+    kinds = kinds or backbone_kinds()
+    rows = []
+    for size in sizes:
+        measured = {}
+        for kind in sorted(set(kinds) | {"simvp"}):
+            measured[kind] = throughput(kind, size, in_shape, out_frames, batch_size, device, min_seconds)
+            if progress:
+                progress(f"{kind}/{size}: {measured[kind]:.2f} samples/s")
+        shape = "x".join(map(str, in_shape))
+        for kind in kinds:
+            rows.append({"benchmark": "backbones", "case": f"{kind}/{size}/{device}/in{shape}/out{out_frames}/b{batch_size}",
+                         "value": measured[kind], "unit": "samples/s", "reference": f"simvp/{size}",
+                         "reference_value": measured["simvp"], "ratio": measured[kind] / measured["simvp"]})
+    return rows
