@@ -159,7 +159,8 @@ def empty_bank_dataset(series, config, dataset_name, variant):
 
 def cmd_train(args):
     from nuwa.evaluate import METRIC_CONVENTIONS, examples_dataset
-    from nuwa.io import DataFileError, open_netcdf, save_checkpoint, write_csv, write_json, write_netcdf
+    from nuwa.io import (DataFileError, load_checkpoint, open_netcdf, save_checkpoint, write_csv, write_json,
+                         write_netcdf)
     from nuwa.train import train_cell
     from nuwa.windows import load_series
 
@@ -179,11 +180,15 @@ def cmd_train(args):
         raise DataFileError(f"{bank_path}: bank made with method {bank.attrs.get('method')!r}, but variant "
                             f"{args.variant!r} has method {method!r}; rerun the bank stage")
     bank_inputs, bank_sources = bank["augmented"].values, bank["source_index"].values
+    upstream = None
+    if params["backbones"][args.backbone].get("init_from_upstream"):
+        upstream = load_checkpoint(args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset))
     checkpoint_path = out_dir / "checkpoint.pt"
     model, history, metrics, examples = train_cell(
         series, dataset_name=args.dataset, dataset_config=config, backbone_name=args.backbone,
         backbone_config=params["backbones"][args.backbone], variant=args.variant, train_config=params["train"],
-        seed=seed, bank_inputs=bank_inputs, bank_sources=bank_sources, checkpoint_path=checkpoint_path)
+        seed=seed, bank_inputs=bank_inputs, bank_sources=bank_sources, checkpoint_path=checkpoint_path,
+        upstream=upstream)
     metrics.update({"dataset": args.dataset, "backbone": args.backbone, "variant": args.variant, "method": method,
                     "split": "test", "conventions": METRIC_CONVENTIONS})
     write_csv(history, out_dir / "history.csv")
@@ -371,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, help="training seed (default: params seed)")
     c.add_argument("--data")
     c.add_argument("--bank")
+    c.add_argument("--upstream", help="upstream ViT model.pt, read when the backbone entry sets init_from_upstream")
     c.add_argument("--out-dir")
     c = add("baseline", cmd_baseline, "persistence baseline metrics on the test split")
     c.add_argument("--data")

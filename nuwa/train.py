@@ -25,8 +25,12 @@ from nuwa.seeding import seed_torch, torch_generator
 from nuwa.windows import SeriesData, WindowDataset, select_dataset
 
 
+# keys of a backbone entry that are not hyperparameters of the network
+PIPELINE_KEYS = ("kind", "init_from_upstream")
+
+
 def build_model(backbone_config: dict, dataset_config: dict, channels: int) -> torch.nn.Module:
-    overrides = {k: v for k, v in backbone_config.items() if k not in ("kind",)}
+    overrides = {k: v for k, v in backbone_config.items() if k not in PIPELINE_KEYS}
     return create_backbone(backbone_config["kind"],
                            in_shape=(dataset_config["input_frames"], channels, dataset_config["height"],
                                      dataset_config["width"]),
@@ -76,7 +80,7 @@ def validation_loss(model: torch.nn.Module, val: WindowDataset, batch_size: int,
 def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, backbone_name: str,
                backbone_config: dict, variant: str, train_config: dict, seed: int,
                bank_inputs: np.ndarray | None = None, bank_sources: np.ndarray | None = None,
-               checkpoint_path: str | Path | None = None):
+               checkpoint_path: str | Path | None = None, upstream: dict | None = None):
     """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict)."""
     names = (dataset_name, backbone_name, variant)
     seed_torch(seed, "train", *names)
@@ -88,6 +92,12 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
             raise ValueError(f"dataset {dataset_name!r}: no {split} window fits in the {split} split")
     pool = TrainingPool(train, bank_inputs, bank_sources)
     model = build_model(backbone_config, dataset_config, series.field.shape[1])
+    transferred = []
+    if upstream is not None:
+        if not hasattr(model, "load_upstream"):
+            raise ValueError(f"backbones.{backbone_name}.init_from_upstream: backbone kind "
+                             f"{backbone_config['kind']!r} cannot start from the upstream ViT's weights")
+        transferred = model.load_upstream(upstream)
     steps = train_config["steps"]
     optimiser = torch.optim.Adam(model.parameters(), lr=train_config["learning_rate"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=train_config["learning_rate"], total_steps=steps)
@@ -142,5 +152,6 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         "best_step": state["best_step"], "best_val_loss": state["best_val"], "steps": steps, "seed": seed,
         "train_pool": len(pool), "bank_samples": len(pool) - len(train),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "upstream_tensors_loaded": len(transferred),
     })
     return model, pd.DataFrame(state["history"]), metrics, examples

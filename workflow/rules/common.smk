@@ -39,6 +39,12 @@ def saliency_input(wildcards):
     return grid.SALIENCY.format(dataset=wildcards.dataset) if method == "saliency" else []
 
 
+def upstream_input(wildcards):
+    """The upstream ViT, for backbones that start from its weights (init_from_upstream)."""
+    entry = config["backbones"][wildcards.backbone]
+    return grid.UPSTREAM_MODEL.format(dataset=wildcards.dataset) if entry.get("init_from_upstream") else []
+
+
 def all_targets():
     targets = [grid.SUMMARY_CSV, grid.SUMMARY_MD]
     for dataset in config["grid"]["datasets"]:

@@ -3,7 +3,7 @@
 TRAIN_COMMAND = (
     "nuwa train --params {params.file:q} --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
     " --variant {wildcards.variant} --seed {params.seed} --threads {threads} --data {input.data:q}"
-    " --bank {input.bank:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+    " --bank {input.bank:q} {params.upstream} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 )
 
 
@@ -11,11 +11,13 @@ rule train:
     input:
         data=grid.PROCESSED,
         bank=grid.BANK,
+        upstream=upstream_input,
     output:
         **run_files("{dataset}", "{backbone}", "{variant}", config["seed"], True),
     params:
         file=PARAMS_FILE,
         stage=stage_params("train"),
+        upstream=lambda wildcards, input: f"--upstream {input.upstream}" if input.upstream else "",
         seed=config["seed"],
         out_dir=grid.RUN_DIR,
     log:
@@ -34,11 +36,13 @@ rule train_replicate:
     input:
         data=grid.PROCESSED,
         bank=grid.BANK,
+        upstream=upstream_input,
     output:
         **run_files("{dataset}", "{backbone}", "{variant}", "{seed}", False),
     params:
         file=PARAMS_FILE,
         stage=stage_params("train"),
+        upstream=lambda wildcards, input: f"--upstream {input.upstream}" if input.upstream else "",
         seed=lambda wildcards: int(wildcards.seed),
         out_dir=grid.REPLICATE_DIR,
     log:
