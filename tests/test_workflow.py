@@ -178,3 +178,35 @@ def test_dvc_stage_params_match_the_grid_module():
         declared = stages[stage]["params"]
         assert declared == grid.stage_param_keys(stage, **wildcards), stage
     assert stages["train_replicate"]["params"] == stages["train"]["params"]
+
+
+def test_vit_cell_starts_from_the_upstream_weights(snakemake_run):
+    """init_from_upstream: Snakemake adds the upstream model as input and train copies its blocks."""
+    import json
+
+    original = (snakemake_run / "params.yaml").read_text()
+    try:
+        def add_vit(params):
+            upstream = params["pretrain"]
+            params["backbones"]["vit"] = {"kind": "vit", "size": "small", "init_from_upstream": True,
+                                          "hid_T": upstream["embed_dim"], "N_T": upstream["depth"],
+                                          "num_heads": upstream["num_heads"], "mlp_ratio": upstream["mlp_ratio"]}
+            params["grid"]["backbones"].append("vit")
+
+        _edit_params(snakemake_run, add_vit)
+        target = "results/runs/moving_glyphs/vit/ori/metrics.json"
+        dry = run(["snakemake", "--dry-run", "--cores", "1", target], snakemake_run).stdout
+        inputs = [line for line in dry.splitlines() if line.strip().startswith("input:")]
+        assert any("results/upstream/moving_glyphs/model.pt" in line for line in inputs), dry
+        run(["snakemake", "--cores", "1", target], snakemake_run)
+        metrics = json.loads((snakemake_run / target).read_text())
+        assert metrics["upstream_tensors_loaded"] > 0
+        log = (snakemake_run / "logs/train/moving_glyphs/vit/ori.log").read_text()
+        assert "Traceback" not in log
+        # a backbone that cannot take the weights says so
+        _edit_params(snakemake_run, lambda p: p["backbones"]["simvp"].update(init_from_upstream=True))
+        failed = run(["nuwa", "train", "--dataset", "moving_glyphs", "--backbone", "simvp", "--variant", "ori",
+                      "--out-dir", "elsewhere"], snakemake_run, check=False)
+        assert failed.returncode == 2 and "cannot start from the upstream ViT's weights" in failed.stderr
+    finally:
+        (snakemake_run / "params.yaml").write_text(original)

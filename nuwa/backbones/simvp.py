@@ -27,7 +27,7 @@ target resolution.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -131,8 +131,20 @@ class IncepUTranslator(nn.Module):
         return z
 
 
-class SimVP(nn.Module):
-    """``(B, T_in, C, H, W) -> (B, T_out, C, H*scale, W*scale)``; see the module docstring."""
+# ``(channels_in, channels_out, latent_grid) -> translator``: called once by :class:`SimVPBase`.
+TranslatorFactory = Callable[[int, int, tuple[int, int]], nn.Module]
+
+
+class SimVPBase(nn.Module):
+    """SimVP's encoder, decoder and I/O handling around a pluggable translator.
+
+    ``translator(T_in*hid_S, T_out*hid_S, (h, w))`` must return a module mapping the time-merged
+    latent ``(B, T_in*hid_S, h, w) -> (B, T_out*hid_S, h, w)``, where ``(h, w)`` is the encoder's
+    output grid ``(H, W) / 2**(N_S//2)``.  Everything else (frame-wise encoder with its
+    full-resolution skip, the skip's time projection for ``T_out != T_in``, the decoder and the
+    readout/upsampler) is the same for every SimVP variant: :class:`SimVP` plugs in IncepU, the
+    ``vit`` and ``swin`` backbones plug in timm transformer blocks (OpenSTL's ``model_type``).
+    """
 
     def __init__(
         self,
@@ -141,13 +153,10 @@ class SimVP(nn.Module):
         scale: int,
         *,
         hid_S: int,
-        hid_T: int,
         N_S: int,
-        N_T: int,
-        incep_ker: list[int],
-        groups: int,
         spatio_kernel_enc: int,
         spatio_kernel_dec: int,
+        translator: TranslatorFactory,
     ) -> None:
         super().__init__()
         t_in, channels, height, width = in_shape
@@ -156,11 +165,13 @@ class SimVP(nn.Module):
         self.hid_S = hid_S
 
         strides = _strides(N_S)
+        downsampling = 2 ** sum(strides)
+        self.latent_grid = (height // downsampling, width // downsampling)
         self.encoder = nn.ModuleList(
             ConvNormAct(channels if i == 0 else hid_S, hid_S, spatio_kernel_enc, stride=2 if down else 1)
             for i, down in enumerate(strides)
         )
-        self.translator = IncepUTranslator(t_in * hid_S, out_frames * hid_S, hid_T, N_T, incep_ker, groups)
+        self.translator = translator(t_in * hid_S, out_frames * hid_S, self.latent_grid)
         # Maps the full-resolution skip from T_in to T_out frames; only exists when they differ.
         self.skip_time_projection = (
             nn.Conv2d(t_in * hid_S, out_frames * hid_S, 1) if out_frames != t_in else nn.Identity()
@@ -175,7 +186,7 @@ class SimVP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         if tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"SimVP built for (B, *{self.in_shape}) inputs, got {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__} built for (B, *{self.in_shape}) inputs, got {tuple(x.shape)}")
 
         latent = fold_time(x)
         for i, layer in enumerate(self.encoder):
@@ -196,29 +207,70 @@ class SimVP(nn.Module):
         return frames.reshape(batch, self.out_frames, *frames.shape[1:])
 
 
+class SimVP(SimVPBase):
+    """``(B, T_in, C, H, W) -> (B, T_out, C, H*scale, W*scale)``; see the module docstring."""
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int, int],
+        out_frames: int,
+        scale: int,
+        *,
+        hid_S: int,
+        hid_T: int,
+        N_S: int,
+        N_T: int,
+        incep_ker: list[int],
+        groups: int,
+        spatio_kernel_enc: int,
+        spatio_kernel_dec: int,
+    ) -> None:
+        super().__init__(
+            in_shape,
+            out_frames,
+            scale,
+            hid_S=hid_S,
+            N_S=N_S,
+            spatio_kernel_enc=spatio_kernel_enc,
+            spatio_kernel_dec=spatio_kernel_dec,
+            translator=lambda c_in, c_out, grid: IncepUTranslator(c_in, c_out, hid_T, N_T, incep_ker, groups),
+        )
+
+
+def validate_frame_hparams(
+    backbone: str, hp: dict[str, Any], in_shape: tuple[int, int, int, int], out_frames: int, scale: int
+) -> None:
+    """Check the hyperparameters :class:`SimVPBase` itself uses (``hid_S``, ``N_S``, the spatial
+    kernels), the frame counts and scale, and that ``H``/``W`` survive the encoder's striding."""
+    _, _, height, width = in_shape
+    for key in ("hid_S", "N_S", "spatio_kernel_enc", "spatio_kernel_dec"):
+        if int(hp[key]) < 1:
+            raise ValueError(f"{backbone}: {key} must be >= 1, got {hp[key]!r}")
+    if in_shape[0] < 1 or out_frames < 1 or scale < 1:
+        raise ValueError(f"{backbone}: need T_in, out_frames, scale >= 1, got {in_shape[0]}, {out_frames}, {scale}")
+    for key in ("spatio_kernel_enc", "spatio_kernel_dec"):
+        if int(hp[key]) % 2 == 0:
+            raise ValueError(f"{backbone}: {key} must be odd (same-size padding), got {hp[key]!r}")
+    downsampling = 2 ** (int(hp["N_S"]) // 2)
+    check_divisible(backbone, "H", height, downsampling)
+    check_divisible(backbone, "W", width, downsampling)
+
+
 @register_backbone("simvp")
 def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> SimVP:
     hp = resolve_hparams("simvp", PRESETS, size, overrides)
-    t_in, _, height, width = in_shape
-    for key in ("hid_S", "hid_T", "N_S", "spatio_kernel_enc", "spatio_kernel_dec", "groups"):
+    validate_frame_hparams("simvp", hp, in_shape, out_frames, scale)
+    for key in ("hid_T", "groups"):
         if int(hp[key]) < 1:
             raise ValueError(f"simvp: {key} must be >= 1, got {hp[key]!r}")
     if int(hp["N_T"]) < 2:
         raise ValueError(f"simvp: N_T must be >= 2 (IncepU is a UNet), got {hp['N_T']!r}")
     if int(hp["hid_T"]) < 2:
         raise ValueError(f"simvp: hid_T must be >= 2, got {hp['hid_T']!r}")
-    if t_in < 1 or out_frames < 1 or scale < 1:
-        raise ValueError(f"simvp: need T_in, out_frames, scale >= 1, got {t_in}, {out_frames}, {scale}")
-    for key in ("spatio_kernel_enc", "spatio_kernel_dec"):
-        if int(hp[key]) % 2 == 0:
-            raise ValueError(f"simvp: {key} must be odd (same-size padding), got {hp[key]!r}")
     if any(k % 2 == 0 for k in int_list(hp["incep_ker"], "incep_ker")):
         raise ValueError(f"simvp: incep_ker must be odd kernel sizes, got {hp['incep_ker']!r}")
-    downsampling = 2 ** (int(hp["N_S"]) // 2)
-    check_divisible("simvp", "H", height, downsampling)
-    check_divisible("simvp", "W", width, downsampling)
     return SimVP(
         in_shape,
         out_frames,
