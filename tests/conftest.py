@@ -4,7 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+# pytest-xdist runs two workers on two cores: one thread each avoids oversubscription
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"

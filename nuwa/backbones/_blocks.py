@@ -7,7 +7,7 @@ need and keep their own cells/translators to themselves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -198,3 +198,105 @@ def reshape_patch_back(x: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent rollouts (ConvLSTM, PredRNN-V2, E3D-LSTM): one frame in, one frame out per step
+# ---------------------------------------------------------------------------------------------
+
+
+def recurrent_rollout(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    readout: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    out_frames: int,
+    *,
+    targets: torch.Tensor | None = None,
+    true_frame_mask: torch.Tensor | None = None,
+    patch_size: int = 1,
+    upsampler: nn.Module | None = None,
+) -> torch.Tensor:
+    """Run a frame-by-frame recurrent forecaster; ``(B, T_in, C, H, W) -> (B, T_out, C, H', W')``.
+
+    The model supplies two callables working on patch-reshaped frames ``(B, C*p*p, H/p, W/p)``
+    (see :func:`reshape_patch`): ``step(frame)`` advances its recurrent state by one step and
+    returns features, ``readout(features)`` turns those into the prediction of the next frame.
+
+    There are ``T_in + T_out - 1`` steps.  Step 0 is fed ``inputs[:, 0]``; step ``s >= 1`` is fed
+    the true frame ``s`` (``inputs[:, s]`` while ``s < T_in``, then ``targets[:, s - T_in]``) for
+    the samples where ``true_frame_mask[:, s - 1]`` is 1, else the prediction made at step
+    ``s - 1`` (the mask layout of :mod:`nuwa.methods`, shape ``(B, T_in + T_out - 2)``).  Without
+    a mask -- evaluation -- the inputs are fed and then the model's own predictions: ``targets``
+    is ignored, so nothing from the future can leak in.  ``readout`` runs only where its
+    prediction is used: at the ``T_out`` forecast steps ``s >= T_in - 1`` and at input steps whose
+    successor is fed a prediction under the mask.
+
+    ``targets`` may be at the input resolution or at ``scale`` times it (the backbone's output
+    resolution); the latter are area-averaged down to the grid the model predicts on before they
+    are fed.  The ``T_out`` forecast predictions are reshaped back to frames and, when given,
+    ``upsampler`` (e.g. :class:`TransposedConvUpsampler`) maps each of them to the output
+    resolution.
+    """
+    if inputs.dim() != 5:
+        raise ValueError(f"expected inputs of shape (B, T_in, C, H, W), got {tuple(inputs.shape)}")
+    batch, t_in = inputs.shape[:2]
+    steps = t_in + out_frames - 1
+    feed_true = None
+    true_forecast: torch.Tensor | None = None
+    if true_frame_mask is not None:
+        if tuple(true_frame_mask.shape) != (batch, steps - 1):
+            raise ValueError(
+                f"true_frame_mask must have shape (B, T_in + T_out - 2) = {(batch, steps - 1)}, "
+                f"got {tuple(true_frame_mask.shape)}"
+            )
+        feed_true = true_frame_mask.to(inputs.device) > 0.5  # (B, steps - 1) bool
+        all_true, any_true = feed_true.all(dim=0).tolist(), feed_true.any(dim=0).tolist()
+        if any(any_true[t_in - 1 :]):
+            if targets is None:
+                raise ValueError("true_frame_mask feeds true forecast frames, so targets are required")
+            true_forecast = reshape_patch(_native_targets(targets, inputs, out_frames), patch_size)
+    patches = reshape_patch(inputs, patch_size)
+
+    def true_frame(s: int) -> torch.Tensor:
+        return patches[:, s] if s < t_in else true_forecast[:, s - t_in]
+
+    predictions: list[torch.Tensor] = []
+    previous: torch.Tensor | None = None  # the prediction made at step s - 1, where it is used
+    for s in range(steps):
+        if s == 0:
+            frame = patches[:, 0]
+        elif feed_true is None:
+            frame = patches[:, s] if s < t_in else previous
+        elif all_true[s - 1]:
+            frame = true_frame(s)
+        elif not any_true[s - 1]:
+            frame = previous
+        else:
+            frame = torch.where(feed_true[:, s - 1].view(batch, 1, 1, 1), true_frame(s), previous)
+        features = step(frame)
+        forecast = s >= t_in - 1
+        fed_next = feed_true is not None and s < steps - 1 and not all_true[s]
+        previous = readout(features) if forecast or fed_next else None
+        if forecast:
+            predictions.append(previous)
+
+    frames = reshape_patch_back(torch.stack(predictions, dim=1), patch_size)  # (B, T_out, C, H, W)
+    if upsampler is not None:
+        frames = unfold_time(upsampler(fold_time(frames)), batch)
+    return frames
+
+
+def _native_targets(targets: torch.Tensor, inputs: torch.Tensor, out_frames: int) -> torch.Tensor:
+    """``targets`` at the inputs' resolution (area-averaged when they are ``scale`` times larger)."""
+    batch, _, channels, height, width = inputs.shape
+    if targets.dim() != 5 or tuple(targets.shape[:3]) != (batch, out_frames, channels):
+        raise ValueError(f"targets must have shape (B, T_out, C, H', W') = ({batch}, {out_frames}, {channels}, ...), "
+                         f"got {tuple(targets.shape)}")
+    t_height, t_width = targets.shape[-2:]
+    if (t_height, t_width) == (height, width):
+        return targets.to(inputs.dtype)
+    factor = t_height // height
+    if factor < 1 or (t_height, t_width) != (height * factor, width * factor):
+        raise ValueError(f"targets of size {t_height}x{t_width} are not an integer upscaling of {height}x{width} inputs")
+    pooled = F.avg_pool2d(fold_time(targets.to(inputs.dtype)), factor)
+    return unfold_time(pooled, batch)

@@ -9,11 +9,16 @@ Precipitation Nowcasting", NeurIPS 2015), laid out as OpenSTL's ``ConvLSTM_Model
 * A bias-free 1x1 conv reads a frame out of the top hidden state.
 * The ``T_in`` inputs are consumed one per step; the prediction made after the last input is the
   first output frame and is fed back as the next input, ``T_out`` times in all
-  (``T_in + T_out - 1`` cell steps).  ``forward(x)`` never sees targets, so there is no teacher
-  forcing / scheduled sampling here; training code that wants it would wrap this module.
+  (``T_in + T_out - 1`` cell steps; the loop is ``_blocks.recurrent_rollout``).
+* Training: ``training_method = "scheduled_sampling"`` as OpenSTL trains ConvLSTM (see
+  :mod:`nuwa.methods`).  ``forward(x, targets, true_frame_mask)`` feeds step ``s`` the true
+  frame ``s`` (an input, or a target frame once past the inputs) where ``true_frame_mask[:, s-1]``
+  is 1, else the previous step's prediction.  ``forward(x)`` (evaluation) never sees targets:
+  inputs, then its own predictions, exactly as before the training methods existed.
 
 ``scale > 1``: the model predicts (and feeds back) native-resolution frames; each output frame is
-then upsampled with transposed convolutions (``C -> upsample_channels -> C``).
+then upsampled with transposed convolutions (``C -> upsample_channels -> C``).  Teacher-forced
+targets at the output resolution are area-averaged down to the input grid before being fed.
 
 Parameters vs. OpenSTL's published count: OpenSTL's ``ConvLSTMCell`` additionally constructs a
 ``conv_o`` (5x5, 2*hidden -> hidden) and a ``conv_last`` (1x1, 2*hidden -> hidden) per cell that
@@ -33,12 +38,9 @@ from . import register_backbone
 from ._blocks import (
     TransposedConvUpsampler,
     check_divisible,
-    fold_time,
     int_list,
-    reshape_patch,
-    reshape_patch_back,
+    recurrent_rollout,
     resolve_hparams,
-    unfold_time,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -100,6 +102,8 @@ class ConvLSTMCell(nn.Module):
 class ConvLSTM(nn.Module):
     """``(B, T_in, C, H, W) -> (B, T_out, C, H*scale, W*scale)``; see the module docstring."""
 
+    training_method = "scheduled_sampling"
+
     def __init__(
         self,
         in_shape: tuple[int, int, int, int],
@@ -129,29 +133,28 @@ class ConvLSTM(nn.Module):
             TransposedConvUpsampler(channels, channels, scale, upsample_channels) if scale > 1 else nn.Identity()
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, targets: torch.Tensor | None = None, true_frame_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch = x.shape[0]
         if tuple(x.shape[1:]) != self.in_shape:
             raise ValueError(f"ConvLSTM built for (B, *{self.in_shape}) inputs, got {tuple(x.shape)}")
-        t_in = self.in_shape[0]
-        patches = reshape_patch(x, self.patch_size)  # (B, T_in, C*p*p, H/p, W/p)
-        grid = patches.shape[-2:]
+        grid = (self.in_shape[2] // self.patch_size, self.in_shape[3] // self.patch_size)
         states = [
             (x.new_zeros(batch, hidden, *grid), x.new_zeros(batch, hidden, *grid)) for hidden in self.num_hidden
         ]
 
-        predictions = []
-        for step in range(t_in + self.out_frames - 1):
-            # Observed frames first, then the model's own previous prediction (autoregressive).
-            layer_input = patches[:, step] if step < t_in else predictions[-1]
+        def step(frame: torch.Tensor) -> torch.Tensor:
+            layer_input = frame
             for i, cell in enumerate(self.cells):
                 states[i] = cell(layer_input, states[i])
                 layer_input = states[i][0]
-            if step >= t_in - 1:  # this step's output is future frame (step + 1)
-                predictions.append(self.readout(layer_input))
+            return layer_input
 
-        frames = reshape_patch_back(torch.stack(predictions, dim=1), self.patch_size)  # (B, T_out, C, H, W)
-        return unfold_time(self.upsampler(fold_time(frames)), batch)
+        return recurrent_rollout(
+            step, self.readout, x, self.out_frames, targets=targets, true_frame_mask=true_frame_mask,
+            patch_size=self.patch_size, upsampler=self.upsampler,
+        )
 
 
 @register_backbone("convlstm")
