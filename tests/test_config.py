@@ -6,7 +6,6 @@ import copy
 import subprocess
 
 import pytest
-import yaml
 
 from conftest import REPO, TINY_PARAMS, make_workdir, tool_env
 from nuwa.config import ParamsError, load_params, validate_params

@@ -300,3 +300,20 @@ def _native_targets(targets: torch.Tensor, inputs: torch.Tensor, out_frames: int
         raise ValueError(f"targets of size {t_height}x{t_width} are not an integer upscaling of {height}x{width} inputs")
     pooled = F.avg_pool2d(fold_time(targets.to(inputs.dtype)), factor)
     return unfold_time(pooled, batch)
+
+
+def check_recurrent_hparams(
+    backbone: str, hp: dict[str, Any], in_shape: tuple[int, int, int, int], out_frames: int, scale: int
+) -> tuple[int, int]:
+    """The checks every patch-reshaping recurrent backbone shares; returns (filter_size, patch_size)."""
+    t_in, _, height, width = in_shape
+    if t_in < 1 or out_frames < 1 or scale < 1:
+        raise ValueError(f"{backbone}: need T_in, out_frames, scale >= 1, got {t_in}, {out_frames}, {scale}")
+    filter_size, patch_size = int(hp["filter_size"]), int(hp["patch_size"])
+    if filter_size < 1 or filter_size % 2 == 0:
+        raise ValueError(f"{backbone}: filter_size must be a positive odd int, got {hp['filter_size']!r}")
+    if patch_size < 1:
+        raise ValueError(f"{backbone}: patch_size must be >= 1, got {hp['patch_size']!r}")
+    check_divisible(backbone, "H", height, patch_size)
+    check_divisible(backbone, "W", width, patch_size)
+    return filter_size, patch_size

@@ -37,7 +37,7 @@ from torch import nn
 from . import register_backbone
 from ._blocks import (
     TransposedConvUpsampler,
-    check_divisible,
+    check_recurrent_hparams,
     int_list,
     recurrent_rollout,
     resolve_hparams,
@@ -162,16 +162,7 @@ def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> ConvLSTM:
     hp = resolve_hparams("convlstm", PRESETS, size, overrides)
-    t_in, _, height, width = in_shape
-    if t_in < 1 or out_frames < 1 or scale < 1:
-        raise ValueError(f"convlstm: need T_in, out_frames, scale >= 1, got {t_in}, {out_frames}, {scale}")
-    filter_size, patch_size = int(hp["filter_size"]), int(hp["patch_size"])
-    if filter_size < 1 or filter_size % 2 == 0:
-        raise ValueError(f"convlstm: filter_size must be a positive odd int, got {hp['filter_size']!r}")
-    if patch_size < 1:
-        raise ValueError(f"convlstm: patch_size must be >= 1, got {hp['patch_size']!r}")
-    check_divisible("convlstm", "H", height, patch_size)
-    check_divisible("convlstm", "W", width, patch_size)
+    filter_size, patch_size = check_recurrent_hparams("convlstm", hp, in_shape, out_frames, scale)
     return ConvLSTM(
         in_shape,
         out_frames,

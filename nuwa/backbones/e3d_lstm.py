@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from . import register_backbone
 from ._blocks import (
     TransposedConvUpsampler,
-    check_divisible,
+    check_recurrent_hparams,
     int_list,
     recurrent_rollout,
     resolve_hparams,
@@ -251,14 +251,9 @@ def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> E3DLSTM:
     hp = resolve_hparams("e3d_lstm", PRESETS, size, overrides)
-    t_in, _, height, width = in_shape
-    if t_in < 1 or out_frames < 1 or scale < 1:
-        raise ValueError(f"e3d_lstm: need T_in, out_frames, scale >= 1, got {t_in}, {out_frames}, {scale}")
-    filter_size, patch_size = int(hp["filter_size"]), int(hp["patch_size"])
+    filter_size, patch_size = check_recurrent_hparams("e3d_lstm", hp, in_shape, out_frames, scale)
     temporal_filter_size = int(hp["temporal_filter_size"])
     window_length, window_stride = int(hp["window_length"]), int(hp["window_stride"])
-    if filter_size < 1 or filter_size % 2 == 0:
-        raise ValueError(f"e3d_lstm: filter_size must be a positive odd int, got {hp['filter_size']!r}")
     if temporal_filter_size < 1:
         raise ValueError(f"e3d_lstm: temporal_filter_size must be >= 1, got {hp['temporal_filter_size']!r}")
     if window_length < 1 or not 0 <= window_stride < window_length:
@@ -266,10 +261,6 @@ def build(
             f"e3d_lstm: need window_length >= 1 and 0 <= window_stride < window_length, "
             f"got {hp['window_length']!r}, {hp['window_stride']!r}"
         )
-    if patch_size < 1:
-        raise ValueError(f"e3d_lstm: patch_size must be >= 1, got {hp['patch_size']!r}")
-    check_divisible("e3d_lstm", "H", height, patch_size)
-    check_divisible("e3d_lstm", "W", width, patch_size)
     num_hidden = int_list(hp["num_hidden"], "num_hidden")
     if len(set(num_hidden)) != 1:
         # M flows through every layer, so all layers have one width.

@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from . import register_backbone
 from ._blocks import (
     TransposedConvUpsampler,
-    check_divisible,
+    check_recurrent_hparams,
     int_list,
     recurrent_rollout,
     resolve_hparams,
@@ -203,16 +203,7 @@ def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> PredRNNv2:
     hp = resolve_hparams("predrnn_v2", PRESETS, size, overrides)
-    t_in, _, height, width = in_shape
-    if t_in < 1 or out_frames < 1 or scale < 1:
-        raise ValueError(f"predrnn_v2: need T_in, out_frames, scale >= 1, got {t_in}, {out_frames}, {scale}")
-    filter_size, patch_size = int(hp["filter_size"]), int(hp["patch_size"])
-    if filter_size < 1 or filter_size % 2 == 0:
-        raise ValueError(f"predrnn_v2: filter_size must be a positive odd int, got {hp['filter_size']!r}")
-    if patch_size < 1:
-        raise ValueError(f"predrnn_v2: patch_size must be >= 1, got {hp['patch_size']!r}")
-    check_divisible("predrnn_v2", "H", height, patch_size)
-    check_divisible("predrnn_v2", "W", width, patch_size)
+    filter_size, patch_size = check_recurrent_hparams("predrnn_v2", hp, in_shape, out_frames, scale)
     num_hidden = int_list(hp["num_hidden"], "num_hidden")
     if len(set(num_hidden)) != 1:
         # M flows through every layer and the adapter is shared, so all layers have one width.
