@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import xarray as xr
 
 from nuwa.ingest import SPLIT_CODES
 from nuwa.io import DataFileError, check_finite, open_netcdf
