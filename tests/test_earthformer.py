@@ -107,7 +107,7 @@ def _changed(layer_out, x, perturbed, token):
 def test_attention_stays_inside_cuboids_without_global_vectors(strategy, same, other):
     layer = _layer((4, 4, 4), (2, 2, 2), strategy)
     x = torch.randn(2, 4, 4, 4, 8)
-    out = lambda inp: layer(inp)[0]  # noqa: E731
+    out = lambda inp: layer(inp)[0]
     assert _changed(out, x, _perturbed(x, same), (0, 0, 0))
     assert not _changed(out, x, _perturbed(x, other), (0, 0, 0))
 
@@ -115,7 +115,7 @@ def test_attention_stays_inside_cuboids_without_global_vectors(strategy, same, o
 def test_shifted_cuboids_follow_the_shift_and_mask_wrapped_tokens():
     layer = _layer((4, 4, 4), (2, 2, 2), shift=(1, 1, 1))
     x = torch.randn(2, 4, 4, 4, 8)
-    out = lambda inp: layer(inp)[0]  # noqa: E731
+    out = lambda inp: layer(inp)[0]
     # Shifted by one, token (1,1,1) shares a cuboid with (2,2,2) and no longer with (0,0,0).
     assert _changed(out, x, _perturbed(x, (2, 2, 2)), (1, 1, 1))
     assert not _changed(out, x, _perturbed(x, (0, 0, 0)), (1, 1, 1))
@@ -135,15 +135,16 @@ def test_global_vectors_carry_information_across_cuboids():
         assert not torch.allclose(layer(x, g)[1], layer(far, g)[1], atol=1e-6)
     # Two layers: the second reads the updated vectors, so a far token reaches (0,0,0).
     spec = [((2, 2, 2), ("l", "l", "l"), (0, 0, 0))] * 2
-    kwargs = dict(
-        update_global_last=True, global_ffn=False, ffn_activation="gelu", ffn_drop=0.0, padding_type="ignore",
-        use_relative_pos=True, attn_drop=0.0, proj_drop=0.0, separate_global_qkv=False, global_self_attn=True,
-    )  # fmt: skip
+    kwargs = {
+        "update_global_last": True, "global_ffn": False, "ffn_activation": "gelu", "ffn_drop": 0.0,
+        "padding_type": "ignore", "use_relative_pos": True, "attn_drop": 0.0, "proj_drop": 0.0,
+        "separate_global_qkv": False, "global_self_attn": True,
+    }  # fmt: skip
     for num_global, crosses in [(3, True), (0, False)]:
         torch.manual_seed(0)
         block = StackCuboidSelfAttentionBlock(8, 2, (4, 4, 4), spec, num_global=num_global, **kwargs).eval()
         gv = g if num_global else None
-        assert _changed(lambda inp: block(inp, gv)[0], x, far, (0, 0, 0)) == crosses
+        assert _changed(lambda inp, block=block, gv=gv: block(inp, gv)[0], x, far, (0, 0, 0)) == crosses
 
 
 def _naive_cuboid_attention(layer, x):
@@ -226,6 +227,25 @@ def test_cross_attention_1x1_reads_only_the_same_location():
         torch.testing.assert_close(layer(x, other)[:, :, 1, 2], base)
 
 
+def test_shifted_cross_attention_windows():
+    torch.manual_seed(0)
+    layer = CuboidCrossAttention(8, 2, (3, 4, 4), 5, (2, 2), (1, 1), ("l", "l", "l"), 1).eval()
+    x, mem = torch.randn(2, 3, 4, 4, 8), torch.randn(2, 5, 4, 4, 8)
+
+    def reads(query, *memory):
+        changed = mem.clone()
+        for h, w in memory:
+            changed[:, :, h, w] += 3.0 * torch.randn(8)
+        with torch.no_grad():
+            before, after = layer(x, mem), layer(x, changed)
+        return not torch.allclose(after[:, :, query[0], query[1]], before[:, :, query[0], query[1]])
+
+    # Shifted by one, the window of (1, 1) is rows/cols {1, 2}.
+    assert reads((1, 1), (2, 2)) and not reads((1, 1), (0, 0), (3, 3))
+    # (0, 0) is rolled next to row/col 3 but from the opposite border: only itself.
+    assert reads((0, 0), (0, 0)) and not reads((0, 0), (3, 3), (0, 3), (3, 0), (1, 1))
+
+
 # ---------------------------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------------------------
@@ -242,17 +262,23 @@ def test_every_output_frame_depends_on_every_input_frame():
 
 
 VARIANTS = {
-    "no_globals": dict(num_global_vectors=0),
-    "separate_qkv_global_ffn": dict(separate_global_qkv=True, use_global_vector_ffn=True),
-    "encoder_only_globals": dict(use_dec_self_global=False, use_dec_cross_global=False),
-    "dec_self_globals_only": dict(use_dec_cross_global=False, dec_depth=[2, 2]),
-    "swin_dilated_heter": dict(
-        self_pattern="video_swin_2x2", cross_self_pattern="axial_space_dilate_2", cross_pattern="cross_2x2_heter"
-    ),
-    "three_levels_zeros_thw": dict(
-        enc_depth=[1, 1, 1], dec_depth=[1, 1, 1], padding_type="zeros", pos_embed_type="t+hw", z_init_method="mean"
-    ),
-    "odd_stem": dict(stem_dims=[8, 16], stem_scales=[3, 1], stem_convs=[0, 2]),
+    "no_globals": {"num_global_vectors": 0},
+    "separate_qkv_global_ffn": {"separate_global_qkv": True, "use_global_vector_ffn": True},
+    "encoder_only_globals": {"use_dec_self_global": False, "use_dec_cross_global": False},
+    "dec_self_globals_only": {"use_dec_cross_global": False, "dec_depth": [2, 2]},
+    "swin_dilated_heter": {
+        "self_pattern": "video_swin_2x2",
+        "cross_self_pattern": "axial_space_dilate_2",
+        "cross_pattern": "cross_2x2_heter",
+    },
+    "three_levels_zeros_thw": {
+        "enc_depth": [1, 1, 1],
+        "dec_depth": [1, 1, 1],
+        "padding_type": "zeros",
+        "pos_embed_type": "t+hw",
+        "z_init_method": "mean",
+    },
+    "odd_stem": {"stem_dims": [8, 16], "stem_scales": [3, 1], "stem_convs": [0, 2]},
 }
 
 
