@@ -24,7 +24,8 @@ def parameter_count(model: torch.nn.Module) -> int:
 def flops_per_sample(model: torch.nn.Module, in_shape: tuple[int, int, int, int]) -> int:
     """FLOPs of one forward pass on one sample (torch counts a multiply-add as 2 FLOPs)."""
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # grad mode stays on: FlopCounterMode's module tracker fails on some blocks under no_grad
+    with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *in_shape))
     return int(counter.get_total_flops())
 
