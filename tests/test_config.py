@@ -60,9 +60,11 @@ def test_names_that_could_become_paths_or_shell_words_are_refused(tiny_params, n
         validate_params(tiny_params)
 
 
-def test_default_and_tiny_params_are_valid():
+def test_default_tiny_and_full_params_are_valid():
     load_params(REPO / "params.yaml")
     load_params(TINY_PARAMS)
+    full = load_params(REPO / "params.full.yaml")
+    assert len(full["grid"]["backbones"]) == 8  # the paper's Table 1
 
 
 def test_missing_file_is_named(tmp_path):
