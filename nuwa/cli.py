@@ -28,21 +28,17 @@ def _params(args):
     return params
 
 
-def _dataset_config(params, name):
-    if name not in params["datasets"]:
-        from nuwa.config import ParamsError
-
-        raise ParamsError(f"{name!r} is not a dataset in {params.get('_source', 'params.yaml')} "
-                          f"(defined: {', '.join(sorted(params['datasets']))})")
-    return params["datasets"][name]
-
-
 def _check_name(params, section, name):
     if name not in params[section]:
         from nuwa.config import ParamsError
 
         raise ParamsError(f"--{section[:-1]} {name!r} is not defined under {section} "
                           f"(defined: {', '.join(sorted(params[section]))})")
+
+
+def _dataset_config(params, name):
+    _check_name(params, "datasets", name)
+    return params["datasets"][name]
 
 
 def cmd_validate(args):

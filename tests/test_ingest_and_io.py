@@ -134,4 +134,4 @@ def test_cli_errors_name_the_culprit_and_write_nothing(tmp_path):
     assert result.returncode == 2 and "'resnet' is not defined under backbones" in result.stderr
     result = subprocess.run(["nuwa", "ingest", "--dataset", "nowhere"], cwd=directory, env=env,
                             capture_output=True, text=True)
-    assert result.returncode == 2 and "'nowhere' is not a dataset" in result.stderr
+    assert result.returncode == 2 and "--dataset 'nowhere' is not defined under datasets" in result.stderr
