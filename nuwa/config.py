@@ -64,10 +64,6 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if kind == "pattern":
         return (f"{key}: name {value!r} is not allowed (names are lower-case ASCII letters, digits and "
                 f"underscores, starting with a letter, at most 48 characters: pattern {schema['pattern']})")
-    if kind == "propertyNames":
-        bad = error.instance
-        return (f"{key}: name {bad!r} is not allowed (names are lower-case ASCII letters, digits and "
-                f"underscores, starting with a letter, at most 48 characters)")
     if kind == "type":
         return f"{key}: {value!r} has type {type(value).__name__}, expected {schema['type']}"
     if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
