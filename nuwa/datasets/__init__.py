@@ -15,6 +15,7 @@ import importlib
 import pkgutil
 from typing import Callable
 
+import numpy as np
 import xarray as xr
 
 Generator = Callable[[dict, int], xr.DataArray]
@@ -24,6 +25,25 @@ _SCHEMAS: dict[str, dict] = {}
 # keys every dataset entry has (their types are checked by the main params schema)
 COMMON_KEYS = ("kind", "height", "width", "input_frames", "output_frames", "window_stride",
                "patch_size", "split", "csi_thresholds", "seed")
+
+
+FRAME_TIME_ATTRS = {"long_name": "frame index after spin-up", "units": "frame"}
+
+
+def field_array(values: np.ndarray, *, name: str, channels, attrs: dict,
+                time_attrs: dict = FRAME_TIME_ATTRS) -> xr.DataArray:
+    """A generator's result: float32 ``(time, channel, y, x)`` with integer time steps.
+
+    ``attrs`` carries ``units`` and ``long_name`` plus every setting worth recording; grid
+    coordinates are added by ingest.
+    """
+    return xr.DataArray(
+        np.asarray(values, dtype=np.float32),
+        dims=("time", "channel", "y", "x"),
+        coords={"time": ("time", np.arange(values.shape[0]), dict(time_attrs)), "channel": list(channels)},
+        name=name,
+        attrs=attrs,
+    )
 
 
 def register_dataset(name: str, config_schema: dict | None = None) -> Callable[[Generator], Generator]:

@@ -29,7 +29,7 @@ from matplotlib.font_manager import FontProperties, findfont
 from matplotlib.path import Path
 from matplotlib.textpath import TextPath
 
-from nuwa.datasets import register_dataset
+from nuwa.datasets import field_array, register_dataset
 
 FONT_FAMILY = "DejaVu Sans"
 SUPERSAMPLE = 4  # samples per pixel side when rasterising a glyph outline
@@ -186,14 +186,11 @@ def generate(config: dict, seed: int) -> xr.DataArray:
     frames = render_frames(
         glyph_bitmaps(settings["glyph_size"]), rows, cols, digits, settings["height"], settings["width"]
     )
-    return xr.DataArray(
+    return field_array(
         frames[:, None],
-        dims=("time", "channel", "y", "x"),
-        coords={
-            "time": ("time", np.arange(settings["length"]), {"long_name": "frame index", "units": "frame"}),
-            "channel": ["intensity"],
-        },
         name="intensity",
+        channels=["intensity"],
+        time_attrs={"long_name": "frame index", "units": "frame"},
         attrs={
             "units": "1",
             "long_name": "glyph intensity",

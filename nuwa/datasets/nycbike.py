@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from nuwa.datasets import register_dataset
+from nuwa.datasets import field_array, register_dataset
 from nuwa.io import DataFileError
 
 HEIGHT, WIDTH = 16, 8
@@ -161,18 +161,12 @@ def generate(config: dict, seed: int) -> xr.DataArray:
     series, counts = rebuild_series(folder)
     hours = len(series)
     # (hours, 128, 2) -> (hours, 2, 16, 8): cell k is row k // 8, column k % 8 (row-major)
-    field = series.reshape(hours, HEIGHT, WIDTH, len(CHANNELS)).transpose(0, 3, 1, 2).astype(np.float32)
-    return xr.DataArray(
+    field = series.reshape(hours, HEIGHT, WIDTH, len(CHANNELS)).transpose(0, 3, 1, 2)
+    return field_array(
         field,
-        dims=("time", "channel", "y", "x"),
-        coords={
-            "time": ("time", np.arange(hours, dtype=np.int32),
-                     {"long_name": "hour index", "units": "hours since start of series"}),
-            "channel": list(CHANNELS),
-            "y": ("y", np.arange(HEIGHT, dtype=np.int32), {"long_name": "grid row", "units": "1"}),
-            "x": ("x", np.arange(WIDTH, dtype=np.int32), {"long_name": "grid column", "units": "1"}),
-        },
         name="bike_flow",
+        channels=CHANNELS,
+        time_attrs={"long_name": "hour index", "units": "hours since start of series"},
         attrs={
             "units": "bikes per hour",
             "long_name": "bike flow",

@@ -60,7 +60,7 @@ from typing import Callable
 import numpy as np
 import xarray as xr
 
-from nuwa.datasets import register_dataset
+from nuwa.datasets import field_array, register_dataset
 
 SAFETY = 0.9  # fraction of the positivity limit used for the time step
 MIN_SUBSTEPS = 4  # at least this many explicit steps per output frame
@@ -323,18 +323,10 @@ def generate(config: dict, seed: int) -> xr.DataArray:
     """Pollutant-dispersion series, dims ``(time, channel, y, x)``, float32, non-negative."""
     settings = _read_config(config)
     run, cells = simulate_config(config, seed)
-    return xr.DataArray(
-        run.concentration.astype(np.float32)[:, None],
-        dims=("time", "channel", "y", "x"),
-        coords={
-            "time": (
-                "time",
-                np.arange(settings["length"]),
-                {"long_name": "frame index after spin-up", "units": "frame"},
-            ),
-            "channel": ["concentration"],
-        },
+    return field_array(
+        run.concentration[:, None],
         name="concentration",
+        channels=["concentration"],
         attrs={
             "units": "kg m-2",
             "long_name": "pollutant concentration",

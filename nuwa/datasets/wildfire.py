@@ -65,7 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from nuwa.datasets import register_dataset
+from nuwa.datasets import field_array, register_dataset
 
 UNBURNABLE, FUEL, BURNING, BURNT = 0, 1, 2, 3
 STATE_NAMES = ("unburnable", "fuel", "burning", "burnt")
@@ -435,18 +435,10 @@ def generate(config: dict, seed: int) -> xr.DataArray:
     settings = _read_config(config)
     run, landscape, _ = simulate_config(config, seed)
     burning = run.state == BURNING
-    return xr.DataArray(
-        run.intensity.astype(np.float32)[:, None],
-        dims=("time", "channel", "y", "x"),
-        coords={
-            "time": (
-                "time",
-                np.arange(settings["length"]),
-                {"long_name": "frame index after spin-up", "units": "frame"},
-            ),
-            "channel": ["intensity"],
-        },
+    return field_array(
+        run.intensity[:, None],
         name="intensity",
+        channels=["intensity"],
         attrs={
             "units": "1",
             "long_name": "fire-front intensity",
