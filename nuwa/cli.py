@@ -48,13 +48,14 @@ def cmd_validate(args):
 
 
 def cmd_ingest(args):
-    from nuwa.ingest import ingest
+    from nuwa.ingest import DEFAULT_CHUNK_FRAMES, ingest
     from nuwa.io import write_netcdf
 
     params = _params(args)
     config = _dataset_config(params, args.dataset)
     out = args.out or grid.PROCESSED.format(dataset=args.dataset)
-    write_netcdf(ingest(args.dataset, config), out)
+    chunk_frames = params.get("ingest", {}).get("chunk_frames", DEFAULT_CHUNK_FRAMES)
+    write_netcdf(ingest(args.dataset, config, chunk_frames=chunk_frames), out)
     print(f"wrote {out}")
 
 

@@ -1,20 +1,30 @@
 """Stage 1, ingest: a registered dataset becomes ``data/processed/{dataset}.nc``.
 
-The file holds the field with dims ``(time, channel, y, x)``, a ``split`` flag per time step
-(train, val, test as contiguous blocks in that order, so no window of one split overlaps
-another) and normalisation statistics computed on the training block only.
+The file holds the field with dims ``(time, channel, y, x)``, a ``split`` flag per time step,
+a ``segment`` id per time step (no window crosses segments: separate videos, events, gaps
+in time) and normalisation statistics computed on the training split only. Splits are
+contiguous blocks in time order (train, val, test) unless the dataset defines its own
+(KTH's subject split).
+
+The field may be a dask array (file readers build one lazily): statistics are reduced chunk
+by chunk and the NetCDF is written chunk by chunk, so peak memory is a few chunks of
+``chunk_frames`` frames whatever the dataset's length.
 """
 
 from __future__ import annotations
 
+import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 
-from nuwa.datasets import get_dataset
-from nuwa.io import check_finite
+from nuwa.datasets import defines_split, get_dataset, with_defaults
+from nuwa.io import DataFileError
 
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
+DEFAULT_CHUNK_FRAMES = 64
+DIMS = ("time", "channel", "y", "x")
 
 
 def split_flags(n_times: int, fractions: dict) -> np.ndarray:
@@ -27,68 +37,101 @@ def split_flags(n_times: int, fractions: dict) -> np.ndarray:
     return flags
 
 
-def build_processed(field: xr.DataArray, config: dict, dataset_name: str) -> xr.Dataset:
-    """Attach split flags, train-only statistics and CF attributes to a raw field."""
-    expected = ("time", "channel", "y", "x")
-    if tuple(field.dims) != expected:
-        raise ValueError(f"dataset {dataset_name!r}: generator returned dims {tuple(field.dims)}, expected {expected}")
-    values = np.asarray(field.values, dtype=np.float32)
-    check_finite(values, f"dataset {dataset_name!r}")
-    flags = split_flags(field.sizes["time"], config["split"])
-    train = values[flags == SPLIT_CODES["train"]]
-    mean = train.mean(axis=(0, 2, 3), dtype=np.float64)
-    std = train.std(axis=(0, 2, 3), dtype=np.float64)
+def _dataset_split(field: xr.DataArray, config: dict, dataset_name: str) -> np.ndarray:
+    if "split" not in field.coords:
+        return split_flags(field.sizes["time"], config["split"])
+    names = np.asarray(field["split"].values).astype(str)
+    unknown = sorted(set(names) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"dataset {dataset_name!r}: split coordinate has value(s) {unknown} (allowed: {', '.join(SPLITS)})")
+    return np.array([SPLIT_CODES[name] for name in names], dtype=np.int8)
+
+
+def _first_nonfinite(values: da.Array) -> tuple[int, ...]:
+    """Index of the first NaN/Inf, found frame by frame (only called when there is one)."""
+    per_frame = (~da.isfinite(values)).any(axis=(1, 2, 3)).compute()
+    t = int(np.flatnonzero(per_frame)[0])
+    frame = np.asarray(values[t])
+    return (t, *(int(i) for i in np.argwhere(~np.isfinite(frame))[0]))
+
+
+def build_processed(field: xr.DataArray, config: dict, dataset_name: str,
+                    chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> xr.Dataset:
+    """Attach split flags, segments, train-only statistics and CF attributes to a raw field.
+
+    The result's field stays lazy when ``field`` is (dask); everything else is small.
+    """
+    if tuple(field.dims) != DIMS:
+        raise ValueError(f"dataset {dataset_name!r}: generator returned dims {tuple(field.dims)}, expected {DIMS}")
+    n_times = field.sizes["time"]
+    flags = _dataset_split(field, config, dataset_name)
+    segment = (np.asarray(field["segment"].values, dtype=np.int32) if "segment" in field.coords
+               else np.zeros(n_times, dtype=np.int32))
+    values = da.asarray(field.data).astype(np.float32).rechunk((chunk_frames, -1, -1, -1))
+    is_train = flags == SPLIT_CODES["train"]
+    if not is_train.any():
+        raise ValueError(f"dataset {dataset_name!r}: the training split is empty")
+    train = values[np.flatnonzero(is_train)].astype(np.float64)
+    nonfinite, mean, std, data_min, data_max = dask.compute(
+        (~da.isfinite(values)).sum(), train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3)), train.min(), train.max())
+    if nonfinite:
+        raise DataFileError(f"dataset {dataset_name!r}: {int(nonfinite)} non-finite value(s) (NaN or Inf), first at "
+                            f"index (time, channel, y, x) = {_first_nonfinite(values)}; the reader must fill or drop "
+                            "missing data explicitly")
     if (std == 0).any():
         constant = [str(c) for c, s in zip(field["channel"].values, std) if s == 0]
         raise ValueError(f"dataset {dataset_name!r}: channel(s) {', '.join(constant)} constant over the training "
                          "split (zero variance): cannot normalise")
     name = field.name or "field"
+    # .variable: a coordinate DataArray would bring the other coordinates (split, segment) along
+    coords = {c: field.coords[c].variable for c in field.coords if c not in ("split", "segment")}
     dataset = xr.Dataset(
         {
-            name: (expected, values, dict(field.attrs)),
+            name: (DIMS, values, dict(field.attrs)),
             "split": ("time", flags, {
                 "long_name": "data split of each time step",
                 "flag_values": np.arange(len(SPLITS), dtype=np.int8),
                 "flag_meanings": " ".join(SPLITS),
+                "comment": "defined by the dataset" if "split" in field.coords else "contiguous time blocks",
             }),
+            "segment": ("time", segment, {
+                "long_name": "segment of consecutive frames (no window crosses a segment boundary)", "units": "1"}),
             "norm_mean": ("channel", mean.astype(np.float32),
                           {"long_name": "per-channel mean over the training split", "units": field.attrs.get("units", "1")}),
             "norm_std": ("channel", std.astype(np.float32),
                          {"long_name": "per-channel standard deviation over the training split",
                           "units": field.attrs.get("units", "1")}),
         },
-        coords={c: field.coords[c] for c in field.coords},
+        coords=coords,
     )
     for dim, long_name in (("y", "grid row"), ("x", "grid column")):
         if dim not in dataset.coords:
             dataset = dataset.assign_coords({dim: np.arange(field.sizes[dim], dtype=np.int32)})
-        dataset[dim].attrs.setdefault("long_name", long_name)
-        dataset[dim].attrs.setdefault("units", "1")
-    if "time" not in dataset.coords:
-        dataset = dataset.assign_coords(time=np.arange(field.sizes["time"], dtype=np.int32))
+            dataset[dim].attrs.update({"long_name": long_name, "units": "1"})
     if not np.issubdtype(dataset["time"].dtype, np.datetime64):
         dataset["time"].attrs.setdefault("long_name", "time step index")
         dataset["time"].attrs.setdefault("units", "1")
-    if "channel" not in dataset.coords:
-        dataset = dataset.assign_coords(channel=[f"channel_{i}" for i in range(field.sizes["channel"])])
-    data_min = float(train.min())
-    data_max = float(train.max())
+    split_text = ("defined by the dataset" if "split" in field.coords else
+                  f"train={config['split']['train']} val={config['split']['val']} test={config['split']['test']}")
     dataset.attrs = {
         "title": f"nuwa processed dataset {dataset_name}",
         "Conventions": "CF-1.10",
         "nuwa_dataset": dataset_name,
         "nuwa_kind": config["kind"],
         "nuwa_variable": name,
-        "data_min": data_min,
-        "data_max": data_max,
+        "data_min": float(data_min),
+        "data_max": float(data_max),
         # metrics (SSIM, PSNR) use the real range of the data, from the training split
-        "data_range": max(data_max - data_min, 1e-12),
-        "split_fractions": f"train={config['split']['train']} val={config['split']['val']} test={config['split']['test']}",
+        "data_range": max(float(data_max) - float(data_min), 1e-12),
+        "split_fractions": split_text,
+        "segments": int(len(np.unique(segment))),
     }
     return dataset
 
 
-def ingest(dataset_name: str, config: dict) -> xr.Dataset:
-    generator = get_dataset(config["kind"])
-    field = generator(config, int(config["seed"]))
-    return build_processed(field, config, dataset_name)
+def ingest(dataset_name: str, config: dict, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> xr.Dataset:
+    config = with_defaults(config)
+    if defines_split(config["kind"]) and "split" in config:
+        raise ValueError(f"dataset {dataset_name!r}: kind {config['kind']!r} defines its own split; remove 'split'")
+    field = get_dataset(config["kind"])(config, int(config["seed"]))
+    return build_processed(field, config, dataset_name, chunk_frames=chunk_frames)

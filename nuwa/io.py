@@ -51,12 +51,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+NETCDF_CHUNK_BYTES = 2 * 2**20  # target size of one compressed HDF5 chunk
+
+
+def netcdf_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """HDF5 chunk shape: whole trailing dims, as many leading steps as fit ~2 MiB.
+
+    Fixed from the shape alone (not from how the data were computed), so the bytes written
+    are the same however a dask array was chunked; and every streamed slab of leading steps
+    fills whole HDF5 chunks, which keeps the HDF5 chunk cache (and memory) small.
+    """
+    step_bytes = itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    leading = max(1, min(shape[0], NETCDF_CHUNK_BYTES // max(step_bytes, 1)))
+    return (int(leading), *map(int, shape[1:]))
+
+
 def write_netcdf(dataset: xr.Dataset, path: str | Path) -> None:
     encoding = {}
     for name, variable in dataset.data_vars.items():
         if variable.dtype.kind == "f":
             # zlib keeps banks small; fixed settings keep the bytes reproducible
             encoding[name] = {"zlib": True, "complevel": 1, "shuffle": True}
+            if variable.ndim >= 2 and all(variable.shape):
+                encoding[name]["chunksizes"] = netcdf_chunks(variable.shape, variable.dtype.itemsize)
     with atomic_path(path) as tmp:
         dataset.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
 

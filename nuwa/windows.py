@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nuwa.ingest import SPLIT_CODES
+from nuwa.ingest import SPLIT_CODES, SPLITS
 from nuwa.io import DataFileError, check_finite, open_netcdf
 
 
@@ -26,6 +26,7 @@ class SeriesData:
     data_range: float
     name: str
     attrs: dict
+    segment: np.ndarray | None = None  # int per time step; None: one segment
 
     def normalise(self, values: np.ndarray) -> np.ndarray:
         return ((values - self.mean[:, None, None]) / self.std[:, None, None]).astype(np.float32)
@@ -46,7 +47,9 @@ def load_series(path) -> SeriesData:
         raise DataFileError(f"{path}: variable {name!r} has dims {tuple(field.dims)}, expected ('time', 'channel', 'y', 'x')")
     values = np.asarray(field.values, dtype=np.float32)
     check_finite(values, f"{path}: variable {name!r}")
-    return SeriesData(field=values, split=dataset["split"].values.astype(np.int8),
+    # files written before segments existed hold one segment
+    segment = dataset["segment"].values.astype(np.int64) if "segment" in dataset.variables else None
+    return SeriesData(field=values, split=dataset["split"].values.astype(np.int8), segment=segment,
                       mean=dataset["norm_mean"].values.astype(np.float32),
                       std=dataset["norm_std"].values.astype(np.float32),
                       data_range=float(dataset.attrs["data_range"]), name=name,
@@ -54,15 +57,35 @@ def load_series(path) -> SeriesData:
                              "long_name": field.attrs.get("long_name", name)})
 
 
-def window_starts(split_flags: np.ndarray, split: str, window_length: int, stride: int) -> np.ndarray:
-    """Start indices of windows lying wholly inside the contiguous block of ``split``."""
-    block = np.flatnonzero(split_flags == SPLIT_CODES[split])
-    if block.size == 0:
+def window_starts(split_flags: np.ndarray, split: str, window_length: int, stride: int,
+                  segment: np.ndarray | None = None) -> np.ndarray:
+    """Start indices of windows whose frames all lie in ``split`` and in one segment.
+
+    Windows are laid out from the start of each run of consecutive frames sharing split and
+    segment, ``stride`` apart, so a contiguous split in one segment gives
+    ``first, first + stride, ...`` as before segments existed.
+    """
+    flags = np.asarray(split_flags)
+    if segment is None:
+        segment = np.zeros(len(flags), dtype=np.int64)
+    segment = np.asarray(segment)
+    if len(segment) != len(flags):
+        raise DataFileError(f"segment has {len(segment)} entries but split has {len(flags)}")
+    if len(flags) == 0:
         return np.zeros(0, dtype=np.int64)
-    first, last = int(block[0]), int(block[-1])
-    if block.size != last - first + 1:
-        raise DataFileError(f"split {split!r} is not one contiguous block of time steps")
-    return np.arange(first, last - window_length + 2, stride, dtype=np.int64)
+    boundary = np.flatnonzero((np.diff(flags) != 0) | (np.diff(segment) != 0)) + 1
+    run_starts = np.concatenate([[0], boundary])
+    run_ends = np.concatenate([boundary, [len(flags)]])
+    code = SPLIT_CODES[split]
+    # within one segment (one continuous series) a split must be one block: frames of a split
+    # scattered between another's would leak neighbouring frames across the split
+    pairs = list(zip(segment[run_starts].tolist(), flags[run_starts].tolist()))
+    if len(set(pairs)) != len(pairs):
+        seg, flag = next(pair for pair in pairs if pairs.count(pair) > 1)
+        raise DataFileError(f"split {SPLITS[flag]!r} is not one contiguous block of time steps in segment {seg}")
+    starts = [np.arange(first, end - window_length + 1, stride, dtype=np.int64)
+              for first, end in zip(run_starts, run_ends) if flags[first] == code]
+    return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -72,7 +95,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.series = series
         self.input_frames = input_frames
         self.output_frames = output_frames
-        self.starts = window_starts(series.split, split, input_frames + output_frames, stride)
+        self.starts = window_starts(series.split, split, input_frames + output_frames, stride, series.segment)
         self.normalised = torch.from_numpy(series.normalise(series.field))
 
     def __len__(self) -> int:

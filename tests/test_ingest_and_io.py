@@ -72,6 +72,7 @@ def test_nan_in_data_is_named(tmp_path):
     with pytest.raises(DataFileError, match=r"non-finite.*\(3, 0, 1, 2\)"):
         build_processed(field, {"kind": "k", "split": {"train": 0.6, "val": 0.2, "test": 0.2}}, "nan")
     good = build_processed(field.fillna(0.5), {"kind": "k", "split": {"train": 0.6, "val": 0.2, "test": 0.2}}, "x")
+    good = good.load()  # ingest keeps the field lazy (dask)
     good["v"].values[5, 0, 0, 0] = np.inf
     path = tmp_path / "inf.nc"
     good.to_netcdf(path)
@@ -135,3 +136,43 @@ def test_cli_errors_name_the_culprit_and_write_nothing(tmp_path):
     result = subprocess.run(["nuwa", "ingest", "--dataset", "nowhere"], cwd=directory, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--dataset 'nowhere' is not defined under datasets" in result.stderr
+
+
+def test_windows_never_cross_segments():
+    flags = np.zeros(12, dtype=np.int8)
+    segment = np.array([0] * 5 + [1] * 4 + [2] * 3)
+    # runs [0, 5), [5, 9), [9, 12): windows of 3 start inside each run only
+    assert window_starts(flags, "train", 3, 1, segment).tolist() == [0, 1, 2, 5, 6, 9]
+    assert window_starts(flags, "train", 3, 2, segment).tolist() == [0, 2, 5, 9]
+    assert window_starts(flags, "train", 5, 1, segment).tolist() == [0]
+    assert window_starts(flags, "train", 3, 1).tolist() == list(range(10))
+
+
+def test_split_may_interleave_across_segments_but_not_within_one():
+    # KTH-like: each segment is a clip belonging wholly to one split
+    flags = np.array([0, 0, 2, 2, 0, 0, 1, 1], dtype=np.int8)
+    segment = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    assert window_starts(flags, "train", 2, 1, segment).tolist() == [0, 4]
+    assert window_starts(flags, "test", 2, 1, segment).tolist() == [2]
+    with pytest.raises(DataFileError, match="segment 0"):
+        window_starts(np.array([0, 2, 0, 0], dtype=np.int8), "train", 1, 1, np.zeros(4))
+
+
+def test_segments_and_dataset_split_reach_the_processed_file(tmp_path):
+    from nuwa.datasets import field_array
+
+    values = np.random.default_rng(1).random((10, 1, 4, 4))
+    field = field_array(values, name="v", channels=["c"], attrs={"units": "1", "long_name": "v"},
+                        segment=[0, 0, 0, 1, 1, 1, 2, 2, 2, 2],
+                        split=["train"] * 6 + ["test"] * 4)
+    processed = build_processed(field, {"kind": "k"}, "clips")
+    assert processed["segment"].values.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    assert processed["split"].values.tolist() == [0] * 6 + [2] * 4
+    assert "split" not in processed.coords and "segment" not in processed.coords
+    np.testing.assert_allclose(processed["norm_mean"].values, values[:6].mean(axis=(0, 2, 3)), rtol=1e-5)
+    write_netcdf(processed, tmp_path / "clips.nc")
+    series = load_series(tmp_path / "clips.nc")
+    assert series.segment.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    bad = field_array(values, name="v", channels=["c"], attrs={"units": "1"}, split=["train"] * 9 + ["holdout"])
+    with pytest.raises(ValueError, match="holdout"):
+        build_processed(bad, {"kind": "k"}, "clips")

@@ -73,7 +73,7 @@ def test_config_schema_keys_and_missing_key():
     schema = dataset_config_schema("wildfire")
     expected = {"length", "p0", "wind_speed", "wind_coefficient", "wind_direction_coefficient",
                 "slope_coefficient", "moisture", "ignition_rate", "regrowth_rate", "burn_steps", "spinup"}
-    assert set(schema["required"]) == expected
+    assert set(schema["required"]) == expected | {"split"}
     for key in expected - {"length", "spinup"}:
         assert "minimum" in schema["properties"][key] or "exclusiveMinimum" in schema["properties"][key], key
         assert "maximum" in schema["properties"][key], key

@@ -1,0 +1,56 @@
+"""Ingest streams: peak memory does not grow with the dataset's length.
+
+Each case runs in a fresh interpreter (peak RSS is per process) and ingests a lazily
+generated field 4x and 16x larger than the chunk it is streamed in; the difference in
+peak memory between the two must be a small fraction of the difference in data size.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import xarray as xr
+
+
+SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+    from nuwa.ingest import build_processed
+    from nuwa.io import write_netcdf
+
+    frames, chunk_frames, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    values = da.random.RandomState(0).random_sample((frames, 2, 96, 96), chunks=(chunk_frames, 2, 96, 96))
+    field = xr.DataArray(values.astype(np.float32), dims=("time", "channel", "y", "x"), name="v",
+                         coords={"channel": ["a", "b"]}, attrs={"units": "1", "long_name": "noise"})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    processed = build_processed(field, {"kind": "noise", "split": {"train": 0.7, "val": 0.1, "test": 0.2}},
+                                "noise", chunk_frames=chunk_frames)
+    write_netcdf(processed, out)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_growth_mib": (after - before) / 1024, "data_mib": values.nbytes / 2 / 2**20}))
+""")
+
+CHUNK_FRAMES = 32
+
+
+def run_ingest(frames: int, out) -> dict:
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(frames), str(CHUNK_FRAMES), str(out)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_ingest_peak_memory_does_not_grow_with_length(tmp_path):
+    small = run_ingest(4 * CHUNK_FRAMES * 4, tmp_path / "small.nc")
+    large = run_ingest(16 * CHUNK_FRAMES * 4, tmp_path / "large.nc")
+    extra_data = large["data_mib"] - small["data_mib"]
+    extra_peak = large["peak_growth_mib"] - small["peak_growth_mib"]
+    assert extra_data > 100
+    # holding the field in memory would add at least extra_data; streaming adds next to nothing
+    assert extra_peak < 0.15 * extra_data, (small, large)
+    written = xr.open_dataset(tmp_path / "large.nc")
+    assert written["v"].shape == (16 * CHUNK_FRAMES * 4, 2, 96, 96)
+    assert int(written.attrs["segments"]) == 1
+
