@@ -47,6 +47,36 @@ def cmd_validate(args):
     print(f"{args.params}: valid; {len(params['grid']['datasets'])} dataset(s), {len(cells)} training run(s)")
 
 
+def dataset_rows(params: dict) -> list[dict]:
+    """One row per params dataset entry, then one per registered kind no entry uses."""
+    from nuwa.datasets import dataset_kinds, source_status
+
+    in_grid = set(params["grid"]["datasets"])
+    rows = []
+    for name, entry in params["datasets"].items():
+        source, present = source_status(entry)
+        rows.append({"name": name, "kind": entry["kind"], "in_grid": "yes" if name in in_grid else "no",
+                     "source": source or "(generated)", "present": "yes" if present else "NO"})
+    used = {entry["kind"] for entry in params["datasets"].values()}
+    for kind in dataset_kinds():
+        if kind not in used:
+            rows.append({"name": "-", "kind": kind, "in_grid": "no", "source": "(no params entry)", "present": "-"})
+    return rows
+
+
+def cmd_datasets(args):
+    import pandas as pd
+
+    rows = dataset_rows(_params(args))
+    frame = pd.DataFrame(rows, columns=["name", "kind", "in_grid", "source", "present"])
+    print(frame.to_string(index=False))
+    missing = [r["name"] for r in rows if r["present"] == "NO" and r["in_grid"] == "yes"]
+    if missing:
+        print(f"\nin the grid but source files missing: {', '.join(missing)} (see README, 'Datasets')", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_ingest(args):
     from nuwa.ingest import DEFAULT_CHUNK_FRAMES, ingest
     from nuwa.io import write_netcdf
@@ -352,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     add("validate", cmd_validate, "check params.yaml and print the size of the grid", dataset=False)
+    add("datasets", cmd_datasets, "list params.yaml's datasets and registered kinds, and whether source files are "
+        "present (exit 1 if a grid dataset's files are missing)", dataset=False)
     c = add("ingest", cmd_ingest, "generate or read a dataset into data/processed/{dataset}.nc")
     c.add_argument("--out")
     c = add("pretrain", cmd_pretrain, "train the upstream ViT to reconstruct its input (training split only)")
@@ -425,14 +457,14 @@ def main(argv=None) -> int:
     from nuwa.io import DataFileError
 
     try:
-        args.func(args)
+        status = args.func(args)
     except (ParamsError, DataFileError, ValueError, KeyError) as exc:
         if os.environ.get("NUWA_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"nuwa {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return int(status or 0)
 
 
 if __name__ == "__main__":

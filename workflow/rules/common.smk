@@ -34,6 +34,19 @@ def run_files(dataset, backbone, variant, seed, primary):
     return {name.split(".")[0]: f"{folder}/{name}" for name in grid.RUN_FILES}
 
 
+def dataset_source(wildcards):
+    """A file-based dataset's source (folder, file or glob matches): a missing one stops the
+    DAG before any job runs, and new or changed files rerun the ingest."""
+    import glob
+
+    source = config["datasets"][wildcards.dataset].get("source")
+    if source is None:
+        return []
+    if glob.has_magic(source):
+        return sorted(glob.glob(source, recursive=True)) or [source]
+    return [source]
+
+
 def saliency_input(wildcards):
     method = config["variants"][wildcards.variant]["method"]
     return grid.SALIENCY.format(dataset=wildcards.dataset) if method == "saliency" else []

@@ -1,4 +1,6 @@
 rule ingest:
+    input:
+        dataset_source,
     output:
         grid.PROCESSED,
     params:
