@@ -355,3 +355,26 @@ def test_malformed_ranges_and_duplicates(copy):
 def test_selected_action_without_videos(kth_folder):
     with pytest.raises(DataFileError, match=r"action 'running'"):
         get_dataset("kth")(config(kth_folder, actions=["boxing", "running"]), 0)
+
+
+def test_cli_ingest_of_a_corrupt_video_fails_cleanly(copy, tmp_path):
+    """The error surfaces mid-stream (while dask reads the video): one line naming the file, nothing written."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import TINY_PARAMS, tool_env
+
+    path = video_path(copy, "person17_boxing_d1")
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["datasets"]["kth"] = config(copy)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "data" / "processed" / "kth.nc"
+    result = subprocess.run([sys.executable, "-m", "nuwa", "ingest", "--params", str(tmp_path / "params.yaml"),
+                             "--dataset", "kth", "--out", str(out)], capture_output=True, text=True, env=tool_env())
+    assert result.returncode == 2, result.stderr
+    assert str(path) in result.stderr and "Traceback" not in result.stderr
+    leftovers = list(out.parent.glob("*")) if out.parent.exists() else []
+    assert leftovers == [], leftovers  # neither the NetCDF nor its temporary file
