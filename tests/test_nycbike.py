@@ -59,7 +59,7 @@ def test_shape_coords_and_attrs(field):
     assert field.dtype == np.float32
     assert list(field["channel"].values) == ["inflow", "outflow"]
     assert np.array_equal(field["time"].values, np.arange(1296))
-    assert field["time"].attrs["units"] == "hours since start of series"
+    assert field["time"].attrs["units"] == "1" and "hours since the first frame" in field["time"].attrs["long_name"]
     assert field.attrs["units"] == "bikes per hour" and field.attrs["long_name"] == "bike flow"
     values = field.values
     assert (values >= 0).all() and np.array_equal(values, np.round(values))

@@ -246,3 +246,23 @@ def test_radar_pipeline_end_to_end(tmp_path):
         assert metrics["mse"] >= 0 and "csi" in json.dumps(metrics)
     summary = (directory / "results/tables/summary.csv").read_text()
     assert "radar_knmi" in summary and "persistence" in summary
+
+
+NYCBIKE = REPO.parent / "shared" / "data" / "traffic" / "NYCBike1"
+
+
+@pytest.mark.skipif(not NYCBIKE.is_dir(), reason=f"real NYCBike1 files not present at {NYCBIKE}")
+def test_snakemake_ingests_one_named_dataset_and_needs_its_source(tmp_path):
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load((REPO / "tests/data/tiny_params.yaml").read_text())
+    params["datasets"]["nycbike"] = dict(default["datasets"]["nycbike"], source=str(NYCBIKE))
+    params["datasets"]["elsewhere"] = dict(default["datasets"]["nycbike"], source=str(tmp_path / "absent"))
+    directory = make_workdir(tmp_path, params)
+    run(["snakemake", "--cores", "1", "data/processed/nycbike.nc"], directory)
+    assert output_files(directory) == {"data/processed/nycbike.nc"}
+    assert xr.open_dataset(directory / "data/processed/nycbike.nc")["bike_flow"].shape == (1296, 2, 16, 8)
+    # the source is the ingest job's input: a missing one stops the DAG before any job runs
+    missing = run(["snakemake", "--cores", "1", "data/processed/elsewhere.nc"], directory, check=False)
+    assert missing.returncode != 0
+    assert "Missing input files" in missing.stderr + missing.stdout and str(tmp_path / "absent") in missing.stderr + missing.stdout
+    assert not (directory / "data/processed/elsewhere.nc").exists()

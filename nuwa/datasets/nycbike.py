@@ -166,7 +166,7 @@ def generate(config: dict, seed: int) -> xr.DataArray:
         field,
         name="bike_flow",
         channels=CHANNELS,
-        time_attrs={"long_name": "hour index", "units": "hours since start of series"},
+        time_attrs={"long_name": "hours since the first frame of the series (the files carry no dates)", "units": "1"},  # not a CF "since" unit: there is no reference date
         attrs={
             "units": "bikes per hour",
             "long_name": "bike flow",
