@@ -78,14 +78,16 @@ def cmd_datasets(args):
 
 
 def cmd_ingest(args):
-    from nuwa.ingest import DEFAULT_CHUNK_FRAMES, ingest
+    from nuwa.ingest import DEFAULT_CHUNK_FRAMES, dask_scheduler, ingest
     from nuwa.io import write_netcdf
 
     params = _params(args)
     config = _dataset_config(params, args.dataset)
     out = args.out or grid.PROCESSED.format(dataset=args.dataset)
-    chunk_frames = params.get("ingest", {}).get("chunk_frames", DEFAULT_CHUNK_FRAMES)
-    write_netcdf(ingest(args.dataset, config, chunk_frames=chunk_frames), out)
+    settings = params.get("ingest", {})
+    with dask_scheduler(settings.get("scheduler", "local"), threads=args.threads or 1):
+        processed = ingest(args.dataset, config, chunk_frames=settings.get("chunk_frames", DEFAULT_CHUNK_FRAMES))
+        write_netcdf(processed, out)
     print(f"wrote {out}")
 
 
@@ -185,19 +187,36 @@ def empty_bank_dataset(series, config, dataset_name, variant):
 
 
 def cmd_train(args):
+    """One cell; several processes when launched by torchrun (see nuwa.distributed), rank 0 writing."""
+    from nuwa import distributed
+
+    params = _params(args)
+    distributed.check_batch_size(params["train"]["batch_size"], distributed.environment_world_size())
+    context = distributed.setup(args.device)
+    try:
+        _train(args, params, context)
+    finally:
+        distributed.teardown(context)
+
+
+def _train(args, params, context):
     from nuwa.evaluate import METRIC_CONVENTIONS, examples_dataset
     from nuwa.io import (DataFileError, load_checkpoint, open_netcdf, save_checkpoint, write_csv, write_json,
                          write_netcdf)
     from nuwa.train import train_cell
     from nuwa.windows import load_series
 
-    params = _params(args)
     config = _dataset_config(params, args.dataset)
     _check_name(params, "backbones", args.backbone)
     _check_name(params, "variants", args.variant)
     seed = params["seed"] if args.seed is None else args.seed
     cell = grid.Cell(args.dataset, args.backbone, args.variant, seed, primary=seed == params["seed"])
     out_dir = Path(args.out_dir or cell.run_dir)
+    if context.is_main:
+        # temporary files of a writer killed mid-write (SIGKILL skips the clean-up of io.atomic_path)
+        for name in (*grid.RUN_FILES, "checkpoint.pt"):
+            for partial in out_dir.glob(f".{name}.*.tmp"):
+                partial.unlink(missing_ok=True)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     bank_inputs = bank_sources = None
     method = params["variants"][args.variant]["method"]
@@ -215,7 +234,9 @@ def cmd_train(args):
         series, dataset_name=args.dataset, dataset_config=config, backbone_name=args.backbone,
         backbone_config=params["backbones"][args.backbone], variant=args.variant, train_config=params["train"],
         seed=seed, bank_inputs=bank_inputs, bank_sources=bank_sources, checkpoint_path=checkpoint_path,
-        upstream=upstream)
+        upstream=upstream, context=context)
+    if not context.is_main:
+        return
     metrics.update({"dataset": args.dataset, "backbone": args.backbone, "variant": args.variant, "method": method,
                     "split": "test", "conventions": METRIC_CONVENTIONS})
     write_csv(history, out_dir / "history.csv")
@@ -407,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bank")
     c.add_argument("--upstream", help="upstream ViT model.pt, read when the backbone entry sets init_from_upstream")
     c.add_argument("--out-dir")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default): cuda (cuda:LOCAL_RANK under torchrun) when available, else cpu. Several "
+                        "GPUs: torchrun --standalone --nnodes 1 --nproc_per_node N -m nuwa train ...")
     c = add("baseline", cmd_baseline, "persistence baseline metrics on the test split")
     c.add_argument("--data")
     c.add_argument("--out")

@@ -13,6 +13,9 @@ by chunk and the NetCDF is written chunk by chunk, so peak memory is a few chunk
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import dask
 import dask.array as da
 import numpy as np
@@ -127,6 +130,34 @@ def build_processed(field: xr.DataArray, config: dict, dataset_name: str,
         "segments": int(len(np.unique(segment))),
     }
     return dataset
+
+
+@contextlib.contextmanager
+def dask_scheduler(scheduler: str | None, threads: int = 1) -> Iterator[object]:
+    """Where ingest's dask work runs, from ``ingest.scheduler`` in params.yaml.
+
+    * ``local`` (default): a dask.distributed LocalCluster started for this job (in-process
+      workers, ``threads`` threads), closed at the end;
+    * ``threads``: dask's plain threaded scheduler, no cluster;
+    * an address such as ``tcp://scheduler:8786``: an existing dask.distributed cluster (its
+      workers must import nuwa and reach the source files).
+    """
+    if scheduler in (None, "threads"):
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout="10s")
+    except OSError as exc:
+        raise ValueError(f"ingest.scheduler: cannot reach the dask scheduler at {scheduler!r} ({exc})") from None
+    with client:
+        yield client
 
 
 def ingest(dataset_name: str, config: dict, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> xr.Dataset:

@@ -52,16 +52,26 @@ def true_frame_mask(method: str, progress: float, batch: int, input_frames: int,
 
 
 def training_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, progress: float,
-                  generator: torch.Generator) -> torch.Tensor:
-    method = getattr(model, "training_method", "plain")
+                  generator: torch.Generator, rows: slice | None = None, batch: int | None = None) -> torch.Tensor:
+    """The loss of one training step.
+
+    Data parallel (:mod:`nuwa.distributed`): ``inputs`` and ``targets`` may be the rows ``rows`` of a
+    global batch of ``batch`` samples, one process's share. Random draws are then made for the whole
+    global batch, as one process makes them, and this share's rows kept, so that training does not
+    depend on how the batch is split. ``model`` may be wrapped in DistributedDataParallel.
+    """
+    network = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    method = getattr(network, "training_method", "plain")
     if method == "plain":
         prediction = model(inputs)
     else:
-        mask = true_frame_mask(method, progress, inputs.shape[0], inputs.shape[1], targets.shape[1], generator,
-                               getattr(model, "sampling_fraction", 0.5))
+        mask = true_frame_mask(method, progress, inputs.shape[0] if batch is None else batch, inputs.shape[1],
+                               targets.shape[1], generator, getattr(network, "sampling_fraction", 0.5))
+        if rows is not None:
+            mask = mask[rows]
         prediction = model(inputs, targets=targets, true_frame_mask=mask)
     loss = torch.mean((prediction - targets) ** 2)
-    auxiliary = getattr(model, "auxiliary_loss", None)
+    auxiliary = getattr(network, "auxiliary_loss", None)
     if auxiliary is not None:
         loss = loss + auxiliary
     return loss

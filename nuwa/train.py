@@ -3,12 +3,19 @@
 Every variant gets the same budget (optimiser steps), split, seed and batch size; augmented
 variants draw their batches from the original training windows plus the bank. Validation
 picks the checkpoint; the test split is read once, at the end, by evaluation. Checkpoints
-are written periodically so that a killed job resumes where it stopped.
+are written periodically so that a killed job resumes where it stopped, and ends with the
+same numbers as an uninterrupted run: a checkpoint holds the model, optimiser, scheduler,
+the batch generator (data order and scheduled-sampling draws), every RNG that training could
+touch (torch, CUDA, numpy, Python's), the history and the best model so far.
+
+Across processes (torchrun, :mod:`nuwa.distributed`) the run is the single-process run up to
+floating-point rounding: the same global batches, split across ranks, with averaged gradients.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 import time
 from pathlib import Path
 
@@ -16,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nuwa import distributed
 from nuwa.backbones import create_backbone
 from nuwa.evaluate import evaluate_forecaster
 from nuwa.io import load_checkpoint, save_checkpoint
@@ -64,25 +72,66 @@ class TrainingPool:
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, val: WindowDataset, batch_size: int, max_batches: int) -> float:
+def validation_loss(model: torch.nn.Module, val: WindowDataset, batch_size: int, max_batches: int,
+                    device: torch.device | None = None) -> float:
+    device = device or torch.device("cpu")
     model.eval()
     total, count = 0.0, 0
     loader = torch.utils.data.DataLoader(val, batch_size=batch_size, shuffle=False)
     for batch_number, (_, inputs, targets) in enumerate(loader):
         if batch_number >= max_batches:
             break
-        total += float(torch.sum((model(inputs) - targets) ** 2))
+        total += float(torch.sum((model(inputs.to(device)) - targets.to(device)) ** 2))
         count += targets.numel()
     model.train()
     return total / max(count, 1)
 
 
+def rng_state(device: torch.device) -> dict:
+    """Every global RNG that a training step could draw from (tensors and plain containers only)."""
+    key, position, has_gauss, gauss = np.random.get_state()[1:]
+    state = {"torch": torch.get_rng_state(),
+             "numpy": (torch.from_numpy(key.astype(np.int64)), int(position), int(has_gauss), float(gauss)),
+             "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        key, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state(("MT19937", key.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, backbone_name: str,
                backbone_config: dict, variant: str, train_config: dict, seed: int,
                bank_inputs: np.ndarray | None = None, bank_sources: np.ndarray | None = None,
-               checkpoint_path: str | Path | None = None, upstream: dict | None = None):
-    """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict)."""
+               checkpoint_path: str | Path | None = None, upstream: dict | None = None,
+               context: distributed.Context = distributed.SINGLE):
+    """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict).
+
+    With several processes (``context``), every process returns the model and history; the
+    metrics and examples are rank 0's alone (None elsewhere), and only rank 0 writes the checkpoint.
+    """
     names = (dataset_name, backbone_name, variant)
+    batch_size = train_config["batch_size"]
+    my_rows = distributed.shard_rows(batch_size, context)  # checks that the batch splits evenly
+    device = context.device
     seed_torch(seed, "train", *names)
     train = select_dataset(series, dataset_config, "train")
     val = select_dataset(series, dataset_config, "val")
@@ -98,6 +147,7 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
             raise ValueError(f"backbones.{backbone_name}.init_from_upstream: backbone kind "
                              f"{backbone_config['kind']!r} cannot start from the upstream ViT's weights")
         transferred = model.load_upstream(upstream)
+    model.to(device)
     steps = train_config["steps"]
     optimiser = torch.optim.Adam(model.parameters(), lr=train_config["learning_rate"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=train_config["learning_rate"], total_steps=steps)
@@ -111,47 +161,72 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         optimiser.load_state_dict(saved["optimiser"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
+        if "rng" in saved:  # one entry per rank of the run that wrote it
+            set_rng_state(saved["rng"][context.rank if context.rank < len(saved["rng"]) else 0], device)
+        else:  # checkpoints written before the other RNGs were saved
+            torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
+        if context.is_main:
+            print(f"resuming from {checkpoint_path} at step {state['step']} of {steps}"
+                  f" (checkpoint written by {saved.get('world_size', 1)} process(es))", flush=True)
+    elif context.rank > 0:
+        # the model is initialised (identically on every rank); dropout draws differ between ranks
+        seed_torch(seed, "train", *names, f"rank{context.rank}")
+    network = distributed.wrap(model, context)  # DistributedDataParallel across processes
     started = time.perf_counter() - state["seconds"]
-    model.train()
-    bar = progress(total=steps, desc=f"train {'/'.join(names)}", unit="step")
+    network.train()
+    bar = progress(total=steps, desc=f"train {'/'.join(names)}", unit="step") if context.is_main else _NoBar()
     bar.update(state["step"])
-    batch_size = train_config["batch_size"]
+    # across processes, each computes the loss of its rows of the global batch (random draws are
+    # still made for the whole batch); DDP's average of the gradients is the whole batch's gradient
+    share = {"rows": my_rows, "batch": batch_size} if context.distributed else {}
     while state["step"] < steps:
         rows = torch.randint(len(pool), (batch_size,), generator=generator)
-        inputs, targets = pool.batch(rows)
-        loss = training_loss(model, inputs, targets, progress=state["step"] / steps, generator=generator)
+        inputs, targets = pool.batch(rows[my_rows])
+        loss = training_loss(network, inputs.to(device), targets.to(device), progress=state["step"] / steps,
+                             generator=generator, **share)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         scheduler.step()
         state["step"] += 1
         step = state["step"]
-        row = {"step": step, "train_loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0],
-               "val_loss": float("nan")}
+        row = {"step": step, "train_loss": distributed.mean_over_ranks(loss.item(), context),
+               "learning_rate": scheduler.get_last_lr()[0], "val_loss": float("nan")}
         if step % train_config["eval_every"] == 0 or step == steps:
-            row["val_loss"] = validation_loss(model, val, batch_size, train_config["val_batches"])
+            # rank 0 validates on the whole validation set while the others wait for its result
+            loss_here = validation_loss(model, val, batch_size, train_config["val_batches"], device) \
+                if context.is_main else 0.0
+            row["val_loss"] = distributed.from_main(loss_here, context)
             if row["val_loss"] < state["best_val"]:
                 state["best_val"], state["best_step"] = row["val_loss"], step
-                state["best_state"] = copy.deepcopy(model.state_dict())
+                if context.is_main:
+                    state["best_state"] = copy.deepcopy(model.state_dict())
         row["seconds"] = time.perf_counter() - started
         state["history"].append(row)
         state["seconds"] = row["seconds"]
         bar.update(1)
         if checkpoint_path and step % train_config["checkpoint_every"] == 0 and step < steps:
-            save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                             "torch_rng": torch.get_rng_state(), "state": state}, checkpoint_path)
+            rng = distributed.gather(rng_state(device), context)
+            if context.is_main:
+                save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                 "rng": rng, "world_size": context.world_size, "state": state},
+                                checkpoint_path)
     bar.close()
+    history = pd.DataFrame(state["history"])
+    if not context.is_main:
+        return model, history, None, None
     model.load_state_dict(state["best_state"])
     model.eval()
-    metrics, examples = evaluate_forecaster(model, test, dataset_config["csi_thresholds"], batch_size=32,
+    metrics, examples = evaluate_forecaster(lambda inputs: model(inputs.to(device)).cpu(), test,
+                                            dataset_config["csi_thresholds"], batch_size=32,
                                             example_count=train_config["example_samples"])
     metrics.update({
         "best_step": state["best_step"], "best_val_loss": state["best_val"], "steps": steps, "seed": seed,
         "train_pool": len(pool), "bank_samples": len(pool) - len(train),
         "parameters": sum(p.numel() for p in model.parameters()),
         "upstream_tensors_loaded": len(transferred),
+        "world_size": context.world_size, "backend": context.backend, "device": device.type,
     })
-    return model, pd.DataFrame(state["history"]), metrics, examples
+    return model, history, metrics, examples

@@ -54,3 +54,41 @@ def test_ingest_peak_memory_does_not_grow_with_length(tmp_path):
     assert written["v"].shape == (16 * CHUNK_FRAMES * 4, 2, 96, 96)
     assert int(written.attrs["segments"]) == 1
 
+
+
+def ingest_cli(params_path, out) -> subprocess.CompletedProcess:
+    from conftest import tool_env
+
+    return subprocess.run([sys.executable, "-m", "nuwa", "ingest", "--params", str(params_path), "--dataset",
+                           "moving_glyphs", "--out", str(out)], capture_output=True, text=True, env=tool_env())
+
+
+def test_ingest_on_an_existing_dask_cluster_and_a_local_one(tmp_path):
+    """ingest.scheduler: a tcp:// address sends the work to that cluster; results equal the plain scheduler's."""
+    import yaml
+    from distributed import Client, LocalCluster
+
+    from conftest import TINY_PARAMS
+
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    results = {}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        for scheduler in ("threads", "local", cluster.scheduler_address):
+            params["ingest"] = {"scheduler": scheduler, "chunk_frames": 16}
+            path = tmp_path / f"params_{len(results)}.yaml"
+            path.write_text(yaml.safe_dump(params))
+            out = tmp_path / f"out_{len(results)}.nc"
+            result = ingest_cli(path, out)
+            assert result.returncode == 0, result.stderr
+            results[scheduler] = xr.open_dataset(out).load()
+        # the external cluster ran the work (the other two runs never contact it)
+        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.task_prefixes)) > 0
+    reference = results.pop("threads")
+    for scheduler, dataset in results.items():
+        assert dataset.identical(reference), scheduler
+    params["ingest"] = {"scheduler": "tcp://127.0.0.1:9"}  # nothing listens there
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(params))
+    unreachable = ingest_cli(tmp_path / "bad.yaml", tmp_path / "bad.nc")
+    assert unreachable.returncode == 2 and "tcp://127.0.0.1:9" in unreachable.stderr
+    assert not (tmp_path / "bad.nc").exists()

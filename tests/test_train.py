@@ -59,3 +59,31 @@ def test_resume_changes_nothing_when_the_checkpoint_is_absent(tiny_params, tiny_
     torch.manual_seed(123)  # global RNG state must not leak into a cell: it seeds itself
     third = train_module.train_cell(tiny_series, **arguments)[2]
     assert third["mse"] == first["mse"]
+
+
+def test_a_checkpoint_holds_everything_a_resumed_run_draws_from(tiny_params, tiny_series, tmp_path):
+    import random
+
+    from nuwa.io import load_checkpoint, save_checkpoint
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    arguments = dict(dataset_name="moving_glyphs", dataset_config=tiny_params["datasets"]["moving_glyphs"],
+                     backbone_name="convlstm", backbone_config=tiny_params["backbones"]["convlstm"], variant="ori",
+                     train_config=dict(tiny_params["train"], steps=4, checkpoint_every=2), seed=0)
+    train_module.train_cell(tiny_series, checkpoint_path=checkpoint, **arguments)
+    saved = load_checkpoint(checkpoint)  # weights_only: tensors and plain containers
+    assert set(saved) == {"model", "optimiser", "scheduler", "generator", "rng", "world_size", "state"}
+    assert saved["world_size"] == 1 and len(saved["rng"]) == 1
+    assert set(saved["rng"][0]) == {"torch", "numpy", "python"}  # and "cuda" on a GPU
+    assert set(saved["state"]) == {"step", "history", "best_val", "best_step", "best_state", "seconds"}
+    assert saved["state"]["step"] == 2 and len(saved["state"]["history"]) == 2
+
+    # the global RNGs survive a save and a weights_only load
+    cpu = torch.device("cpu")
+    state = train_module.rng_state(cpu)
+    draws = (torch.rand(3), np.random.random(3), [random.random() for _ in range(3)])
+    save_checkpoint({"rng": [state]}, tmp_path / "rng.pt")
+    train_module.set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"][0], cpu)
+    assert torch.equal(torch.rand(3), draws[0])
+    np.testing.assert_array_equal(np.random.random(3), draws[1])
+    assert [random.random() for _ in range(3)] == draws[2]

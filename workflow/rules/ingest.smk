@@ -14,7 +14,8 @@ rule ingest:
     conda:
         ENV
     shell:
-        "nuwa ingest --params {params.file:q} --dataset {wildcards.dataset} --out {output:q} > {log:q} 2>&1"
+        "nuwa ingest --params {params.file:q} --dataset {wildcards.dataset} --threads {threads}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule baseline:

@@ -1,0 +1,136 @@
+"""The workflow on a real Slurm cluster (workflow/scripts/local_slurm.sh) through workflow/profiles/slurm.
+
+Runs where Slurm's daemons can run: as root (CI runs as root). The script installs Debian's
+slurm-wlm, slurmdbd, mariadb-server and munge if they are missing, starts them, and stops
+every daemon it started at the end of the module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY_PARAMS, make_workdir, tool_env
+
+SCRIPT = REPO / "workflow" / "scripts" / "local_slurm.sh"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="a local Slurm cluster needs root (CI runs as root)"),
+]
+
+# status polling every second instead of the plugin's cluster-friendly defaults (40 s first wait)
+FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]
+
+
+def small_params() -> dict:
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["grid"].update(backbones=["simvp"], variants=["ori", "nuwa"])
+    params["figures"]["backbone"] = "simvp"
+    params["train"]["steps"] = 12  # long enough for a training job to be caught running
+    params["train"]["checkpoint_every"] = 2
+    return params
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def outputs(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for root in ("data", "results") for p in (directory / root).rglob("*")
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    began = time.perf_counter()
+    subprocess.run([str(SCRIPT), "start"], check=True, capture_output=True, text=True, timeout=600)
+    print(f"local Slurm cluster start-up: {time.perf_counter() - began:.1f} s")
+    try:
+        yield
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], check=False, capture_output=True, text=True, timeout=120)
+
+
+def sacct_rows(since: str) -> list[dict]:
+    result = subprocess.run(["sacct", "-X", "-n", "-P", "-S", since, "-o", "JobID,State,Comment,AllocTRES"],
+                            check=True, capture_output=True, text=True)
+    keys = ("job_id", "state", "comment", "tres")
+    return [dict(zip(keys, line.split("|"))) for line in result.stdout.splitlines() if line.strip()]
+
+
+def running_train_job() -> str | None:
+    result = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"], capture_output=True, text=True)
+    for line in result.stdout.splitlines():
+        job_id, _, comment = line.partition("|")
+        if comment.startswith("rule_train_"):
+            return job_id
+    return None
+
+
+def test_workflow_on_slurm_equals_local_and_survives_a_cancelled_job(cluster, tmp_path):
+    params = small_params()
+    (tmp_path / "local").mkdir()
+    local = make_workdir(tmp_path / "local", params)
+    began = time.perf_counter()
+    subprocess.run(["snakemake", "--cores", "2"], cwd=local, env=tool_env(), check=True, capture_output=True,
+                   timeout=600)
+    local_seconds = time.perf_counter() - began
+
+    (tmp_path / "slurm").mkdir()
+    on_slurm = make_workdir(tmp_path / "slurm", params)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
+    began = time.perf_counter()
+    log = open(tmp_path / "slurm.log", "w")
+    run = subprocess.Popen(["snakemake", "--profile", "workflow/profiles/slurm", *FAST_POLLING], cwd=on_slurm,
+                           env=tool_env(), stdout=log, stderr=subprocess.STDOUT)
+    cancelled = None
+    try:
+        deadline = time.time() + 600
+        while run.poll() is None and cancelled is None and time.time() < deadline:
+            job = running_train_job()
+            if job is not None:
+                time.sleep(2)  # let it get into its training steps
+                subprocess.run(["scancel", job], check=True)
+                cancelled = job
+            time.sleep(0.3)
+        returncode = run.wait(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        log.close()
+    slurm_seconds = time.perf_counter() - began
+    log_text = (tmp_path / "slurm.log").read_text()
+    assert returncode == 0, log_text[-5000:]
+    assert cancelled is not None, "no training job was seen running"
+
+    # same files, same bytes as the local run (the cancelled cell resumed or restarted deterministically)
+    assert outputs(on_slurm) == outputs(local)
+    for relative in ("data/processed/moving_glyphs.nc", "results/saliency/moving_glyphs.nc",
+                     "results/bank/moving_glyphs/nuwa.nc", "results/runs/moving_glyphs/simvp/ori/metrics.json",
+                     "results/runs/moving_glyphs/simvp/nuwa/metrics.json", "results/tables/summary.csv"):
+        assert digest(on_slurm / relative) == digest(local / relative), relative
+
+    rows = sacct_rows(since)
+    by_rule: dict[str, list[dict]] = {}
+    for row in rows:
+        rule = row["comment"].removeprefix("rule_").split("_wildcards_")[0]
+        by_rule.setdefault(rule, []).append(row)
+    assert {"ingest", "pretrain", "saliency", "bank", "train", "tables", "figures"} <= set(by_rule), rows
+    for row in by_rule["train"] + by_rule["pretrain"] + by_rule["saliency"]:
+        assert "gres/gpu=1" in row["tres"], row  # GPU rules ask for a GPU
+    for row in by_rule["ingest"] + by_rule["bank"] + by_rule["tables"]:
+        assert "gres/gpu" not in row["tres"], row  # the others do not
+    cancelled_row = next(row for row in rows if row["job_id"] == cancelled)
+    assert cancelled_row["state"].startswith("CANCELLED")
+    retried = [row for row in by_rule["train"] if row["comment"] == cancelled_row["comment"] and row["job_id"] != cancelled]
+    assert retried and retried[-1]["state"] == "COMPLETED", rows
+    jobs = len(rows)
+    print(f"local {local_seconds:.1f} s, Slurm {slurm_seconds:.1f} s for {jobs} Slurm jobs "
+          f"(one cancelled and retried): {(slurm_seconds - local_seconds) / jobs:.1f} s extra per job")
