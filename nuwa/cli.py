@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -191,6 +192,15 @@ def cmd_train(args):
     from nuwa import distributed
 
     params = _params(args)
+    gpus = int(params["backbones"][args.backbone].get("gpus", 1))
+    if gpus > 1 and distributed.environment_world_size() == 1 and "LOCAL_RANK" not in os.environ:
+        # the cell asks for several GPUs: run this same command under torchrun, one process per
+        # GPU (DDP; gloo on CPU). Snakemake and DVC both just call `nuwa train`.
+        distributed.check_batch_size(params["train"]["batch_size"], gpus)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                   "--nproc_per_node", str(gpus), "-m", "nuwa", *args.argv]
+        print(f"backbones.{args.backbone}.gpus = {gpus}: running under torchrun", file=sys.stderr, flush=True)
+        return subprocess.call(command)
     distributed.check_batch_size(params["train"]["batch_size"], distributed.environment_world_size())
     context = distributed.setup(args.device)
     try:
@@ -476,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `nuwa train` re-runs itself under torchrun for multi-GPU cells
     from nuwa.config import ParamsError
     from nuwa.io import DataFileError
 

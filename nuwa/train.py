@@ -34,7 +34,7 @@ from nuwa.windows import SeriesData, WindowDataset, select_dataset
 
 
 # keys of a backbone entry that are not hyperparameters of the network
-PIPELINE_KEYS = ("kind", "init_from_upstream")
+PIPELINE_KEYS = ("kind", "init_from_upstream", "gpus")
 
 
 def build_model(backbone_config: dict, dataset_config: dict, channels: int) -> torch.nn.Module:

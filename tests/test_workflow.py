@@ -266,3 +266,21 @@ def test_snakemake_ingests_one_named_dataset_and_needs_its_source(tmp_path):
     assert missing.returncode != 0
     assert "Missing input files" in missing.stderr + missing.stdout and str(tmp_path / "absent") in missing.stderr + missing.stdout
     assert not (directory / "data/processed/elsewhere.nc").exists()
+
+
+def test_a_multi_gpu_cell_runs_under_torchrun(tmp_path):
+    """backbones.<name>.gpus: 2 asks Slurm for 2 GPUs and trains with DDP (2 gloo processes on CPU)."""
+    import json
+
+    params = yaml.safe_load((REPO / "tests/data/tiny_params.yaml").read_text())
+    params["backbones"]["simvp"]["gpus"] = 2
+    directory = make_workdir(tmp_path, params)
+    target = "results/runs/moving_glyphs/simvp/ori/metrics.json"
+    dry = run(["snakemake", "--dry-run", "--cores", "2", target], directory).stdout
+    train_job = dry[dry.index("rule train:"):]
+    assert "gpu=2" in train_job.split("\n\n")[0], train_job
+    run(["snakemake", "--cores", "2", target], directory)
+    metrics = json.loads((directory / target).read_text())
+    assert metrics["world_size"] == 2 and metrics["backend"] == "gloo"
+    log = (directory / "logs/train/moving_glyphs/simvp/ori.log").read_text()
+    assert "running under torchrun" in log

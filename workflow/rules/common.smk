@@ -58,6 +58,16 @@ def upstream_input(wildcards):
     return grid.UPSTREAM_MODEL.format(dataset=wildcards.dataset) if entry.get("init_from_upstream") else []
 
 
+def cell_gpus(wildcards):
+    """GPUs a training cell asks for (backbones.<name>.gpus, default 1)."""
+    return int(config["backbones"][wildcards.backbone].get("gpus", 1))
+
+
+def threads_per_process(wildcards, threads):
+    """`nuwa train --threads` is per process; a multi-GPU cell runs one process per GPU."""
+    return max(1, threads // cell_gpus(wildcards))
+
+
 def all_targets():
     targets = [grid.SUMMARY_CSV, grid.SUMMARY_MD]
     for dataset in config["grid"]["datasets"]:

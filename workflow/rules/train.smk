@@ -2,7 +2,7 @@
 # replicate seed (grid.replicate_seeds, files in a seed{N}/ subfolder); the same command.
 TRAIN_COMMAND = (
     "nuwa train --params {params.file:q} --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
-    " --variant {wildcards.variant} --seed {params.seed} --threads {threads} --data {input.data:q}"
+    " --variant {wildcards.variant} --seed {params.seed} --threads {params.threads} --data {input.data:q}"
     " --bank {input.bank:q} {params.upstream} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 )
 
@@ -20,12 +20,13 @@ rule train:
         upstream=lambda wildcards, input: f"--upstream {input.upstream}" if input.upstream else "",
         seed=config["seed"],
         out_dir=grid.RUN_DIR,
+        threads=threads_per_process,
     log:
         "logs/train/{dataset}/{backbone}/{variant}.log",
-    threads: 1
+    threads: cell_gpus  # one CPU thread per training process
     resources:
         mem_mb=6000,
-        gpu=1,
+        gpu=cell_gpus,
     conda:
         ENV
     shell:
@@ -45,12 +46,13 @@ rule train_replicate:
         upstream=lambda wildcards, input: f"--upstream {input.upstream}" if input.upstream else "",
         seed=lambda wildcards: int(wildcards.seed),
         out_dir=grid.REPLICATE_DIR,
+        threads=threads_per_process,
     log:
         "logs/train/{dataset}/{backbone}/{variant}/seed{seed}.log",
-    threads: 1
+    threads: cell_gpus  # one CPU thread per training process
     resources:
         mem_mb=6000,
-        gpu=1,
+        gpu=cell_gpus,
     conda:
         ENV
     shell:
