@@ -192,6 +192,7 @@ def cmd_train(args):
     from nuwa import distributed
 
     params = _params(args)
+    _check_name(params, "backbones", args.backbone)
     gpus = int(params["backbones"][args.backbone].get("gpus", 1))
     if gpus > 1 and distributed.environment_world_size() == 1 and "LOCAL_RANK" not in os.environ:
         # the cell asks for several GPUs: run this same command under torchrun, one process per

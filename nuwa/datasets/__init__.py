@@ -72,6 +72,19 @@ def field_array(values, *, name: str, channels, attrs: dict, time=None,
     return xr.DataArray(values, dims=("time", "channel", "y", "x"), coords=all_coords, name=name, attrs=attrs)
 
 
+def check_time_increasing(times: np.ndarray, where: str) -> None:
+    """Times must increase strictly; the error names ``where`` and the index (nothing is reordered)."""
+    from nuwa.io import DataFileError
+
+    diffs = np.diff(times)
+    bad = np.flatnonzero(diffs <= np.timedelta64(0))
+    if bad.size:
+        i = int(bad[0])
+        kind = "repeats" if diffs[i] == np.timedelta64(0) else "goes backwards"
+        raise DataFileError(f"{where}: time {kind} at index {i + 1} ({str(times[i])[:19]} then {str(times[i + 1])[:19]}); "
+                            "times must increase strictly (nuwa never reorders or drops frames: fix the source)")
+
+
 def segments_from_time(times, step, where: str = "time axis") -> tuple[np.ndarray, list[tuple]]:
     """Segment ids for a datetime axis with nominal ``step``, and the gaps found.
 
@@ -87,14 +100,9 @@ def segments_from_time(times, step, where: str = "time axis") -> tuple[np.ndarra
     step = np.timedelta64(step) if not isinstance(step, np.timedelta64) else step
     if times.size == 0:
         raise DataFileError(f"{where}: no time steps")
+    check_time_increasing(times, where)
     diffs = np.diff(times)
     if diffs.size:
-        bad = np.flatnonzero(diffs <= np.timedelta64(0))
-        if bad.size:
-            i = int(bad[0])
-            kind = "repeats" if diffs[i] == np.timedelta64(0) else "goes backwards"
-            raise DataFileError(f"{where}: time {kind} at index {i + 1} ({times[i]} then {times[i + 1]}); "
-                                "times must increase strictly")
         off_grid = np.flatnonzero(diffs % step != np.timedelta64(0))
         if off_grid.size:
             i = int(off_grid[0])

@@ -72,6 +72,7 @@ import pandas as pd
 import xarray as xr
 
 from nuwa.datasets import (
+    check_time_increasing,
     describe_gaps,
     field_array,
     register_dataset,
@@ -214,17 +215,6 @@ def _time_values(dataset: xr.Dataset, time_dim: str, where: str) -> np.ndarray:
     return times
 
 
-def check_increasing(times: np.ndarray, where: str) -> None:
-    """Times must increase strictly; the error names ``where`` and the index (nothing is reordered)."""
-    diffs = np.diff(times)
-    bad = np.flatnonzero(diffs <= np.timedelta64(0))
-    if bad.size:
-        i = int(bad[0])
-        kind = "repeats" if diffs[i] == np.timedelta64(0) else "goes backwards"
-        raise DataFileError(f"{where}: time {kind} at index {i + 1} ({str(times[i])[:19]} then {str(times[i + 1])[:19]}); "
-                            "times must increase strictly (nuwa never reorders or drops frames: fix the source)")
-
-
 def _check_variables(dataset: xr.Dataset, variables: list[str], where: str) -> None:
     missing = [v for v in variables if v not in dataset.data_vars]
     if missing:
@@ -249,7 +239,7 @@ def _open_netcdf_files(files: list[Path], where: str, settings: dict, chunks: di
         name = str(dataset.encoding.get("source", "?"))
         _check_variables(dataset, variables, name)
         times = _time_values(dataset, dims["time"], name)
-        check_increasing(times, f"{name}: time coordinate {dims['time']!r}")
+        check_time_increasing(times, f"{name}: time coordinate {dims['time']!r}")
         ranges.append((times[0], times[-1], name))
         for axis in ("y", "x"):
             dim = dims[axis]
@@ -303,7 +293,7 @@ def _open_zarr(path: Path, where: str, settings: dict, chunks: dict) -> xr.Datas
     _check_variables(dataset, settings["variables"], where)
     dataset = dataset[settings["variables"]]
     times = _time_values(dataset, settings["dims"]["time"], where)
-    check_increasing(times, f"{where}: time coordinate {settings['dims']['time']!r}")
+    check_time_increasing(times, f"{where}: time coordinate {settings['dims']['time']!r}")
     return dataset
 
 
