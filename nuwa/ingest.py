@@ -14,6 +14,7 @@ by chunk and the NetCDF is written chunk by chunk, so peak memory is a few chunk
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import dask
@@ -148,8 +149,11 @@ def dask_scheduler(scheduler: str | None, threads: int = 1) -> Iterator[object]:
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
+        # silence_logs: a reader's error is re-raised here and reported in one line; the
+        # worker's own "Compute Failed" traceback would only repeat it
         with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
+                Client(cluster) as client:
             yield client
         return
     try:
