@@ -392,6 +392,12 @@ def cmd_bench(args):
         rows = benchmark(args.sizes.split(","), args.in_shape, args.out_frames, args.batch_size, device,
                          kinds=args.backbones.split(",") if args.backbones else None, min_seconds=args.min_seconds,
                          progress=lambda line: print(line, file=sys.stderr))
+    elif args.name == "bank":
+        from nuwa.bench.bank import benchmark
+
+        rows = benchmark(samples=args.samples, frames=args.frames, size=args.size, patch=args.patch, ratio=args.ratio,
+                         channels=args.channels, repeats=args.repeats, loop_repeats=args.loop_repeats, seed=args.seed,
+                         progress=lambda line: print(line, file=sys.stderr))
     frame = rows_frame(rows)
     frame.to_csv(sys.stdout, index=False, float_format="%.6g")
     out = args.out or f"results/bench/{args.name}.csv"
@@ -465,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reference_value,ratio; ratio = value / reference_value, both measured in "
                                    "this run, oriented so that bigger is better.")
     c.set_defaults(func=cmd_bench)
-    c.add_argument("name", choices=("backbones",))
+    c.add_argument("name", choices=("backbones", "bank"))
     c.add_argument("--sizes", default="small,reference", help="backbone sizes, comma-separated")
     c.add_argument("--backbones", help="comma-separated subset (default: every registered backbone)")
     c.add_argument("--in-shape", type=_shape, default=(10, 1, 32, 32), help="T,C,H,W")
@@ -475,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     c.add_argument("--threads", type=int)
     c.add_argument("--out")
+    bank = c.add_argument_group("bank", "DistriXplorer bank on float32 windows N x T x C x S x S (masks given); "
+                                        "references: authors, patch_loop, memcopy")
+    bank.add_argument("--samples", type=int, default=512, help="windows N (default 512)")
+    bank.add_argument("--frames", type=int, default=10, help="input steps T (default 10)")
+    bank.add_argument("--channels", type=int, default=1, help="channels C (default 1)")
+    bank.add_argument("--size", type=int, default=128, help="frame side S (default 128)")
+    bank.add_argument("--patch", type=int, default=16, help="patch side (default 16)")
+    bank.add_argument("--ratio", type=float, default=0.25, help="environment ratio rho (default 0.25)")
+    bank.add_argument("--repeats", type=int, default=3, help="timed runs per case, best kept (default 3)")
+    bank.add_argument("--loop-repeats", type=int, default=1, help="timed runs of the slow patch loop (default 1)")
+    bank.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("show-mask", help="PNG of one window's frames with environmental patches and importance",
                        description="PNG of one window's input frames with environmental patches outlined and "
                                    "the attention importance as a heat map")
