@@ -1,3 +1,4 @@
+import hashlib
 import os
 import shutil
 import sys
@@ -39,3 +40,13 @@ def make_workdir(directory: Path, params: dict | None = None) -> Path:
     text = TINY_PARAMS.read_text() if params is None else yaml.safe_dump(params, sort_keys=False)
     (directory / "params.yaml").write_text(text)
     return directory
+
+
+def output_files(directory: Path) -> set[str]:
+    """The pipeline's outputs (data/ and results/) below a workflow folder, as relative paths."""
+    return {str(p.relative_to(directory)) for root in ("data", "results") for p in (directory / root).rglob("*")
+            if p.is_file() and p.name != ".gitignore"}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

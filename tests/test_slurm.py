@@ -7,16 +7,14 @@ every daemon it started at the end of the module.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, TINY_PARAMS, make_workdir, tool_env
+from conftest import REPO, TINY_PARAMS, digest, make_workdir, output_files, tool_env
 
 SCRIPT = REPO / "workflow" / "scripts" / "local_slurm.sh"
 
@@ -36,15 +34,6 @@ def small_params() -> dict:
     params["train"]["steps"] = 12  # long enough for a training job to be caught running
     params["train"]["checkpoint_every"] = 2
     return params
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def outputs(directory: Path) -> set[str]:
-    return {str(p.relative_to(directory)) for root in ("data", "results") for p in (directory / root).rglob("*")
-            if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +100,7 @@ def test_workflow_on_slurm_equals_local_and_survives_a_cancelled_job(cluster, tm
     assert cancelled is not None, "no training job was seen running"
 
     # same files, same bytes as the local run (the cancelled cell resumed or restarted deterministically)
-    assert outputs(on_slurm) == outputs(local)
+    assert output_files(on_slurm) == output_files(local)
     for relative in ("data/processed/moving_glyphs.nc", "results/saliency/moving_glyphs.nc",
                      "results/bank/moving_glyphs/nuwa.nc", "results/runs/moving_glyphs/simvp/ori/metrics.json",
                      "results/runs/moving_glyphs/simvp/nuwa/metrics.json", "results/tables/summary.csv"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from conftest import REPO, make_workdir, tool_env
+from conftest import REPO, digest, make_workdir, output_files, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +20,6 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def output_files(directory: Path) -> set[str]:
-    return {str(p.relative_to(directory)) for root in ("data", "results") for p in (directory / root).rglob("*")
-            if p.is_file() and p.name != ".gitignore"}
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def snakemake_jobs(dry_run_output: str) -> set[str]:

@@ -31,6 +31,15 @@ from nuwa.bank import NEIGHBOUR_OFFSETS, Draws, apply_interventions, draw_interv
 from nuwa.saliency import causal_mask
 
 
+def _float32_with_copy(inputs: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The references' input as float32 and their output, starting as a copy of it."""
+    x = np.asarray(inputs, dtype=np.float32)
+    if out is None:
+        out = np.empty_like(x)
+    np.copyto(out, x)
+    return x, out
+
+
 def authors_mixup(inputs: np.ndarray, importance: np.ndarray, patch_size: int,
                   out: np.ndarray | None = None) -> np.ndarray:
     """The authors' rule: per window and frame ``f``, the one least-important patch of frame
@@ -40,13 +49,10 @@ def authors_mixup(inputs: np.ndarray, importance: np.ndarray, patch_size: int,
     weights, no step sampling. Python loops over windows, frames and neighbour patches, numpy
     slices over all frames, as in their code.
     """
-    x = np.asarray(inputs, dtype=np.float32)
+    x, out = _float32_with_copy(inputs, out)
     n, t, c, h, w = x.shape
     p = patch_size
     gy, gx = h // p, w // p
-    if out is None:
-        out = np.empty_like(x)
-    np.copyto(out, x)
     for i in range(n):
         for f in range(t):
             least = int(np.argmin(importance[i, f].reshape(-1)))
@@ -68,13 +74,10 @@ def patch_loop(inputs: np.ndarray, causal: np.ndarray, draws: Draws, *, patch_si
 
     Same draws, same float32 operations in the same order: same bits.
     """
-    x = np.asarray(inputs, dtype=np.float32)
+    x, out = _float32_with_copy(inputs, out)
     n, t, c, h, w = x.shape
     p = patch_size
     gy, gx = h // p, w // p
-    if out is None:
-        out = np.empty_like(x)
-    np.copyto(out, x)
     step_weights, has_temporal = temporal_terms(t, history, history_decay)
     environmental = causal == 0
     for i in range(n):
