@@ -378,26 +378,14 @@ def cmd_backbones(args):
 
 
 def cmd_bench(args):
-    import torch
-
-    from nuwa.bench import rows_frame
+    from nuwa.bench import bench_module, rows_frame
     from nuwa.io import write_csv
 
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
-    if args.name == "backbones":
-        from nuwa.bench.backbones import benchmark
-
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        rows = benchmark(args.sizes.split(","), args.in_shape, args.out_frames, args.batch_size, device,
-                         kinds=args.backbones.split(",") if args.backbones else None, min_seconds=args.min_seconds,
-                         progress=lambda line: print(line, file=sys.stderr))
-    elif args.name == "bank":
-        from nuwa.bench.bank import benchmark
-
-        rows = benchmark(samples=args.samples, frames=args.frames, size=args.size, patch=args.patch, ratio=args.ratio,
-                         channels=args.channels, repeats=args.repeats, loop_repeats=args.loop_repeats, seed=args.seed,
-                         progress=lambda line: print(line, file=sys.stderr))
+    rows = bench_module(args.name).run(args, lambda line: print(line, file=sys.stderr))
     frame = rows_frame(rows)
     frame.to_csv(sys.stdout, index=False, float_format="%.6g")
     out = args.out or f"results/bench/{args.name}.csv"
@@ -469,29 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("bench", help="benchmarks (CSV to stdout and results/bench/NAME.csv)",
                        description="Run a benchmark. Output rows: benchmark,case,value,unit,reference,"
                                    "reference_value,ratio; ratio = value / reference_value, both measured in "
-                                   "this run, oriented so that bigger is better.")
-    c.set_defaults(func=cmd_bench)
-    c.add_argument("name", choices=("backbones", "bank"))
-    c.add_argument("--sizes", default="small,reference", help="backbone sizes, comma-separated")
-    c.add_argument("--backbones", help="comma-separated subset (default: every registered backbone)")
-    c.add_argument("--in-shape", type=_shape, default=(10, 1, 32, 32), help="T,C,H,W")
-    c.add_argument("--out-frames", type=int, default=10)
-    c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--min-seconds", type=float, default=2.0, help="time each case at least this long")
-    c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    c.add_argument("--threads", type=int)
-    c.add_argument("--out")
-    bank = c.add_argument_group("bank", "DistriXplorer bank on float32 windows N x T x C x S x S (masks given); "
-                                        "references: authors, patch_loop, memcopy")
-    bank.add_argument("--samples", type=int, default=512, help="windows N (default 512)")
-    bank.add_argument("--frames", type=int, default=10, help="input steps T (default 10)")
-    bank.add_argument("--channels", type=int, default=1, help="channels C (default 1)")
-    bank.add_argument("--size", type=int, default=128, help="frame side S (default 128)")
-    bank.add_argument("--patch", type=int, default=16, help="patch side (default 16)")
-    bank.add_argument("--ratio", type=float, default=0.25, help="environment ratio rho (default 0.25)")
-    bank.add_argument("--repeats", type=int, default=3, help="timed runs per case, best kept (default 3)")
-    bank.add_argument("--loop-repeats", type=int, default=1, help="timed runs of the slow patch loop (default 1)")
-    bank.add_argument("--seed", type=int, default=0)
+                                   "this run on the same inputs, oriented so that bigger is better (a time "
+                                   "is reported as reference time / our time). `nuwa bench NAME --help` "
+                                   "lists a benchmark's options.")
+    benches = c.add_subparsers(dest="name", required=True, metavar="NAME")
+    from nuwa.bench import BENCHMARKS, bench_module
+
+    for name in BENCHMARKS:
+        module = bench_module(name)
+        b = benches.add_parser(name, help=module.SUMMARY, description=module.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        b.set_defaults(func=cmd_bench)
+        b.add_argument("--out", help=f"CSV path (default results/bench/{name}.csv)")
+        b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+        module.add_arguments(b)
     c = sub.add_parser("show-mask", help="PNG of one window's frames with environmental patches and importance",
                        description="PNG of one window's input frames with environmental patches outlined and "
                                    "the attention importance as a heat map")

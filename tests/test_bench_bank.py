@@ -3,14 +3,12 @@ the streamed bank keeps its memory bounded, and every `nuwa bench` runs at a tin
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 
@@ -159,34 +157,3 @@ def test_streamed_bank_file_holds_the_in_memory_bank(tmp_path, method):
     with xr.open_dataset(paths[0]) as written:
         assert written.load().identical(expected)
     assert paths[0].read_bytes() == paths[1].read_bytes()
-
-
-TINY_BENCH = {
-    "bank": ["--samples", "4", "--frames", "3", "--size", "32", "--patch", "8", "--repeats", "1"],
-}
-# benches whose tiny run lives in another file (it checks the same header and ratio)
-TESTED_ELSEWHERE = {"backbones": "tests/test_cli_backbones.py::test_bench_backbones_writes_rows_with_ratios"}
-
-
-def test_every_bench_has_a_tiny_case():
-    from nuwa.cli import build_parser
-
-    bench = build_parser()._subparsers._group_actions[0].choices["bench"]
-    names = next(action.choices for action in bench._actions if action.dest == "name")
-    assert sorted(names) == sorted({*TINY_BENCH, *TESTED_ELSEWHERE})
-
-
-@pytest.mark.parametrize("name", sorted(TINY_BENCH))
-def test_bench_runs_tiny_and_prints_header_and_finite_ratios(tmp_path, name):
-    out = tmp_path / f"{name}.csv"
-    result = subprocess.run(["nuwa", "bench", name, *TINY_BENCH[name], "--out", str(out)], env=tool_env(),
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == "benchmark,case,value,unit,reference,reference_value,ratio"
-    table = pd.read_csv(io.StringIO(result.stdout))
-    assert len(table) >= 1 and (table["benchmark"] == name).all()
-    assert np.isfinite(table["ratio"]).all() and (table["ratio"] > 0).all()
-    np.testing.assert_allclose(table["ratio"], table["value"] / table["reference_value"], rtol=1e-3)
-    assert pd.read_csv(out).shape == table.shape
-    if name == "bank":
-        assert sorted(table["reference"]) == ["authors", "memcopy", "patch_loop"]

@@ -8,10 +8,21 @@ both measured in the same run on the same inputs, oriented so that bigger is bet
 
 from __future__ import annotations
 
-import pandas as pd
+import importlib
 
 COLUMNS = ["benchmark", "case", "value", "unit", "reference", "reference_value", "ratio"]
 
 
-def rows_frame(rows: list[dict]) -> pd.DataFrame:
+# `nuwa bench NAME` runs nuwa.bench.NAME, a module light to import (heavy imports inside its
+# functions) that defines SUMMARY, add_arguments(parser) and run(args, progress) -> rows
+BENCHMARKS = ("backbones", "bank")
+
+
+def bench_module(name: str):
+    return importlib.import_module(f"nuwa.bench.{name}")
+
+
+def rows_frame(rows: list[dict]):
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -10,19 +10,39 @@ from __future__ import annotations
 
 import time
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from nuwa.backbones import backbone_kinds, create_backbone
-from nuwa.methods import training_loss
+SUMMARY = "training throughput of every backbone (samples/s) against SimVP at the same size and shape"
 
 
-def parameter_count(model: torch.nn.Module) -> int:
+def add_arguments(parser) -> None:
+    from nuwa.cli import _shape
+
+    parser.add_argument("--sizes", default="small,reference", help="backbone sizes, comma-separated")
+    parser.add_argument("--backbones", help="comma-separated subset (default: every registered backbone)")
+    parser.add_argument("--in-shape", type=_shape, default=(10, 1, 32, 32), help="T,C,H,W")
+    parser.add_argument("--out-frames", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="time each case at least this long")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def run(args, progress) -> list[dict]:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return benchmark(args.sizes.split(","), args.in_shape, args.out_frames, args.batch_size, device,
+                     kinds=args.backbones.split(",") if args.backbones else None, min_seconds=args.min_seconds,
+                     progress=progress)
+
+
+def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_sample(model: torch.nn.Module, in_shape: tuple[int, int, int, int]) -> int:
+def flops_per_sample(model, in_shape: tuple[int, int, int, int]) -> int:
     """FLOPs of one forward pass on one sample (torch counts a multiply-add as 2 FLOPs)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     model.eval()
     # grad mode stays on: FlopCounterMode's module tracker fails on some blocks under no_grad
     with FlopCounterMode(display=False) as counter:
@@ -31,6 +51,8 @@ def flops_per_sample(model: torch.nn.Module, in_shape: tuple[int, int, int, int]
 
 
 def describe(size: str, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1) -> list[dict]:
+    from nuwa.backbones import backbone_kinds, create_backbone
+
     rows = []
     for kind in backbone_kinds():
         model = create_backbone(kind, in_shape=in_shape, out_frames=out_frames, scale=scale, size=size)
@@ -40,6 +62,11 @@ def describe(size: str, in_shape: tuple[int, int, int, int], out_frames: int, sc
 
 def throughput(kind: str, size: str, in_shape, out_frames: int, batch_size: int, device: str,
                min_seconds: float = 2.0, max_repeats: int = 20, warmup: int = 2) -> float:
+    import torch
+
+    from nuwa.backbones import create_backbone
+    from nuwa.methods import training_loss
+
     torch.manual_seed(0)
     model = create_backbone(kind, in_shape=in_shape, out_frames=out_frames, size=size).to(device)
     model.train()
@@ -69,6 +96,8 @@ def throughput(kind: str, size: str, in_shape, out_frames: int, batch_size: int,
 
 def benchmark(sizes: list[str], in_shape, out_frames: int, batch_size: int, device: str, kinds=None,
               min_seconds: float = 2.0, progress=None) -> list[dict]:
+    from nuwa.backbones import backbone_kinds
+
     kinds = kinds or backbone_kinds()
     rows = []
     for size in sizes:

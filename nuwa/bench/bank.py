@@ -24,11 +24,33 @@ once untimed (numba compilation, caches) and is timed best-of-``repeats`` with
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nuwa.bank import NEIGHBOUR_OFFSETS, Draws, apply_interventions, draw_interventions, temporal_terms
-from nuwa.saliency import causal_mask
+if TYPE_CHECKING:
+    from nuwa.bank import Draws
+
+# nuwa.bank (numba) is imported inside the functions: `nuwa --help` builds every bench's options
+SUMMARY = "DistriXplorer bank vs the authors' rule, a plain patch loop and memcopy (Mpixel/s, GB/s)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--samples", type=int, default=512, help="windows N (default 512)")
+    parser.add_argument("--frames", type=int, default=10, help="input steps T (default 10)")
+    parser.add_argument("--channels", type=int, default=1, help="channels C (default 1)")
+    parser.add_argument("--size", type=int, default=128, help="frame side S (default 128)")
+    parser.add_argument("--patch", type=int, default=16, help="patch side (default 16)")
+    parser.add_argument("--ratio", type=float, default=0.25, help="environment ratio rho (default 0.25)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case, best kept (default 3)")
+    parser.add_argument("--loop-repeats", type=int, default=1, help="timed runs of the slow patch loop (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args, progress) -> list[dict]:
+    return benchmark(samples=args.samples, frames=args.frames, size=args.size, patch=args.patch, ratio=args.ratio,
+                     channels=args.channels, repeats=args.repeats, loop_repeats=args.loop_repeats, seed=args.seed,
+                     progress=progress)
 
 
 def _float32_with_copy(inputs: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +96,8 @@ def patch_loop(inputs: np.ndarray, causal: np.ndarray, draws: Draws, *, patch_si
 
     Same draws, same float32 operations in the same order: same bits.
     """
+    from nuwa.bank import NEIGHBOUR_OFFSETS, temporal_terms
+
     x, out = _float32_with_copy(inputs, out)
     n, t, c, h, w = x.shape
     p = patch_size
@@ -133,6 +157,9 @@ def benchmark(samples: int = 512, frames: int = 10, size: int = 128, patch: int 
               progress=None) -> list[dict]:
     if size % patch:
         raise ValueError(f"--size {size} is not a multiple of --patch {patch}")
+    from nuwa.bank import apply_interventions, draw_interventions
+    from nuwa.saliency import causal_mask
+
     rng = np.random.default_rng(seed)
     inputs = rng.standard_normal((samples, frames, channels, size, size), dtype=np.float32)
     grid = (samples, frames, size // patch, size // patch)

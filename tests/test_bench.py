@@ -1,0 +1,45 @@
+"""Every `nuwa bench NAME` runs at a tiny size: the CSV header, finite positive ratios that are
+value / reference_value, and the same rows in the --out file."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tool_env
+from nuwa.bench import BENCHMARKS
+
+# the tiny options of each benchmark (a few seconds each)
+TINY_BENCH = {
+    "bank": ["--samples", "4", "--frames", "3", "--size", "32", "--patch", "8", "--repeats", "1"],
+    "backbones": ["--sizes", "small", "--backbones", "convlstm", "--in-shape", "4,1,16,16", "--out-frames", "4",
+                  "--batch-size", "2", "--min-seconds", "0.05", "--device", "cpu"],
+}
+# references each benchmark must report
+REFERENCES = {
+    "bank": {"authors", "memcopy", "patch_loop"},
+}
+
+
+def test_every_bench_has_a_tiny_case():
+    assert sorted(BENCHMARKS) == sorted(TINY_BENCH)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_BENCH))
+def test_bench_runs_tiny_and_prints_header_and_finite_ratios(tmp_path, name):
+    out = tmp_path / f"{name}.csv"
+    result = subprocess.run(["nuwa", "bench", name, *TINY_BENCH[name], "--out", str(out)], env=tool_env(),
+                            capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "benchmark,case,value,unit,reference,reference_value,ratio"
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert len(table) >= 1 and (table["benchmark"] == name).all()
+    assert np.isfinite(table["ratio"]).all() and (table["ratio"] > 0).all()
+    np.testing.assert_allclose(table["ratio"], table["value"] / table["reference_value"], rtol=1e-3)
+    assert pd.read_csv(out).shape == table.shape
+    if name in REFERENCES:
+        assert REFERENCES[name] <= set(table["reference"])
