@@ -10,6 +10,8 @@ rule bank:
         saliency=lambda wildcards, input: f"--saliency {input.saliency}" if input.saliency else "",
     log:
         "logs/bank/{dataset}/{variant}.log",
+    benchmark:
+        "logs/benchmarks/bank/{dataset}/{variant}.tsv",
     threads: 1
     resources:
         mem_mb=6000,

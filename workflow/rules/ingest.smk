@@ -8,6 +8,8 @@ rule ingest:
         stage=stage_params("ingest"),
     log:
         "logs/ingest/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/ingest/{dataset}.tsv",
     threads: 1
     resources:
         mem_mb=4000,
@@ -28,6 +30,8 @@ rule baseline:
         stage=stage_params("baseline"),
     log:
         "logs/baseline/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/baseline/{dataset}.tsv",
     threads: 1
     resources:
         mem_mb=4000,

@@ -9,6 +9,8 @@ rule pretrain:
         stage=stage_params("pretrain"),
     log:
         "logs/pretrain/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/pretrain/{dataset}.tsv",
     threads: 1
     resources:
         mem_mb=4000,

@@ -9,6 +9,8 @@ rule saliency:
         stage=stage_params("saliency"),
     log:
         "logs/saliency/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/saliency/{dataset}.tsv",
     threads: 1
     resources:
         mem_mb=4000,

@@ -10,6 +10,8 @@ rule tables:
         stage=stage_params("tables"),
     log:
         "logs/tables.log",
+    benchmark:
+        "logs/benchmarks/tables.tsv",
     threads: 1
     resources:
         mem_mb=2000,
@@ -35,6 +37,8 @@ rule figures:
         stage=stage_params("figures"),
     log:
         "logs/figures/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/figures/{dataset}.tsv",
     threads: 1
     resources:
         mem_mb=2000,

@@ -23,6 +23,8 @@ rule train:
         threads=threads_per_process,
     log:
         "logs/train/{dataset}/{backbone}/{variant}.log",
+    benchmark:
+        "logs/benchmarks/train/{dataset}/{backbone}/{variant}.tsv",
     threads: cell_gpus  # one CPU thread per training process
     resources:
         mem_mb=6000,
@@ -49,6 +51,8 @@ rule train_replicate:
         threads=threads_per_process,
     log:
         "logs/train/{dataset}/{backbone}/{variant}/seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/train/{dataset}/{backbone}/{variant}/seed{seed}.tsv",
     threads: cell_gpus  # one CPU thread per training process
     resources:
         mem_mb=6000,

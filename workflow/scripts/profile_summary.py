@@ -1,0 +1,38 @@
+"""Where a run's time went: Snakemake's per-job benchmark files summed by rule.
+
+    python workflow/scripts/profile_summary.py [logs/benchmarks]
+
+Every rule writes logs/benchmarks/<rule>/...tsv (Snakemake's `benchmark:`: wall seconds,
+CPU seconds, peak RSS of the job's processes). Prints a Markdown table, one row per rule:
+jobs, summed wall and CPU seconds, share of the summed CPU time, largest peak RSS.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def summarise(folder: Path) -> pd.DataFrame:
+    rows = []
+    for path in sorted(folder.rglob("*.tsv")):
+        table = pd.read_csv(path, sep="\t")
+        rows.append({"rule": path.relative_to(folder).parts[0], "wall_s": float(table["s"].iloc[-1]),
+                     "cpu_s": float(table["cpu_time"].iloc[-1]), "max_rss_mb": float(table["max_rss"].iloc[-1])})
+    if not rows:
+        raise SystemExit(f"{folder}: no benchmark files (run the workflow first)")
+    frame = pd.DataFrame(rows)
+    summary = frame.groupby("rule").agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"),
+                                        max_rss_mb=("max_rss_mb", "max"))
+    summary["cpu_share"] = summary["cpu_s"] / summary["cpu_s"].sum()
+    return summary.sort_values("cpu_s", ascending=False)
+
+
+if __name__ == "__main__":
+    summary = summarise(Path(sys.argv[1] if len(sys.argv) > 1 else "logs/benchmarks"))
+    try:
+        print(summary.to_markdown(floatfmt=".3g"))
+    except ImportError:  # pandas' Markdown needs tabulate
+        print(summary.to_string())
