@@ -5,6 +5,10 @@ column mean ``I_j = 1/(N_heads·L) Σ_h Σ_i α[h, i, j]``, averaged over the ch
 min-max normalised per step. The ``⌊ρ·L⌋`` least important patches of each step are
 environmental (``causal = 0``), the rest causal. Batched; each row keeps its window's
 ``source_index``, so a shuffled loader cannot pair a mask with another sample.
+
+The importance comes from :meth:`nuwa.upstream.UpstreamViT.column_importance`, which forms each
+chosen layer's weights once, reduces them at once, and stops after the last chosen layer's
+weights: the pass costs no more than a forward (``nuwa bench saliency``).
 """
 
 from __future__ import annotations
@@ -60,8 +64,7 @@ def compute_importance(model: UpstreamViT, windows: WindowDataset, layers: list[
     gy, gx = model.grid
     importance = np.full((len(windows), frames, gy, gx), np.nan, dtype=np.float32)
     for starts, inputs, _ in progress(loader, desc="saliency", unit="batch"):
-        attention = model.attention_maps(inputs, layers)  # (layers, B*T, heads, L, L)
-        scores = column_importance(attention).mean(dim=0)  # (B*T, L)
+        scores = model.column_importance(inputs, layers)  # (B*T, L), no (B*T, heads, L, L) kept
         scores = normalise_per_step(scores).reshape(len(starts), frames, gy, gx)
         rows = [position[int(s)] for s in starts]
         importance[rows] = scores.numpy()

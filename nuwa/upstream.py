@@ -10,9 +10,14 @@ what the saliency formula sums over. A linear head maps tokens back to pixels.
 from __future__ import annotations
 
 import torch
-from timm.layers import PatchEmbed
+from timm.layers import Attention, PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
+
+# explicit softmax weights are formed a few (frame, head) maps at a time, at most about this many
+# bytes (at least one map): small enough on a CPU to stay in its L2 cache, large enough on a GPU
+# to keep kernels few
+ATTENTION_CHUNK_BYTES = {"cpu": 1 << 20, "cuda": 512 << 20}
 
 
 class UpstreamViT(nn.Module):
@@ -54,15 +59,41 @@ class UpstreamViT(nn.Module):
         return pixels.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, frames, channels, height, width)
 
     @torch.no_grad()
+    def column_importance(self, x: torch.Tensor, layers: list[int], chunk_bytes: int | None = None) -> torch.Tensor:
+        """Saliency importance (B*T, L): the column mean of the softmax attention (over heads and
+        queries), averaged over the chosen blocks -- at no more than the cost of a forward pass.
+
+        Blocks before the first chosen one run timm's fused forward. A chosen block computes q, k,
+        v once and its softmax weights once, reduced at once to the column importance; if a later
+        block must still run, the block's output is formed from those same weights (as timm's
+        ``Block``/``Attention`` do). Nothing runs after the last chosen block's weights: not its
+        projection or MLP, no later block, no head. The weights are formed ``chunk_bytes`` at a
+        time (a few (frame, head) maps), so no (B*T, heads, L, L) tensor is kept.
+        """
+        chosen = chosen_layers(layers, len(self.blocks))
+        if chunk_bytes is None:
+            chunk_bytes = ATTENTION_CHUNK_BYTES.get(x.device.type, ATTENTION_CHUNK_BYTES["cuda"])
+        tokens = self.tokens(x)
+        total = None
+        for index, block in enumerate(self.blocks[: chosen[-1] + 1]):
+            if index not in chosen:
+                tokens = block(tokens)
+                continue
+            importance, tokens = _block_with_importance(block, tokens, need_output=index < chosen[-1],
+                                                        chunk_bytes=chunk_bytes)
+            total = importance if total is None else total.add_(importance)
+        return total.div_(len(chosen))
+
+    @torch.no_grad()
     def attention_maps(self, x: torch.Tensor, layers: list[int]) -> torch.Tensor:
         """Softmax attention of the chosen blocks: (len(layers), B*T, heads, L, L).
 
-        timm's Attention may use fused scaled-dot-product attention, which never materialises
-        the weights; a pre-hook takes each block's normalised input and recomputes the
-        weights with the block's own q/k projections and scale.
+        The explicit, slow reference of :meth:`column_importance` (tests, figures): timm's
+        Attention may use fused scaled-dot-product attention, which never materialises the
+        weights; a pre-hook takes each block's normalised input and recomputes the weights with
+        the block's own q/k projections and scale, so chosen blocks do their attention twice.
         """
-        depth = len(self.blocks)
-        chosen = sorted({layer % depth for layer in layers})
+        chosen = chosen_layers(layers, len(self.blocks))
         captured: dict[int, torch.Tensor] = {}
         handles = []
         for index in chosen:
@@ -80,6 +111,55 @@ class UpstreamViT(nn.Module):
             for handle in handles:
                 handle.remove()
         return torch.stack([captured[index] for index in chosen])
+
+
+def chosen_layers(layers: list[int], depth: int) -> list[int]:
+    """Block indices, sorted and unique; negative ones count from the last (-1 = last)."""
+    return sorted({layer % depth for layer in layers})
+
+
+def _block_with_importance(block: nn.Module, tokens: torch.Tensor, need_output: bool,
+                           chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One timm ``Block`` with its attention weights made explicit, once.
+
+    Returns the column importance (B, L) of its softmax weights and, if ``need_output``, the
+    block's output, computed as timm 1.0's ``Block.forward`` and ``Attention.forward`` (unfused
+    branch, no mask) do; otherwise ``None`` and nothing after the weights is run.
+    """
+    if type(block) is not Block or type(block.attn) is not Attention:
+        raise TypeError(f"the explicit path follows timm's Block/Attention, not {type(block).__name__}/"
+                        f"{type(block.attn).__name__}")
+    attention = block.attn
+    x = block.norm1(tokens)
+    batch, count, _ = x.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    # one copy to (3, batch, heads, L, head_dim), so that every (frame, head) pair is contiguous
+    qkv = attention.qkv(x).reshape(batch, count, 3, heads, head_dim).permute(2, 0, 3, 1, 4).contiguous()
+    q, k, v = qkv.unbind(0)
+    q, k = attention.q_norm(q), attention.k_norm(k)
+    q, k, v = (t.reshape(batch * heads, count, head_dim) for t in (q * attention.scale, k, v))
+    column_sums = x.new_empty(batch * heads, count)
+    mixed = x.new_empty(batch * heads, count, head_dim) if need_output else None
+    rows = max(1, chunk_bytes // (count * count * x.element_size()))
+    for start in range(0, batch * heads, rows):
+        part = slice(start, start + rows)
+        weights = torch.bmm(q[part], k[part].transpose(-2, -1)).softmax(dim=-1)
+        torch.sum(weights, dim=-2, out=column_sums[part])
+        if need_output:
+            torch.bmm(attention.attn_drop(weights), v[part], out=mixed[part])
+        del weights
+    importance = column_sums.view(batch, heads, count).sum(dim=1).div_(heads * count)
+    if not need_output:
+        return importance, None
+    out = mixed.view(batch, heads, count, head_dim).transpose(1, 2).reshape(batch, count, attention.attn_dim)
+    out = attention.norm(out)
+    gate = getattr(attention, "gate", None)
+    if gate is not None:
+        out = out * gate(x).sigmoid()
+    out = attention.proj_drop(attention.proj(out))
+    tokens = tokens + block.drop_path1(block.ls1(out))
+    tokens = tokens + block.drop_path2(block.ls2(block.mlp(block.norm2(tokens))))
+    return importance, tokens
 
 
 def _attention_weights(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
