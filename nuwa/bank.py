@@ -23,7 +23,8 @@ numpy formulation this module had before (pairwise sum of the 8 weights, neighbo
 bit-identical to that formulation's for the same seed (finite inputs).
 
 :func:`write_bank` streams a bank to NetCDF chunk by chunk, so that its peak memory does not
-grow with the number of windows; :func:`generate_bank` builds the same bank in memory.
+grow with the number of windows; :func:`generate_bank` builds the same bank in memory. The
+file's ``augmented`` is contiguous and uncompressed, for training to read rows per batch.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def random_causal_mask(rng: np.random.Generator, shape: tuple[int, int, int, int
 
 
 WRITE_CHUNK_CACHE_BYTES = 4 * 2**20  # HDF5 chunk cache while write_bank writes (netCDF's default: 64 MiB)
+# bank variables stored contiguous and uncompressed: training reads a batch's rows straight from the file
+BANK_CONTIGUOUS = ("augmented",)
 NEIGHBOUR_DY = np.array([dy for dy, _ in NEIGHBOUR_OFFSETS], dtype=np.int64)
 NEIGHBOUR_DX = np.array([dx for _, dx in NEIGHBOUR_OFFSETS], dtype=np.int64)
 
@@ -554,12 +557,14 @@ def write_bank(path: str | Path, inputs, source_index: np.ndarray, *, method: st
                dataset_name: str, variant: str, desc: str = "bank") -> int:
     """Write the bank of :func:`generate_bank` (same draws, same values) to NetCDF, streaming.
 
-    ``augmented`` is computed and written in blocks of whole HDF5 chunks of about
-    ``chunk_size`` rows, one block at a time on dask's synchronous scheduler (a fixed order:
-    the same bytes on every run), through :func:`nuwa.io.write_netcdf` (atomic). Peak memory:
-    about two blocks of windows and outputs plus a small HDF5 chunk cache, and the int8
-    masks (1/(4·C·p²) of the bank); it does not grow with the windows' pixels. The values
-    equal :func:`generate_bank`'s; the file's chunk layout differs from an in-memory write.
+    ``augmented`` is computed and written in blocks of about ``chunk_size`` rows (a multiple of
+    the ~2 MiB row count of :func:`nuwa.io.netcdf_chunks`), one block at a time on dask's
+    synchronous scheduler (a fixed order: the same bytes on every run), through
+    :func:`nuwa.io.write_netcdf` (atomic). ``augmented`` is stored contiguous and uncompressed
+    (:data:`BANK_CONTIGUOUS`), so that training reads the rows of each batch from the file
+    (:class:`nuwa.io.NetCDFRows`) instead of loading the bank. Peak memory: about two blocks of
+    windows and outputs, and the int8 masks (1/(4·C·p²) of the bank); it does not grow with
+    the windows' pixels. The values equal :func:`generate_bank`'s.
     ``inputs``: an array or :class:`LazyWindows`. Returns the number of bank rows.
     """
     import dask
@@ -587,13 +592,14 @@ def write_bank(path: str | Path, inputs, source_index: np.ndarray, *, method: st
                 "intervened": plan.intervened, "causal": plan.masks}
         dataset = bank_dataset(bank, channels=channels, units=units, method=method, settings=settings,
                                patch_size=patch_size, dataset_name=dataset_name, variant=variant)
-        # HDF5 keeps written chunks in its cache until evicted: netCDF's default cache (64 MiB)
-        # would add up to that much on large banks; blocks fill whole chunks, so a small one serves
+        # `augmented` is contiguous (no chunk cache); for any chunked variable HDF5 keeps written
+        # chunks in its cache until evicted, and netCDF's default cache (64 MiB) would add up to
+        # that much on large banks: a small one serves
         cache = netCDF4.get_chunk_cache()
         netCDF4.set_chunk_cache(WRITE_CHUNK_CACHE_BYTES)
         try:
             with dask.config.set(scheduler="synchronous"):
-                write_netcdf(dataset, path)
+                write_netcdf(dataset, path, contiguous=BANK_CONTIGUOUS)
         finally:
             netCDF4.set_chunk_cache(*cache)
     return total

@@ -132,7 +132,7 @@ def cmd_saliency(args):
 def cmd_bank(args):
     import numpy as np
 
-    from nuwa.bank import bank_dataset, generate_bank
+    from nuwa.bank import BANK_CONTIGUOUS, LazyWindows, write_bank
     from nuwa.io import DataFileError, open_netcdf, write_netcdf
     from nuwa.seeding import numpy_rng
     from nuwa.windows import load_series, select_dataset
@@ -149,7 +149,7 @@ def cmd_bank(args):
     if method == "none":
         # Ori trains on the original windows: its bank is empty by definition, which keeps
         # the DAG uniform (every variant's training reads its bank) in Snakemake and DVC alike.
-        write_netcdf(empty_bank_dataset(series, config, args.dataset, args.variant), out)
+        write_netcdf(empty_bank_dataset(series, config, args.dataset, args.variant), out, contiguous=BANK_CONTIGUOUS)
         print(f"wrote {out} (method 'none': no augmented windows)")
         return
     importance = None
@@ -162,14 +162,15 @@ def cmd_bank(args):
                                 "(stale saliency file?); rerun the saliency stage")
         importance = saliency["importance"].values
     rng = numpy_rng(params["seed"], "bank", args.dataset, args.variant)
-    bank = generate_bank(train.inputs(source_index), source_index, method=method, settings=settings,
-                         patch_size=config["patch_size"], rng=rng, importance=importance,
-                         desc=f"bank {args.dataset}/{args.variant}")
-    dataset = bank_dataset(bank, channels=[str(c) for c in range(series.field.shape[1])],
-                           units=series.attrs.get("units", "1"), method=method, settings=settings,
-                           patch_size=config["patch_size"], dataset_name=args.dataset, variant=args.variant)
-    write_netcdf(dataset, out)
-    print(f"wrote {out} ({len(bank['source_index'])} augmented windows)")
+    # windows fetched chunk by chunk while the bank streams to the file: neither the windows nor
+    # the bank are ever whole in memory
+    windows = LazyWindows(lambda a, b: train.inputs(source_index[a:b]),
+                          (len(source_index), config["input_frames"], *series.field.shape[1:]))
+    rows = write_bank(out, windows, source_index, method=method, settings=settings, patch_size=config["patch_size"],
+                      rng=rng, importance=importance, channels=[str(c) for c in range(series.field.shape[1])],
+                      units=series.attrs.get("units", "1"), dataset_name=args.dataset, variant=args.variant,
+                      desc=f"bank {args.dataset}/{args.variant}")
+    print(f"wrote {out} ({rows} augmented windows)")
 
 
 def empty_bank_dataset(series, config, dataset_name, variant):
@@ -212,8 +213,8 @@ def cmd_train(args):
 
 def _train(args, params, context):
     from nuwa.evaluate import METRIC_CONVENTIONS, examples_dataset
-    from nuwa.io import (DataFileError, load_checkpoint, open_netcdf, save_checkpoint, write_csv, write_json,
-                         write_netcdf)
+    from nuwa.io import (DataFileError, NetCDFRows, load_checkpoint, open_netcdf, save_checkpoint, write_csv,
+                         write_json, write_netcdf)
     from nuwa.train import train_cell
     from nuwa.windows import load_series
 
@@ -229,23 +230,24 @@ def _train(args, params, context):
             for partial in out_dir.glob(f".{name}.*.tmp"):
                 partial.unlink(missing_ok=True)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    bank_inputs = bank_sources = None
     method = params["variants"][args.variant]["method"]
     bank_path = args.bank or grid.BANK.format(dataset=args.dataset, variant=args.variant)
-    bank = open_netcdf(bank_path, variables=("augmented", "source_index"))
-    if bank.attrs.get("method") != method:
-        raise DataFileError(f"{bank_path}: bank made with method {bank.attrs.get('method')!r}, but variant "
-                            f"{args.variant!r} has method {method!r}; rerun the bank stage")
-    bank_inputs, bank_sources = bank["augmented"].values, bank["source_index"].values
+    # the bank's metadata and source indices only: its windows are read per batch, by every process itself
+    with open_netcdf(bank_path, variables=("augmented", "source_index"), load=False) as bank:
+        if bank.attrs.get("method") != method:
+            raise DataFileError(f"{bank_path}: bank made with method {bank.attrs.get('method')!r}, but variant "
+                                f"{args.variant!r} has method {method!r}; rerun the bank stage")
+        bank_sources = bank["source_index"].values
     upstream = None
     if params["backbones"][args.backbone].get("init_from_upstream"):
         upstream = load_checkpoint(args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset))
     checkpoint_path = out_dir / "checkpoint.pt"
-    model, history, metrics, examples = train_cell(
-        series, dataset_name=args.dataset, dataset_config=config, backbone_name=args.backbone,
-        backbone_config=params["backbones"][args.backbone], variant=args.variant, train_config=params["train"],
-        seed=seed, bank_inputs=bank_inputs, bank_sources=bank_sources, checkpoint_path=checkpoint_path,
-        upstream=upstream, context=context)
+    with NetCDFRows(bank_path, "augmented") as bank_inputs:
+        model, history, metrics, examples = train_cell(
+            series, dataset_name=args.dataset, dataset_config=config, backbone_name=args.backbone,
+            backbone_config=params["backbones"][args.backbone], variant=args.variant, train_config=params["train"],
+            seed=seed, bank_inputs=bank_inputs, bank_sources=bank_sources, checkpoint_path=checkpoint_path,
+            upstream=upstream, context=context)
     if not context.is_main:
         return
     metrics.update({"dataset": args.dataset, "backbone": args.backbone, "variant": args.variant, "method": method,

@@ -19,9 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-
-class DataFileError(ValueError):
-    """An input file is missing, unreadable or not what the stage expects."""
+from nuwa.errors import DataFileError  # re-exported (defined in a light module)
 
 
 @contextlib.contextmanager
@@ -66,10 +64,18 @@ def netcdf_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return (int(leading), *map(int, shape[1:]))
 
 
-def write_netcdf(dataset: xr.Dataset, path: str | Path) -> None:
+def write_netcdf(dataset: xr.Dataset, path: str | Path, contiguous: tuple[str, ...] = ()) -> None:
+    """Write ``dataset`` atomically; float variables zlib-compressed in chunks of ~2 MiB.
+
+    Variables named in ``contiguous`` are stored instead uncompressed in one contiguous block
+    (HDF5 contiguous layout), so that a reader can fetch any of their rows with one positioned
+    read (:class:`NetCDFRows`); an empty variable (HDF5 refuses a contiguous one) keeps the default.
+    """
     encoding = {}
     for name, variable in dataset.data_vars.items():
-        if variable.dtype.kind == "f":
+        if name in contiguous and variable.size:
+            encoding[name] = {"contiguous": True}
+        elif variable.dtype.kind == "f":
             # zlib keeps banks small; fixed settings keep the bytes reproducible
             encoding[name] = {"zlib": True, "complevel": 1, "shuffle": True}
             if variable.ndim >= 2 and all(variable.shape):
@@ -78,23 +84,154 @@ def write_netcdf(dataset: xr.Dataset, path: str | Path) -> None:
         dataset.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
 
 
-def open_netcdf(path: str | Path, variables: tuple[str, ...] = (), dims: dict[str, tuple[str, ...]] | None = None) -> xr.Dataset:
-    """Open a NetCDF file fully into memory, checking the variables a stage needs."""
+def open_netcdf(path: str | Path, variables: tuple[str, ...] = (), dims: dict[str, tuple[str, ...]] | None = None,
+                load: bool = True) -> xr.Dataset:
+    """Open a NetCDF file, checking the variables a stage needs.
+
+    ``load`` (default): read it fully into memory and close it. ``load=False``: return the open,
+    lazily read dataset (the caller closes it; use it as a context manager).
+    """
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: file not found")
     try:
-        with xr.open_dataset(path, engine="netcdf4") as handle:
-            dataset = handle.load()
+        handle = xr.open_dataset(path, engine="netcdf4")
+        if load:
+            with handle:
+                dataset = handle.load()
+        else:
+            dataset = handle
     except Exception as exc:  # netCDF4 raises OSError/RuntimeError variants for corrupt files
         raise DataFileError(f"{path}: not a readable NetCDF file ({type(exc).__name__}: {exc})") from None
-    missing = [name for name in variables if name not in dataset.variables]
-    if missing:
-        raise DataFileError(f"{path}: missing variable(s) {', '.join(missing)} (has: {', '.join(map(str, dataset.variables))})")
-    for name, expected in (dims or {}).items():
-        if tuple(dataset[name].dims) != tuple(expected):
-            raise DataFileError(f"{path}: variable {name!r} has dims {tuple(dataset[name].dims)}, expected {tuple(expected)}")
+    try:
+        missing = [name for name in variables if name not in dataset.variables]
+        if missing:
+            raise DataFileError(f"{path}: missing variable(s) {', '.join(missing)} "
+                                f"(has: {', '.join(map(str, dataset.variables))})")
+        for name, expected in (dims or {}).items():
+            if tuple(dataset[name].dims) != tuple(expected):
+                raise DataFileError(f"{path}: variable {name!r} has dims {tuple(dataset[name].dims)}, "
+                                    f"expected {tuple(expected)}")
+    except DataFileError:
+        dataset.close()
+        raise
     return dataset
+
+
+class NetCDFRows:
+    """Rows (along the first dimension) of one variable of a NetCDF-4 file, read on demand.
+
+    ``rows[indices]`` returns the rows at ``indices`` (any order, repeats allowed) as a new
+    array; the variable is never read whole. A variable stored contiguously and uncompressed
+    (:func:`write_netcdf`'s ``contiguous``) is read with one positioned read (``pread``) per
+    row at the byte offset HDF5 reports: no decoding, no mapping (the resident memory does not
+    grow with the rows read; the operating system's page cache serves repeated reads). A
+    chunked or compressed variable (files written before) is read through h5py, the rows of a
+    batch in one sorted selection. Values are the file's, as xarray reads them (no scaling or
+    masking is applied: the variable must have none).
+    Each process opens its own reader (e.g. every rank of a distributed run).
+    """
+
+    CHUNK_CACHE_BYTES = 32 * 2**20  # h5py's chunk cache on the chunked path (h5py's default: 1 MiB)
+
+    def __init__(self, path: str | Path, variable: str):
+        import h5py
+
+        self.path, self.variable = Path(path), variable
+        self._fd = self._file = None
+        try:
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=self.CHUNK_CACHE_BYTES)
+            data = self._file[variable]
+            self.shape, self.dtype = tuple(int(v) for v in data.shape), np.dtype(data.dtype)
+            offset = data.id.get_offset() if data.chunks is None else None
+        except (OSError, KeyError) as exc:
+            self.close()
+            raise DataFileError(f"{self.path}: cannot read variable {variable!r} ({type(exc).__name__}: {exc})") from None
+        if len(self.shape) < 1 or self.dtype.kind not in "fiu" or {"scale_factor", "add_offset"} & set(data.attrs):
+            self.close()
+            raise DataFileError(f"{self.path}: variable {variable!r} is not a plain numeric array with rows")
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        self.offset = offset
+        self._data = data
+        if offset is not None:  # contiguous: positioned reads from our own descriptor
+            self._file.close()
+            self._file = self._data = None
+            self._fd = os.open(self.path, os.O_RDONLY)
+            if os.fstat(self._fd).st_size < offset + self.shape[0] * self.row_bytes:
+                self.close()
+                raise DataFileError(f"{self.path}: file ends inside variable {variable!r} (truncated?)")
+
+    @property
+    def contiguous(self) -> bool:
+        return self.offset is not None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.shape[0]):
+            raise IndexError(f"{self.path}: {self.variable} rows {indices.min()}..{indices.max()} out of "
+                             f"0..{self.shape[0] - 1}")
+        out = np.empty((indices.size, *self.shape[1:]), dtype=self.dtype)
+        if not indices.size:
+            return out
+        if self._fd is not None:
+            flat = out.reshape(indices.size, -1).view(np.uint8)
+            for row, index in enumerate(indices.tolist()):
+                self._read_row(flat[row], self.offset + index * self.row_bytes)
+            return out
+        if self._data is None:
+            raise ValueError(f"{self.path}: reader is closed")
+        unique, inverse = np.unique(indices, return_inverse=True)  # h5py selects increasing rows
+        out[...] = self._data[unique][inverse.reshape(-1)]
+        return out
+
+    def read_into(self, index: int, out: np.ndarray) -> np.ndarray:
+        """Row ``index`` into ``out`` (an array of one row's shape; C-contiguous of the file's
+        dtype for a direct read, else through a copy)."""
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(f"{self.path}: {self.variable} row {index} out of 0..{self.shape[0] - 1}")
+        if out.shape != self.shape[1:]:
+            raise ValueError(f"{self.path}: {self.variable} rows have shape {self.shape[1:]}, not {out.shape}")
+        if self._fd is not None and out.dtype == self.dtype and out.flags.c_contiguous and out.flags.writeable:
+            self._read_row(out.reshape(-1).view(np.uint8), self.offset + index * self.row_bytes)
+        else:
+            out[...] = self[[index]][0]
+        return out
+
+    def _read_row(self, target: np.ndarray, offset: int) -> None:
+        done = 0
+        while done < self.row_bytes:  # a regular file gives it all at once; loop for the rule
+            if hasattr(os, "preadv"):
+                count = os.preadv(self._fd, [target[done:]], offset + done)
+            else:  # no preadv (some platforms): read, then copy
+                chunk = os.pread(self._fd, self.row_bytes - done, offset + done)
+                count = len(chunk)
+                target[done:done + count] = np.frombuffer(chunk, dtype=np.uint8)
+            if count <= 0:
+                raise DataFileError(f"{self.path}: file ends inside variable {self.variable!r} (truncated?)")
+            done += count
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = self._data = None
+
+    def __enter__(self) -> NetCDFRows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def write_json(obj, path: str | Path) -> None:

@@ -46,29 +46,75 @@ def build_model(backbone_config: dict, dataset_config: dict, channels: int) -> t
 
 
 class TrainingPool:
-    """Original training windows plus (optionally) bank samples, as one indexable pool."""
+    """Original training windows plus (optionally) bank samples, as one indexable pool.
 
-    def __init__(self, train: WindowDataset, bank_inputs: np.ndarray | None = None, bank_sources: np.ndarray | None = None):
+    Rows ``0..len(train)-1`` are the training windows, in ``train.starts`` order; the bank's rows
+    follow. Nothing is copied up front: :meth:`batch` copies the inputs of its rows, the
+    originals from the normalised series and the bank's from ``bank_inputs`` -- any object
+    whose ``bank_inputs[indices]`` gives those rows (N, T, C, H, W) in physical units: the bank
+    file, read row by row (:class:`nuwa.io.NetCDFRows`), or an array -- normalised per batch
+    with the arithmetic of :meth:`SeriesData.normalise` (element by element: the same bits as
+    normalising the whole bank at once).
+    """
+
+    def __init__(self, train: WindowDataset, bank_inputs=None, bank_sources: np.ndarray | None = None):
         self.train = train
-        originals = torch.stack([train.normalised[s:s + train.input_frames] for s in train.starts]) \
-            if len(train) else torch.zeros(0)
-        sources = np.asarray(train.starts)
+        self.starts = np.asarray(train.starts)
+        self.window_shape = (train.input_frames, *train.series.field.shape[1:])
+        self.bank = None
+        sources = self.starts
         if bank_inputs is not None and len(bank_inputs):
+            bank_sources = np.asarray(bank_sources)
+            if tuple(bank_inputs.shape[1:]) != self.window_shape or bank_sources.shape != (len(bank_inputs),):
+                raise ValueError(f"bank windows {tuple(bank_inputs.shape)} with {bank_sources.shape[0]} source "
+                                 f"index(es) do not match this dataset's training windows {self.window_shape}; "
+                                 "the bank is stale or from another dataset")
             unknown = np.setdiff1d(bank_sources, train.starts)
             if unknown.size:
                 raise ValueError(f"bank holds {unknown.size} sample(s) whose source window is not a training window "
                                  f"(first: {int(unknown[0])}); the bank is stale or from another dataset")
-            augmented = torch.from_numpy(train.series.normalise(bank_inputs.reshape(-1, *bank_inputs.shape[2:])))
-            originals = torch.cat([originals, augmented.reshape(bank_inputs.shape)])
+            self.bank = bank_inputs
             sources = np.concatenate([sources, bank_sources])
-        self.inputs = originals
         self.sources = sources
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[rows], self.train.targets_normalised(self.sources[rows.numpy()])
+        """(inputs, targets) of the pool's ``rows``, normalised, in the order given.
+
+        Row by row: a window is a contiguous block of the normalised series (one copy), a bank
+        row one positioned read from the bank file into the batch, normalised there.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        train, originals = self.train, len(self.starts)
+        normalised = train.normalised.numpy()
+        t_in, t_out = train.input_frames, train.output_frames
+        inputs = np.empty((len(rows), *self.window_shape), dtype=np.float32)
+        targets = np.empty((len(rows), t_out, *self.window_shape[1:]), dtype=np.float32)
+        bank = [(position, row - originals) for position, row in enumerate(rows.tolist()) if row >= originals]
+        if bank:
+            if hasattr(self.bank, "read_into"):
+                for position, row in bank:
+                    self.bank.read_into(row, inputs[position])
+            else:
+                positions, bank_rows = map(list, zip(*bank))
+                inputs[positions] = np.asarray(self.bank[np.asarray(bank_rows)])
+        for position, (row, start) in enumerate(zip(rows.tolist(), self.sources[rows].tolist())):
+            if row < originals:
+                inputs[position] = normalised[start:start + t_in]
+            else:
+                train.series.normalise(inputs[position], out=inputs[position])
+            targets[position] = normalised[start + t_in:start + t_in + t_out]
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def next_batch(pool: TrainingPool, generator: torch.Generator, batch_size: int,
+               my_rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch: ``batch_size`` rows drawn uniformly (with replacement) from the pool;
+    this process's ``my_rows`` of them read. ``generator`` draws the rows of every process alike."""
+    rows = torch.randint(len(pool), (batch_size,), generator=generator)
+    return pool.batch(rows[my_rows])
 
 
 @torch.no_grad()
@@ -120,10 +166,14 @@ class _NoBar:
 
 def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, backbone_name: str,
                backbone_config: dict, variant: str, train_config: dict, seed: int,
-               bank_inputs: np.ndarray | None = None, bank_sources: np.ndarray | None = None,
+               bank_inputs=None, bank_sources: np.ndarray | None = None,
                checkpoint_path: str | Path | None = None, upstream: dict | None = None,
                context: distributed.Context = distributed.SINGLE):
     """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict).
+
+    ``bank_inputs``: the bank's augmented windows in physical units, read per batch (see
+    :class:`TrainingPool`): the bank file's rows (:class:`nuwa.io.NetCDFRows`) or an array;
+    ``bank_sources``: their source window starts (in memory).
 
     With several processes (``context``), every process returns the model and history; the
     metrics and examples are rank 0's alone (None elsewhere), and only rank 0 writes the checkpoint.
@@ -181,8 +231,7 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     # still made for the whole batch); DDP's average of the gradients is the whole batch's gradient
     share = {"rows": my_rows, "batch": batch_size} if context.distributed else {}
     while state["step"] < steps:
-        rows = torch.randint(len(pool), (batch_size,), generator=generator)
-        inputs, targets = pool.batch(rows[my_rows])
+        inputs, targets = next_batch(pool, generator, batch_size, my_rows)
         loss = training_loss(network, inputs.to(device), targets.to(device), progress=state["step"] / steps,
                              generator=generator, **share)
         optimiser.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ carries that index, so masks and bank samples always meet their own source windo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -28,8 +29,26 @@ class SeriesData:
     attrs: dict
     segment: np.ndarray | None = None  # int per time step; None: one segment
 
-    def normalise(self, values: np.ndarray) -> np.ndarray:
-        return ((values - self.mean[:, None, None]) / self.std[:, None, None]).astype(np.float32)
+    @cached_property
+    def normalised(self) -> torch.Tensor:
+        """The whole field normalised (float32), computed on first use and shared by every split's windows."""
+        return torch.from_numpy(self.normalise(self.field))
+
+    def normalise(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(values - mean) / std per channel (channel axis third from last), as float32.
+
+        ``out`` (float32, may be ``values``): written in place, with the same arithmetic (the
+        same bits) as without it.
+        """
+        mean, std = self.mean[:, None, None], self.std[:, None, None]
+        if out is None:
+            return ((values - mean) / std).astype(np.float32)
+        if values.dtype == mean.dtype == std.dtype == out.dtype == np.float32:
+            # float32 throughout, as above: subtract, then divide, each rounded to float32
+            np.subtract(values, mean, out=out)
+            return np.divide(out, std, out=out)
+        out[...] = self.normalise(values)
+        return out
 
     def denormalise(self, values):
         mean = torch.as_tensor(self.mean)[:, None, None] if isinstance(values, torch.Tensor) else self.mean[:, None, None]
@@ -96,7 +115,11 @@ class WindowDataset(torch.utils.data.Dataset):
         self.input_frames = input_frames
         self.output_frames = output_frames
         self.starts = window_starts(series.split, split, input_frames + output_frames, stride, series.segment)
-        self.normalised = torch.from_numpy(series.normalise(series.field))
+
+    @property
+    def normalised(self) -> torch.Tensor:
+        """The normalised field (the series', computed once: not by stages that read physical units only)."""
+        return self.series.normalised
 
     def __len__(self) -> int:
         return len(self.starts)

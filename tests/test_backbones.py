@@ -20,6 +20,15 @@ from nuwa.backbones._blocks import (
 
 KINDS = backbone_kinds()
 
+
+def test_each_backbone_file_registers_the_backbone_it_is_named_after():
+    """backbone_kinds() lists the modules' names without importing them (params validation
+    stays light); importing them all registers exactly those names."""
+    from nuwa.backbones import _REGISTRY, _load_all, _module_names
+
+    _load_all()
+    assert sorted(_REGISTRY) == sorted(_module_names()) == KINDS
+
 # (T_in, T_out, C, H, W, scale). Sides are multiples of 16 so patch/stride-based backbones fit.
 SHAPE_CASES = [
     (4, 4, 1, 16, 16, 1),

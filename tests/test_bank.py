@@ -153,3 +153,28 @@ def test_same_seed_same_bank_file_bytes(tmp_path):
         paths.append(tmp_path / f"bank{attempt}.nc")
         write_netcdf(dataset, paths[-1])
     assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_nuwa_bank_streams_a_contiguous_bank_with_the_same_bytes_every_time(tmp_path):
+    """`nuwa bank` writes through write_bank: `augmented` contiguous and uncompressed (training reads
+    its rows from the file), readable by xarray, and the same bytes from the same params."""
+    import h5py
+    import xarray as xr
+
+    from conftest import TINY_PARAMS
+    from nuwa import cli
+
+    common = ["--params", str(TINY_PARAMS), "--dataset", "moving_glyphs", "--threads", "1"]
+    assert cli.main(["ingest", *common, "--out", str(tmp_path / "data.nc")]) == 0
+    paths = [tmp_path / f"bank{i}.nc" for i in range(2)]
+    for path in paths:
+        assert cli.main(["bank", *common, "--variant", "random", "--data", str(tmp_path / "data.nc"),
+                         "--out", str(path)]) == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    with h5py.File(paths[0]) as handle:
+        assert handle["augmented"].chunks is None and handle["augmented"].compression is None
+        assert handle["augmented"].id.get_offset() is not None
+    with xr.open_dataset(paths[0]) as bank:
+        assert bank["augmented"].dims == ("bank_sample", "step", "channel", "y", "x")
+        assert bank.sizes["bank_sample"] > 0 and np.isfinite(bank["augmented"].values).all()
+        assert bank.attrs["method"] == "random"

@@ -10,18 +10,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tool_env
+from conftest import TINY_PARAMS, tool_env
 from nuwa.bench import BENCHMARKS
 
 # the tiny options of each benchmark (a few seconds each)
 TINY_BENCH = {
     "bank": ["--samples", "4", "--frames", "3", "--size", "32", "--patch", "8", "--repeats", "1"],
     "backbones": ["--sizes", "small", "--backbones", "convlstm", "--in-shape", "4,1,16,16", "--out-frames", "4",
-                  "--batch-size", "2", "--min-seconds", "0.05", "--device", "cpu"],
+                  "--batch-size", "2", "--min-seconds", "0.05", "--device", "cpu", "--threads", "1"],
+    "dag": ["--params", str(TINY_PARAMS), "--repeats", "1"],
+    "loader": ["--batch-size", "4", "--frames", "3", "--size", "16", "--bank-windows", "40", "--batches", "5",
+               "--cold-batches", "2", "--min-seconds", "0.05", "--device", "cpu", "--threads", "1"],
+    "saliency": ["--small", "16,2,2,16,16", "--large", "32,3,4,32,16", "--batch-size", "2", "--large-batch-size",
+                 "1", "--frames", "3", "--repeats", "1", "--device", "cpu", "--threads", "1"],
 }
 # references each benchmark must report
 REFERENCES = {
     "bank": {"authors", "memcopy", "patch_loop"},
+    "dag": {"trivial_snakefile"},
+    "loader": {"simvp_small_train_step", "loader_peak_rss_growth"},
+    "saliency": {"forward"},
 }
 
 

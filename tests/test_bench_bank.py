@@ -1,5 +1,5 @@
 """`nuwa bench bank`: the fast bank equals its plain loop, the authors' reference does their rule,
-the streamed bank keeps its memory bounded, and every `nuwa bench` runs at a tiny size."""
+the streamed bank (write_bank, and `nuwa bank` itself) keeps its memory bounded."""
 
 from __future__ import annotations
 
@@ -134,6 +134,83 @@ def test_bank_peak_memory_does_not_grow_with_the_dataset(tmp_path):
     assert written["augmented"].shape == (8 * MEMORY_CHUNK, 8, 1, 64, 64)
 
 
+# `nuwa bank` itself on a moving-glyphs dataset of 1x and 8x CLI_CHUNK training windows
+CLI_CHUNK = 128  # bank.chunk_size: windows of 10 x 64 x 64 float32, 20 MiB per chunk
+CLI_FRAMES = (10, 2)  # input, output frames; stride 1: the series holds ~1/10 of the bank's pixels
+
+
+def glyph_params(tmp_path, windows: int) -> tuple:
+    """A params file whose moving_glyphs dataset has exactly ``windows`` training windows."""
+    import yaml
+
+    from conftest import TINY_PARAMS
+    from nuwa.ingest import split_flags
+    from nuwa.windows import window_starts
+
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    split = {"train": 0.8, "val": 0.1, "test": 0.1}
+    length = next(n for n in range(windows, 2 * windows + 100)
+                  if len(window_starts(split_flags(n, split), "train", sum(CLI_FRAMES), 1)) == windows)
+    params["datasets"]["moving_glyphs"].update(length=length, height=64, width=64, glyph_size=16, glyphs=2,
+                                               input_frames=CLI_FRAMES[0], output_frames=CLI_FRAMES[1],
+                                               window_stride=1, patch_size=8, split=split)
+    params["bank"].update(copies=1, chunk_size=CLI_CHUNK)
+    path = tmp_path / f"params_{windows}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path, length
+
+
+def peak_of(command: list[str]) -> int:
+    """Peak resident memory (bytes) of a command's process, from the kernel's accounting."""
+    import os
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tool_env(), text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    assert process.returncode == 0, stdout + stderr
+    return usage.ru_maxrss * 1024  # KiB on Linux
+
+
+def test_nuwa_bank_peak_memory_does_not_grow_with_the_dataset(tmp_path):
+    """The issue's bound, through the real `nuwa bank` process: its peak memory on datasets of 1x
+    and 8x the bank's write chunk (bank.chunk_size training windows) differs by less than
+    MARGIN = 2 chunks of bank windows + 2x the growth of the processed series.
+
+    Why: the stage holds the processed series whole (load_series; 1x, plus a transient of the
+    same order while it is read and checked), and the allocator keeps about one block of freed
+    inputs and outputs once a second block ran (see the test above). Holding the bank or the
+    windows it is made from (as generate_bank did) would add 7 chunks each; the margin is well
+    under that. Measured: +36 MiB for +140 MiB of bank (+17.5 MiB of series), margin 75 MiB."""
+    peaks, series, banks = {}, {}, {}
+    for windows in (CLI_CHUNK, 8 * CLI_CHUNK):
+        params, length = glyph_params(tmp_path, windows)
+        data, bank = tmp_path / f"data_{windows}.nc", tmp_path / f"bank_{windows}.nc"
+        common = ["--params", str(params), "--dataset", "moving_glyphs", "--threads", "1"]
+        result = subprocess.run([sys.executable, "-m", "nuwa", "ingest", *common, "--out", str(data)],
+                                capture_output=True, text=True, env=tool_env(), check=False)
+        assert result.returncode == 0, result.stderr
+        peaks[windows] = peak_of([sys.executable, "-m", "nuwa", "bank", *common, "--variant", "random",
+                                  "--data", str(data), "--out", str(bank)])
+        series[windows] = length * 64 * 64 * 4
+        with xr.open_dataset(bank) as written:
+            assert written["augmented"].shape == (windows, CLI_FRAMES[0], 1, 64, 64)
+            banks[windows] = written["augmented"].nbytes
+    mib = 2**20
+    chunk = banks[CLI_CHUNK] / mib
+    extra_bank = (banks[8 * CLI_CHUNK] - banks[CLI_CHUNK]) / mib
+    extra_series = (series[8 * CLI_CHUNK] - series[CLI_CHUNK]) / mib
+    extra_peak = (peaks[8 * CLI_CHUNK] - peaks[CLI_CHUNK]) / mib
+    margin = 2 * chunk + 2 * extra_series
+    # holding the bank, or the windows it is made from, would each add extra_bank (7 chunks)
+    assert extra_bank == 7 * chunk and margin < 0.6 * extra_bank
+    assert extra_peak < margin, (f"peak grew by {extra_peak:.0f} MiB from 1x to 8x the chunk: more than the margin "
+                                 f"{margin:.0f} MiB (chunk {chunk:.0f} MiB, series +{extra_series:.0f} MiB, "
+                                 f"bank +{extra_bank:.0f} MiB)")
+    print(f"nuwa bank peak: {peaks[CLI_CHUNK] / mib:.0f} MiB at 1x, {peaks[8 * CLI_CHUNK] / mib:.0f} MiB at 8x "
+          f"the chunk: +{extra_peak:.0f} MiB (margin {margin:.0f} MiB, bank +{extra_bank:.0f} MiB)")
+
+
 @pytest.mark.parametrize("method", ["saliency", "random"])
 def test_streamed_bank_file_holds_the_in_memory_bank(tmp_path, method):
     from nuwa.io import netcdf_chunks
@@ -143,7 +220,7 @@ def test_streamed_bank_file_holds_the_in_memory_bank(tmp_path, method):
     importance = rng.random((23, 4, 8, 8)).astype(np.float32)
     settings = dict(environment_ratio=0.25, copies=2, chunk_size=5, sigma=2.0, history=2, history_decay=0.5,
                     exclude_causal_neighbours=True)
-    # written in blocks of 32 rows (whole HDF5 chunks): blocks cut through chunks of 5 windows
+    # written in blocks of 32 rows (netcdf_chunks: ~2 MiB): blocks cut through the bank's chunks of 5 windows
     assert netcdf_chunks((46, 4, 1, 64, 64), 4)[0] == 32
     meta = dict(channels=["a"], units="1", method=method, settings=settings, patch_size=8, dataset_name="toy",
                 variant="v")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 
 import pytest
 
@@ -65,6 +66,17 @@ def test_default_tiny_and_full_params_are_valid():
     load_params(TINY_PARAMS)
     full = load_params(REPO / "params.full.yaml")
     assert len(full["grid"]["backbones"]) == 8  # the paper's Table 1
+
+
+def test_validating_params_imports_no_heavy_library():
+    """Snakemake validates params.yaml each time it parses the Snakefile (every dry run, every
+    cluster job): the dataset and backbone kinds and schemas come without torch, xarray, dask..."""
+    heavy = ("torch", "timm", "xarray", "dask", "matplotlib", "h5py", "pysteps", "netCDF4", "numba")
+    code = ("import sys; from nuwa.config import load_params; load_params(sys.argv[1]); "
+            f"print(' '.join(name for name in {heavy!r} if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "params.full.yaml")], capture_output=True,
+                            text=True, check=True, env=tool_env())
+    assert result.stdout.strip() == "", f"validation imported {result.stdout.strip()}"
 
 
 def test_missing_file_is_named(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_PARAMS
 import nuwa.train as train_module
 from nuwa.ingest import ingest
 from nuwa.io import write_netcdf
@@ -87,3 +88,136 @@ def test_a_checkpoint_holds_everything_a_resumed_run_draws_from(tiny_params, tin
     assert torch.equal(torch.rand(3), draws[0])
     np.testing.assert_array_equal(np.random.random(3), draws[1])
     assert [random.random() for _ in range(3)] == draws[2]
+
+
+class EagerPool:
+    """The training pool as it was before the bank was read per batch: every window in memory."""
+
+    def __init__(self, train, bank_inputs=None, bank_sources=None):
+        self.train = train
+        originals = torch.stack([train.normalised[s:s + train.input_frames] for s in train.starts])
+        sources = np.asarray(train.starts)
+        if bank_inputs is not None and len(bank_inputs):
+            bank_inputs = np.asarray(bank_inputs)
+            augmented = torch.from_numpy(train.series.normalise(bank_inputs.reshape(-1, *bank_inputs.shape[2:])))
+            originals = torch.cat([originals, augmented.reshape(bank_inputs.shape)])
+            sources = np.concatenate([sources, bank_sources])
+        self.inputs, self.sources = originals, sources
+
+    def __len__(self):
+        return len(self.sources)
+
+    def batch(self, rows):
+        return self.inputs[rows], self.train.targets_normalised(self.sources[rows.numpy()])
+
+
+@pytest.fixture
+def bank_files(tiny_params, tiny_series, tmp_path):
+    """The random variant's bank of the tiny dataset as `nuwa bank` writes it (augmented contiguous,
+    read with positioned reads), the same bank as banks were written before (zlib chunks, read
+    through h5py), and its values in memory (xarray)."""
+    import xarray as xr
+
+    from nuwa import cli
+    from nuwa.bank import bank_dataset, generate_bank
+    from nuwa.seeding import numpy_rng
+    from nuwa.windows import select_dataset
+
+    data = tmp_path / "glyphs.nc"  # written by tiny_series
+    common = ["--params", str(TINY_PARAMS), "--dataset", "moving_glyphs", "--threads", "1", "--data", str(data)]
+    assert cli.main(["bank", *common, "--variant", "random", "--out", str(tmp_path / "bank.nc")]) == 0
+    assert cli.main(["bank", *common, "--variant", "ori", "--out", str(tmp_path / "ori.nc")]) == 0
+    config = tiny_params["datasets"]["moving_glyphs"]
+    train = select_dataset(tiny_series, config, "train")
+    settings = dict(tiny_params["bank"], **tiny_params["variants"]["random"])
+    settings.pop("method")
+    bank = generate_bank(train.inputs(train.starts), train.starts, method="random", settings=settings,
+                         patch_size=config["patch_size"], rng=numpy_rng(0, "bank", "moving_glyphs", "random"), desc="")
+    write_netcdf(bank_dataset(bank, channels=["0"], units="1", method="random", settings=settings,
+                              patch_size=config["patch_size"], dataset_name="moving_glyphs", variant="random"),
+                 tmp_path / "bank_chunked.nc")
+    with xr.open_dataset(tmp_path / "bank.nc") as written:
+        values, sources = written["augmented"].values, written["source_index"].values
+    assert values.tobytes() == bank["augmented"].tobytes()  # `nuwa bank` streams the in-memory bank's values
+    return {"contiguous": tmp_path / "bank.nc", "chunked": tmp_path / "bank_chunked.nc", "ori": tmp_path / "ori.nc",
+            "values": values, "sources": sources, "train": train}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunked", "array"])
+def test_lazy_pool_batches_equal_the_eager_pool_byte_for_byte(bank_files, layout):
+    import contextlib
+
+    import h5py
+
+    from nuwa.io import NetCDFRows
+
+    train = bank_files["train"]
+    if layout != "array":
+        with h5py.File(bank_files[layout]) as handle:
+            assert (handle["augmented"].chunks is None) == (layout == "contiguous")
+            assert (handle["augmented"].compression is None) == (layout == "contiguous")
+    eager = EagerPool(train, bank_files["values"], bank_files["sources"])
+    with (contextlib.nullcontext(bank_files["values"].copy()) if layout == "array"
+          else NetCDFRows(bank_files[layout], "augmented")) as rows:
+        assert layout == "array" or rows.contiguous == (layout == "contiguous")
+        lazy = train_module.TrainingPool(train, rows, bank_files["sources"])
+        assert len(lazy) == len(eager) == 2 * len(train)
+        n = len(train)
+        generator = torch.Generator().manual_seed(0)
+        cases = [torch.randint(len(lazy), (16,), generator=generator) for _ in range(20)]
+        cases += [torch.tensor([n, n, 0, 2 * n - 1, 0, n + 3]),  # repeats, both ends, mixed
+                  torch.arange(n), torch.arange(n, 2 * n).flip(0), torch.tensor([n + 1])]
+        for batch_rows in cases:
+            (lazy_inputs, lazy_targets), (eager_inputs, eager_targets) = lazy.batch(batch_rows), eager.batch(batch_rows)
+            assert lazy_inputs.dtype == eager_inputs.dtype == torch.float32
+            assert lazy_inputs.shape == eager_inputs.shape
+            assert lazy_inputs.numpy().tobytes() == eager_inputs.numpy().tobytes()
+            assert lazy_targets.numpy().tobytes() == eager_targets.numpy().tobytes()
+        # nothing was copied up front: the pool holds the reader and 1-D indices, no window
+        assert lazy.bank is rows
+        assert all(np.ndim(v) <= 1 for k, v in vars(lazy).items()
+                   if isinstance(v, (np.ndarray, torch.Tensor)) and k != "bank")
+
+
+def test_training_from_the_bank_file_gives_the_eager_pool_metrics(tiny_params, tiny_series, bank_files, monkeypatch):
+    from nuwa.io import NetCDFRows
+
+    arguments = dict(dataset_name="moving_glyphs", dataset_config=tiny_params["datasets"]["moving_glyphs"],
+                     backbone_name="simvp", backbone_config=tiny_params["backbones"]["simvp"], variant="random",
+                     train_config=dict(tiny_params["train"], steps=4), seed=0, bank_sources=bank_files["sources"])
+    with NetCDFRows(bank_files["contiguous"], "augmented") as rows:
+        _, history, metrics, _ = train_module.train_cell(tiny_series, bank_inputs=rows, **arguments)
+    monkeypatch.setattr(train_module, "TrainingPool", EagerPool)
+    _, eager_history, eager_metrics, _ = train_module.train_cell(tiny_series, bank_inputs=bank_files["values"],
+                                                                 **arguments)
+    assert metrics["bank_samples"] == len(bank_files["sources"]) > 0
+    assert metrics == eager_metrics
+    pd_columns = ["train_loss", "val_loss", "learning_rate"]
+    assert history[pd_columns].to_numpy().tobytes() == eager_history[pd_columns].to_numpy().tobytes()
+
+
+def test_an_empty_bank_file_adds_nothing_to_the_pool(bank_files):
+    from nuwa.io import NetCDFRows
+
+    train = bank_files["train"]
+    with NetCDFRows(bank_files["ori"], "augmented") as rows:
+        assert len(rows) == 0 and rows[np.zeros(0, dtype=np.int64)].shape == (0, *rows.shape[1:])
+        pool = train_module.TrainingPool(train, rows, np.zeros(0, dtype=np.int64))
+        assert len(pool) == len(train)
+        inputs, _ = pool.batch(torch.tensor([0, len(train) - 1]))
+        assert inputs.shape == (2, train.input_frames, 1, 16, 16)
+
+
+def test_a_stale_bank_is_refused_with_a_clear_error(bank_files):
+    from nuwa.io import NetCDFRows
+
+    train = bank_files["train"]
+    with NetCDFRows(bank_files["contiguous"], "augmented") as rows:
+        sources = bank_files["sources"].copy()
+        sources[3] = int(train.starts.max()) + 1000  # not a training window
+        with pytest.raises(ValueError, match="source window is not a training window .*stale"):
+            train_module.TrainingPool(train, rows, sources)
+        with pytest.raises(ValueError, match="do not match this dataset's training windows.*stale"):
+            train_module.TrainingPool(train, rows, bank_files["sources"][:-1])
+    with pytest.raises(ValueError, match="do not match this dataset's training windows"):
+        train_module.TrainingPool(train, bank_files["values"][:, :, :, :8], bank_files["sources"])

@@ -119,6 +119,25 @@ def test_snakemake_and_dvc_build_the_same_files_with_the_same_bytes(snakemake_ru
         assert digest(snakemake_run / relative) == digest(dvc_run / relative), relative
 
 
+def test_a_rerun_with_nothing_changed_does_no_work_in_either_tool(snakemake_run, dvc_run):
+    """After a complete run, running again runs no job and touches no output (both tools)."""
+    def mtimes(directory: Path) -> dict[str, int]:
+        return {p: (directory / p).stat().st_mtime_ns for p in output_files(directory)}
+
+    before = mtimes(snakemake_run)
+    result = run(["snakemake", "--cores", "2"], snakemake_run)
+    output = result.stdout + result.stderr
+    assert "Nothing to be done" in output and not snakemake_jobs(output), output
+    assert mtimes(snakemake_run) == before
+
+    before = mtimes(dvc_run)
+    result = run(["dvc", "repro"], dvc_run)
+    assert "Running stage" not in result.stdout, result.stdout
+    assert "up to date" in result.stdout, result.stdout
+    assert "up to date" in run(["dvc", "status"], dvc_run).stdout
+    assert mtimes(dvc_run) == before
+
+
 def _edit_params(directory: Path, edit) -> None:
     params = yaml.safe_load((directory / "params.yaml").read_text())
     edit(params)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported by the backbone modules, not here: listing kinds stays light
+    from torch import nn
 
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., "nn.Module"]
 _REGISTRY: dict[str, Builder] = {}
 
 
@@ -28,18 +29,23 @@ def register_backbone(name: str) -> Callable[[Builder], Builder]:
     return decorator
 
 
+def _module_names() -> list[str]:
+    return [module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_")]
+
+
 def _load_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
+    for name in _module_names():
+        importlib.import_module(f"{__name__}.{name}")
 
 
 def backbone_kinds() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    """Names of the backbones, without importing them (torch): each file registers the one
+    backbone it is named after (a test checks it), plus any registered at run time."""
+    return sorted(set(_module_names()) | set(_REGISTRY))
 
 
-def create_backbone(kind: str, *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, **hparams) -> nn.Module:
+def create_backbone(kind: str, *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1,
+                    **hparams) -> nn.Module:
     _load_all()
     try:
         builder = _REGISTRY[kind]

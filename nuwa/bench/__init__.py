@@ -15,7 +15,7 @@ COLUMNS = ["benchmark", "case", "value", "unit", "reference", "reference_value",
 
 # `nuwa bench NAME` runs nuwa.bench.NAME, a module light to import (heavy imports inside its
 # functions) that defines SUMMARY, add_arguments(parser) and run(args, progress) -> rows
-BENCHMARKS = ("backbones", "bank")
+BENCHMARKS = ("backbones", "bank", "dag", "loader", "saliency")
 
 
 def bench_module(name: str):

@@ -29,12 +29,17 @@ import glob
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import xarray as xr
 
-Generator = Callable[[dict, int], xr.DataArray]
+if TYPE_CHECKING:
+    import xarray as xr
+
+# Heavy libraries (xarray, dask, h5py, matplotlib) are imported inside the functions that use
+# them, here and in every dataset module: listing the kinds and their schemas (what params
+# validation needs, once per Snakemake or DVC run) stays light.
+Generator = Callable[[dict, int], "xr.DataArray"]
 _REGISTRY: dict[str, Generator] = {}
 _SCHEMAS: dict[str, dict] = {}
 _DEFAULTS: dict[str, dict] = {}
@@ -60,6 +65,8 @@ def field_array(values, *, name: str, channels, attrs: dict, time=None,
     ``attrs`` carries ``units`` and ``long_name`` plus every setting worth recording; grid
     coordinates are added by ingest unless given in ``coords``.
     """
+    import xarray as xr
+
     values = values.astype(np.float32) if hasattr(values, "compute") else np.asarray(values, dtype=np.float32)
     n_times = values.shape[0]
     time_values = np.arange(n_times) if time is None else np.asarray(time)
@@ -74,7 +81,7 @@ def field_array(values, *, name: str, channels, attrs: dict, time=None,
 
 def check_time_increasing(times: np.ndarray, where: str) -> None:
     """Times must increase strictly; the error names ``where`` and the index (nothing is reordered)."""
-    from nuwa.io import DataFileError
+    from nuwa.errors import DataFileError
 
     diffs = np.diff(times)
     bad = np.flatnonzero(diffs <= np.timedelta64(0))
@@ -94,7 +101,7 @@ def segments_from_time(times, step, where: str = "time axis") -> tuple[np.ndarra
     Raises :class:`nuwa.io.DataFileError` naming ``where`` if times repeat, go backwards or
     fall off the ``step`` grid.
     """
-    from nuwa.io import DataFileError
+    from nuwa.errors import DataFileError
 
     times = np.asarray(times)
     step = np.timedelta64(step) if not isinstance(step, np.timedelta64) else step

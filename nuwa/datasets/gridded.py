@@ -66,10 +66,10 @@ import itertools
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from nuwa.datasets import (
     check_time_increasing,
@@ -78,7 +78,10 @@ from nuwa.datasets import (
     register_dataset,
     segments_from_time,
 )
-from nuwa.io import DataFileError
+from nuwa.errors import DataFileError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
@@ -223,6 +226,8 @@ def _check_variables(dataset: xr.Dataset, variables: list[str], where: str) -> N
 
 
 def _open_one(path: Path, chunks: dict) -> xr.Dataset:
+    import xarray as xr
+
     try:
         return xr.open_dataset(path, chunks=chunks)
     except Exception as exc:  # noqa: BLE001 -- backends raise OSError/ValueError/RuntimeError variants
@@ -231,6 +236,8 @@ def _open_one(path: Path, chunks: dict) -> xr.Dataset:
 
 def _open_netcdf_files(files: list[Path], where: str, settings: dict, chunks: dict) -> xr.Dataset:
     """Several NetCDF files combined along time, each checked first so errors name it."""
+    import xarray as xr
+
     variables, dims = settings["variables"], settings["dims"]
     ranges: list[tuple[np.datetime64, np.datetime64, str]] = []
     grids: dict[str, tuple[str, np.ndarray]] = {}
@@ -283,6 +290,8 @@ def _open_netcdf_files(files: list[Path], where: str, settings: dict, chunks: di
 
 
 def _open_zarr(path: Path, where: str, settings: dict, chunks: dict) -> xr.Dataset:
+    import xarray as xr
+
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*consolidated metadata.*")

@@ -80,12 +80,15 @@ import re
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
 from nuwa.datasets import field_array, register_dataset
-from nuwa.io import DataFileError
+from nuwa.errors import DataFileError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
 SPLITS = ("train", "val", "test")

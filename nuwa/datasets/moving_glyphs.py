@@ -22,14 +22,14 @@ motion stays continuous.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
-from matplotlib.font_manager import FontProperties, findfont
-from matplotlib.path import Path
-from matplotlib.textpath import TextPath
 
 from nuwa.datasets import field_array, register_dataset
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 FONT_FAMILY = "DejaVu Sans"
 SUPERSAMPLE = 4  # samples per pixel side when rasterising a glyph outline
@@ -41,6 +41,9 @@ CONFIG_KEYS = ("length", "height", "width", "glyphs", "glyph_size", "max_speed",
 @lru_cache(maxsize=None)
 def _digit_outlines() -> tuple[tuple[np.ndarray, ...], ...]:
     """Polygons (font units, y up) of the digits 0-9 in DejaVu Sans."""
+    from matplotlib.font_manager import FontProperties, findfont
+    from matplotlib.textpath import TextPath
+
     # fallback_to_default=False: fail loudly rather than silently rendering another font.
     font = FontProperties(fname=findfont(FontProperties(family=FONT_FAMILY), fallback_to_default=False))
     return tuple(
@@ -55,6 +58,8 @@ def glyph_bitmaps(size: int) -> np.ndarray:
     All digits share one scale (the tallest digit fills the box minus ``GLYPH_MARGIN``) and
     are centred in the box, so they look like one typeface rather than each one stretched.
     """
+    from matplotlib.path import Path
+
     if size < 1:
         raise ValueError(f"glyph size must be positive, got {size}")
     outlines = _digit_outlines()

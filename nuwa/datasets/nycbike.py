@@ -40,12 +40,15 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
 from nuwa.datasets import field_array, register_dataset
-from nuwa.io import DataFileError
+from nuwa.errors import DataFileError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 HEIGHT, WIDTH = 16, 8
 N_CELLS = HEIGHT * WIDTH

@@ -55,12 +55,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import xarray as xr
 
 from nuwa.datasets import field_array, register_dataset
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 SAFETY = 0.9  # fraction of the positivity limit used for the time step
 MIN_SUBSTEPS = 4  # at least this many explicit steps per output frame

@@ -119,20 +119,28 @@ import threading
 from dataclasses import dataclass, field as dataclass_field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import dask
-import dask.array as da
 import numpy as np
-import xarray as xr
 
 from nuwa.datasets import describe_gaps, field_array, register_dataset, segments_from_time
-from nuwa.io import DataFileError
+from nuwa.errors import DataFileError
 
-try:  # the lock xarray takes around HDF5/netCDF4 calls: ingest writes NetCDF while frames are read
-    from xarray.backends.locks import HDF5_LOCK as _HDF5_LOCK
-except ImportError:  # pragma: no cover
-    _HDF5_LOCK = threading.Lock()
+if TYPE_CHECKING:
+    import xarray as xr
+
+# dask, xarray and pysteps are imported where they are used: importing this module (to list
+# the kinds and their schemas) stays light
+_FALLBACK_LOCK = threading.Lock()
+
+
+def _hdf5_lock():
+    """The lock xarray takes around HDF5/netCDF4 calls: ingest writes NetCDF while frames are read."""
+    try:
+        from xarray.backends.locks import HDF5_LOCK
+    except ImportError:  # pragma: no cover
+        return _FALLBACK_LOCK
+    return HDF5_LOCK
 
 QUANTITIES = {
     # quantity: (units, long_name)
@@ -199,7 +207,7 @@ def _from_pysteps(precip, metadata: dict, extra_info: dict) -> RawFrame:
 def read_knmi(path: str) -> RawFrame:
     from pysteps.io.importers import import_knmi_hdf5
 
-    with _HDF5_LOCK:
+    with _hdf5_lock():
         precip, _, metadata = import_knmi_hdf5(path, qty="ACRR", accutime=5.0)
     return _from_pysteps(precip, metadata, {"importer": "pysteps.io.importers.import_knmi_hdf5(qty='ACRR', accutime=5.0)"})
 
@@ -216,7 +224,7 @@ def read_bom(path: str) -> RawFrame:
     """The Rainfields3 precipitation variable, read as ``import_bom_rf3`` reads it (see docstring)."""
     import netCDF4
 
-    with _HDF5_LOCK:
+    with _hdf5_lock():
         with netCDF4.Dataset(path) as ds:
             variables = ds.variables
             for name in ("precipitation", "x", "y", "valid_time", "start_time"):
@@ -255,7 +263,7 @@ def _bom_first_file_check(path: str, raw: RawFrame) -> dict:
     """Call pysteps' importer on the first BoM file: metadata, and the fast read must equal it."""
     from pysteps.io.importers import import_bom_rf3
 
-    with _HDF5_LOCK:
+    with _hdf5_lock():
         precip, _, metadata = import_bom_rf3(path)
     reference = np.asarray(np.ma.getdata(precip), dtype=np.float64)
     if reference.shape != raw.precip.shape or not np.array_equal(reference, raw.precip, equal_nan=True):
@@ -474,6 +482,9 @@ def _import_pysteps_quietly() -> None:
 
 
 def read_radar(kind: str, config: dict, seed: int) -> xr.DataArray:
+    import dask
+    import dask.array as da
+
     _import_pysteps_quietly()
     product = PRODUCTS[kind]
     settings = _settings(kind, config)

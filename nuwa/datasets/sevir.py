@@ -46,16 +46,18 @@ unreadable or truncated HDF5.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask
-import dask.array as da
-import h5py
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from nuwa.datasets import field_array, register_dataset
-from nuwa.io import DataFileError
+from nuwa.errors import DataFileError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+# dask and h5py are imported where they are used: importing this module stays light
 
 SIZE = 384  # pixels (1 km) per side
 FRAMES = 49  # frames per event
@@ -182,6 +184,8 @@ def parse_offsets(row: pd.Series, path: Path) -> np.ndarray:
 
 def check_file(path: Path, rows: pd.DataFrame) -> None:
     """The file's layout, and each row's id at its file_index."""
+    import h5py
+
     if not path.is_file():
         raise DataFileError(f"{path}: file not found (catalog event {rows['id'].iloc[0]!r} is in it)")
     try:
@@ -212,6 +216,8 @@ def check_file(path: Path, rows: pd.DataFrame) -> None:
 
 def read_event(path: str, index: int, factor: int) -> np.ndarray:
     """One event as float32 (49, 1, 384 / factor, 384 / factor): frames first, block means."""
+    import h5py
+
     try:
         with h5py.File(path, "r") as handle:
             frames = np.asarray(handle["vil"][index])  # (384, 384, 49) uint8
@@ -236,6 +242,9 @@ def read_event(path: str, index: int, factor: int) -> np.ndarray:
 )
 def generate(config: dict, seed: int) -> xr.DataArray:
     """SEVIR VIL events, dims ``(time, channel, y, x)`` = (49 x events, 1, side, side), float32, lazy."""
+    import dask
+    import dask.array as da
+
     settings = read_settings(config)
     folder = resolve_source(config)
     catalog_path = folder / CATALOG

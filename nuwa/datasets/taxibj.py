@@ -41,13 +41,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.array as da
-import h5py
 import numpy as np
 import pandas as pd
-import xarray as xr
-from dask.base import tokenize
 
 from nuwa.datasets import (
     describe_gaps,
@@ -55,7 +52,12 @@ from nuwa.datasets import (
     register_dataset,
     segments_from_time,
 )
-from nuwa.io import DataFileError
+from nuwa.errors import DataFileError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+# dask and h5py are imported where they are used: importing this module stays light
 
 HEIGHT, WIDTH = 32, 32
 CHANNELS = ("inflow", "outflow")
@@ -107,6 +109,8 @@ class LazyH5Dataset:
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
 
     def __getitem__(self, key):
+        import h5py
+
         try:
             with h5py.File(self.path, "r") as handle:
                 block = np.asarray(handle[self.name][key])
@@ -148,6 +152,10 @@ def parse_dates(raw: np.ndarray, path: Path) -> np.ndarray:
 
 def read_file(path: Path) -> dict:
     """Check one file's layout and timestamps; return the lazy data and the kept rows."""
+    import dask.array as da
+    import h5py
+    from dask.base import tokenize
+
     if not path.is_file():
         raise DataFileError(f"{path}: file not found (TaxiBJ needs the selected BJ*_M32x32_T30_InOut.h5 files "
                             f"in {path.parent})")
@@ -214,6 +222,8 @@ def _summary(days: list[str], limit: int = 60) -> str:
 )
 def generate(config: dict, seed: int) -> xr.DataArray:
     """TaxiBJ flows, dims ``(time, channel, y, x)`` = (kept slots, 2, 32, 32), float32, lazy (``seed`` unused)."""
+    import dask.array as da
+
     check_grid(config)
     years = selected_years(config)
     folder = resolve_source(config)

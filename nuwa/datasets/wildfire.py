@@ -61,11 +61,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
 from nuwa.datasets import field_array, register_dataset
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 UNBURNABLE, FUEL, BURNING, BURNT = 0, 1, 2, 3
 STATE_NAMES = ("unburnable", "fuel", "burning", "burnt")

@@ -19,7 +19,9 @@ def summarise(folder: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(folder.rglob("*.tsv")):
         table = pd.read_csv(path, sep="\t")
-        rows.append({"rule": path.relative_to(folder).parts[0], "wall_s": float(table["s"].iloc[-1]),
+        relative = path.relative_to(folder)
+        rule = relative.parts[0] if len(relative.parts) > 1 else relative.stem  # logs/benchmarks/tables.tsv
+        rows.append({"rule": rule, "wall_s": float(table["s"].iloc[-1]),
                      "cpu_s": float(table["cpu_time"].iloc[-1]), "max_rss_mb": float(table["max_rss"].iloc[-1])})
     if not rows:
         raise SystemExit(f"{folder}: no benchmark files (run the workflow first)")

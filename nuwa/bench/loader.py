@@ -1,0 +1,266 @@
+"""The training loader of an augmented variant against a training step: ``nuwa bench loader``.
+
+In a temporary folder it builds a processed moving-glyphs dataset (``--size`` x ``--size``
+frames, ``--frames`` input and ``--frames`` output frames, window stride 1) with
+``--bank-windows`` training windows, and a +Nuwa bank of one copy per window, written by
+:func:`nuwa.bank.write_bank` as ``nuwa bank`` writes it (method ``saliency``; the importance is
+drawn at random instead of computed by an upstream ViT: the bank's values do not change how it
+is read). It then times, on ``--device``:
+
+* ``loader``: the loader of :func:`nuwa.train.train_cell` for a +Nuwa cell -- a
+  :class:`nuwa.train.TrainingPool` over the original training windows plus the bank file, read
+  per batch (:class:`nuwa.io.NetCDFRows`), ``--batch-size`` rows drawn at random by
+  :func:`nuwa.train.next_batch`, inputs and targets normalised and moved to the device -- in
+  samples per second, against one training step of SimVP (``create_backbone("simvp",
+  size="small")``) on a batch of the same size and shape (forward, MSE loss
+  (:func:`nuwa.methods.training_loss`), backward, Adam step), in samples per second. ``ratio``
+  = step time / loading time: the goal is ``ratio >= 10`` (loading at most 10% of a step).
+  Two cases: ``warm``, the bank in the operating system's page cache (every epoch after the
+  first, on a machine with the memory for it), and ``cold``, the bank's pages dropped from the
+  page cache (``posix_fadvise(DONTNEED)``, untimed) before each timed batch, so that every bank
+  row is read from the disk (Linux only; no row elsewhere).
+* ``memory``: the bank's size on disk (MiB) against the peak resident-memory growth of the
+  loader while it reads one whole epoch (every row of the pool once, shuffled, in batches;
+  Linux's peak RSS, reset before the epoch) over its resident memory before the epoch, with
+  the normalised series already in memory. ``ratio`` = bank size / growth: above 1, the loader
+  did not hold the bank (an in-memory pool adds at least the bank's size).
+
+Timing: ``time.perf_counter``, after warm-up (``torch.cuda.synchronize`` around the timed
+work on a GPU, where ``cudnn.benchmark`` is on); the loader over ``--batches`` batches, the
+step over at least ``--min-seconds`` and 3 steps.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+SUMMARY = ("+Nuwa training loader (bank read per batch from its file) vs one SimVP training step, samples/s; "
+           "the loader's memory vs the bank's size")
+
+MIB = 2**20
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16, as params.yaml train)")
+    parser.add_argument("--frames", type=int, default=10, help="input frames, and output frames (default 10)")
+    parser.add_argument("--size", type=int, default=64, help="frame side (default 64)")
+    parser.add_argument("--bank-windows", type=int, default=2048,
+                        help="training windows, and bank windows (one copy each) (default 2048)")
+    parser.add_argument("--batches", type=int, default=200, help="timed loader batches (default 200)")
+    parser.add_argument("--cold-batches", type=int, default=50,
+                        help="timed loader batches with the bank dropped from the page cache (default 50; 0: none)")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="time training steps at least this long")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--keep", help="build the dataset and bank in this folder and keep them (default: a "
+                                       "temporary folder)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args, progress) -> list[dict]:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return benchmark(batch_size=args.batch_size, frames=args.frames, size=args.size, windows=args.bank_windows,
+                     batches=args.batches, cold_batches=args.cold_batches, min_seconds=args.min_seconds,
+                     device=device, keep=args.keep, seed=args.seed, progress=progress)
+
+
+def build_inputs(folder, *, frames: int, size: int, windows: int, seed: int):
+    """The processed dataset and the +Nuwa bank files; returns (data path, bank path, dataset config)."""
+    from pathlib import Path
+
+    from nuwa.bank import LazyWindows, write_bank
+    from nuwa.ingest import ingest, split_flags
+    from nuwa.io import write_netcdf
+    from nuwa.windows import load_series, select_dataset, window_starts
+
+    split = {"train": 0.8, "val": 0.1, "test": 0.1}
+    length = windows + 2 * frames - 1  # the first length whose training split holds `windows` windows
+    while len(window_starts(split_flags(length, split), "train", 2 * frames, 1)) < windows:
+        length += 1
+    config = {"kind": "moving_glyphs", "length": length, "height": size, "width": size, "glyphs": 2,
+              "glyph_size": max(4, size // 4), "max_speed": 1.5, "respawn_every": 20, "input_frames": frames,
+              "output_frames": frames, "window_stride": 1, "patch_size": max(1, size // 8), "split": split,
+              "csi_thresholds": [0.5], "seed": seed}
+    folder = Path(folder)
+    data, bank = folder / "data.nc", folder / "bank_nuwa.nc"
+    write_netcdf(ingest("loader", config), data)
+    series = load_series(data)
+    train = select_dataset(series, config, "train")
+    starts = np.asarray(train.starts)
+    grid = size // config["patch_size"]
+    importance = np.random.default_rng(seed).random((len(starts), frames, grid, grid), dtype=np.float32)
+    settings = {"environment_ratio": 0.25, "copies": 1, "sigma": 2.0, "history": 2, "history_decay": 0.5,
+                "exclude_causal_neighbours": True, "chunk_size": 256}
+    write_bank(bank, LazyWindows(lambda a, b: train.inputs(starts[a:b]), (len(starts), frames, 1, size, size)),
+               starts, method="saliency", settings=settings, patch_size=config["patch_size"],
+               rng=np.random.default_rng(seed + 1), importance=importance, channels=["0"], units="1",
+               dataset_name="loader", variant="nuwa", desc="")
+    return data, bank, config
+
+
+def _synchronise(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _linux_rss() -> tuple[int, int] | None:
+    """(current, peak) resident set size in bytes, from /proc/self/status; None where absent."""
+    try:
+        with open("/proc/self/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _drop_from_page_cache(path) -> bool:
+    import os
+
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def loader_seconds(pool, batch_size: int, batches: int, device: str, generator, before_batch=None) -> float:
+    """Seconds per batch of the training loader: rows drawn, read, normalised, moved to the device."""
+    from nuwa.train import next_batch
+
+    total = 0.0
+    for _ in range(batches):
+        if before_batch is not None:
+            before_batch()
+        _synchronise(device)
+        started = time.perf_counter()
+        inputs, targets = next_batch(pool, generator, batch_size)
+        inputs, targets = inputs.to(device), targets.to(device)
+        _synchronise(device)
+        total += time.perf_counter() - started
+    return total / batches
+
+
+def step_seconds(inputs, targets, device: str, min_seconds: float) -> float:
+    """Seconds per training step of SimVP (small): forward, loss, backward, Adam step."""
+    import torch
+
+    from nuwa.backbones import create_backbone
+    from nuwa.methods import training_loss
+
+    model = create_backbone("simvp", in_shape=tuple(inputs.shape[1:]), out_frames=targets.shape[1],
+                            size="small").to(device)
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = inputs.to(device), targets.to(device)
+
+    def step():
+        loss = training_loss(model, inputs, targets, progress=0.0, generator=generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        return loss
+
+    for _ in range(2):  # warm-up: allocations, cuDNN's algorithm search
+        step()
+    _synchronise(device)
+    steps, started = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - started < min_seconds:
+        step()
+        steps += 1
+        _synchronise(device)
+    return (time.perf_counter() - started) / steps
+
+
+def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: int = 2048, batches: int = 200,
+              cold_batches: int = 50, min_seconds: float = 2.0, device: str = "cpu", keep: str | None = None,
+              seed: int = 0, progress=None) -> list[dict]:
+    import contextlib
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from nuwa.io import NetCDFRows, open_netcdf
+    from nuwa.train import TrainingPool
+    from nuwa.windows import load_series, select_dataset
+
+    say = progress or (lambda line: None)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    with contextlib.ExitStack() as stack:
+        if keep:
+            folder = Path(keep)
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nuwa-bench-loader-")))
+        started = time.perf_counter()
+        data, bank_path, config = build_inputs(folder, frames=frames, size=size, windows=windows, seed=seed)
+        bank_mib = bank_path.stat().st_size / MIB
+        say(f"loader: dataset and a {bank_mib:.0f} MiB bank built in {time.perf_counter() - started:.1f} s")
+
+        series = load_series(data)
+        train = select_dataset(series, config, "train")
+        _ = train.normalised  # the normalised series: in memory for training whatever the pool
+        bank = stack.enter_context(NetCDFRows(bank_path, "augmented"))
+        with open_netcdf(bank_path, variables=("augmented", "source_index"), load=False) as handle:
+            bank_sources = handle["source_index"].values  # as `nuwa train` reads them
+        pool = TrainingPool(train, bank, bank_sources)
+        generator = torch.Generator().manual_seed(seed)
+        loader_seconds(pool, batch_size, 5, device, generator)  # warm-up
+        warm = loader_seconds(pool, batch_size, batches, device, generator)
+        say(f"loader (warm page cache): {1e3 * warm:.2f} ms per batch of {batch_size}")
+        cold = None
+        if cold_batches > 0 and _drop_from_page_cache(bank_path):
+            cold = loader_seconds(pool, batch_size, cold_batches, device, generator,
+                                  before_batch=lambda: _drop_from_page_cache(bank_path))
+            say(f"loader (bank dropped from the page cache before each batch): {1e3 * cold:.2f} ms per batch")
+
+        # memory: one whole epoch, every row of the pool once, shuffled
+        growth = None
+        before = _linux_rss()
+        if before is not None and _reset_peak_rss():
+            order = torch.randperm(len(pool), generator=generator)
+            for first in range(0, len(pool), batch_size):
+                inputs, targets = pool.batch(order[first:first + batch_size])
+                inputs, targets = inputs.to(device), targets.to(device)
+            del inputs, targets
+            after = _linux_rss()
+            growth = max(after[1] - before[0], 4096) / MIB  # at least a page: a finite ratio
+            say(f"loader epoch of {len(pool)} rows: peak RSS +{growth:.1f} MiB (bank {bank_mib:.0f} MiB on disk)")
+
+        inputs, targets = pool.batch(torch.arange(batch_size) % len(pool))
+        step = step_seconds(inputs, targets, device, min_seconds)
+        say(f"simvp small training step: {1e3 * step:.1f} ms per batch of {batch_size}")
+
+    shape = f"{batch_size}x{frames}x1x{size}x{size}->{frames}"
+    case = f"{device.split(':')[0]}/{shape}/pool{len(pool)}(bank{len(bank_sources)})"
+    reference = "simvp_small_train_step"
+    rows = [{"benchmark": "loader", "case": f"loader/warm/{case}", "value": batch_size / warm, "unit": "samples/s",
+             "reference": reference, "reference_value": batch_size / step, "ratio": step / warm}]
+    if cold is not None:
+        rows.append({"benchmark": "loader", "case": f"loader/cold/{case}", "value": batch_size / cold,
+                     "unit": "samples/s", "reference": reference, "reference_value": batch_size / step,
+                     "ratio": step / cold})
+    if growth is not None:
+        rows.append({"benchmark": "loader", "case": f"memory/epoch/{case}", "value": bank_mib, "unit": "MiB",
+                     "reference": "loader_peak_rss_growth", "reference_value": growth, "ratio": bank_mib / growth})
+    return rows
