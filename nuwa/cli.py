@@ -471,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         b.set_defaults(func=cmd_bench)
         b.add_argument("--out", help=f"CSV path (default results/bench/{name}.csv)")
-        b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+        b.add_argument("--threads", type=int, default=int(os.environ.get("NUWA_THREADS", "0")) or None,
+                       help="torch threads (default: torch's choice, or $NUWA_THREADS)")
         module.add_arguments(b)
     c = sub.add_parser("show-mask", help="PNG of one window's frames with environmental patches and importance",
                        description="PNG of one window's input frames with environmental patches outlined and "

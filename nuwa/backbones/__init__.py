@@ -46,7 +46,12 @@ def backbone_kinds() -> list[str]:
 
 def create_backbone(kind: str, *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1,
                     **hparams) -> nn.Module:
-    _load_all()
+    # each file registers the backbone it is named after: import just that one (a SimVP job
+    # then never imports timm), or every file for a kind registered under another name
+    if kind in _module_names():
+        importlib.import_module(f"{__name__}.{kind}")
+    if kind not in _REGISTRY:
+        _load_all()
     try:
         builder = _REGISTRY[kind]
     except KeyError:
