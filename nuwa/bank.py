@@ -392,7 +392,9 @@ def apply_interventions(inputs: np.ndarray, causal: np.ndarray, draws: Draws, *,
 
     ``out`` (optional, C-contiguous float32, same shape, not ``inputs``) receives the result.
     """
-    x = np.require(inputs, dtype=np.float32, requirements=("C", "A"))
+    # writable too (a read-only array is copied): one compiled signature whatever the caller
+    # passes, so processes compiling into numba's shared on-disk cache at once agree on its index
+    x = np.require(inputs, dtype=np.float32, requirements=("C", "A", "W"))
     _check_grid(x.shape, causal.shape, patch_size)
     n, t = x.shape[:2]
     if (draws.intervened.shape != (n, t) or draws.mix.shape != causal.shape

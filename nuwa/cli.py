@@ -11,6 +11,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from nuwa import grid
@@ -46,6 +47,16 @@ def cmd_validate(args):
     params = _params(args)
     cells = grid.train_cells(params)
     print(f"{args.params}: valid; {len(params['grid']['datasets'])} dataset(s), {len(cells)} training run(s)")
+    if args.out:
+        # DVC's first stage (dvc.yaml `validate`): every other stage depends on this file, so
+        # no stage command, with grid names in it, runs before the names are checked. The bytes
+        # never depend on the values, so a params change reruns only the stages that read it.
+        import json
+
+        from nuwa.io import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps({"params_valid": True}) + "\n")
 
 
 def dataset_rows(params: dict) -> list[dict]:
@@ -118,7 +129,10 @@ def cmd_saliency(args):
     config = _dataset_config(params, args.dataset)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     model_path = args.model or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
-    model = load_upstream(load_checkpoint(model_path), model_path)
+    frames, channels, height, width = config["input_frames"], *series.field.shape[1:]
+    model = load_upstream(load_checkpoint(model_path), model_path,
+                          expected={"frames": frames, "channels": channels, "height": height, "width": width,
+                                    "patch_size": config["patch_size"]})
     train = select_dataset(series, config, "train")
     settings = params["saliency"]
     source_index, importance = compute_importance(model, train, settings["layers"], settings["batch_size"])
@@ -133,7 +147,7 @@ def cmd_bank(args):
     import numpy as np
 
     from nuwa.bank import BANK_CONTIGUOUS, LazyWindows, write_bank
-    from nuwa.io import DataFileError, open_netcdf, write_netcdf
+    from nuwa.io import DataFileError, check_finite, open_netcdf, write_netcdf
     from nuwa.seeding import numpy_rng
     from nuwa.windows import load_series, select_dataset
 
@@ -161,6 +175,11 @@ def cmd_bank(args):
             raise DataFileError(f"{saliency_path}: its samples are not this dataset's training windows "
                                 "(stale saliency file?); rerun the saliency stage")
         importance = saliency["importance"].values
+        patches = (config["input_frames"], *(n // config["patch_size"] for n in series.field.shape[2:]))
+        if importance.shape[1:] != patches:
+            raise DataFileError(f"{saliency_path}: importance has (step, patch_y, patch_x) = {importance.shape[1:]}, "
+                                f"this dataset's windows need {patches} (stale saliency file?); rerun the saliency stage")
+        check_finite(importance, f"{saliency_path}: variable 'importance'")
     rng = numpy_rng(params["seed"], "bank", args.dataset, args.variant)
     # windows fetched chunk by chunk while the bank streams to the file: neither the windows nor
     # the bank are ever whole in memory
@@ -233,21 +252,24 @@ def _train(args, params, context):
     method = params["variants"][args.variant]["method"]
     bank_path = args.bank or grid.BANK.format(dataset=args.dataset, variant=args.variant)
     # the bank's metadata and source indices only: its windows are read per batch, by every process itself
-    with open_netcdf(bank_path, variables=("augmented", "source_index"), load=False) as bank:
+    with open_netcdf(bank_path, variables=("augmented", "source_index"), load=False,
+                     dims={"augmented": ("bank_sample", "step", "channel", "y", "x"),
+                           "source_index": ("bank_sample",)}) as bank:
         if bank.attrs.get("method") != method:
             raise DataFileError(f"{bank_path}: bank made with method {bank.attrs.get('method')!r}, but variant "
                                 f"{args.variant!r} has method {method!r}; rerun the bank stage")
         bank_sources = bank["source_index"].values
-    upstream = None
+    upstream = upstream_path = None
     if params["backbones"][args.backbone].get("init_from_upstream"):
-        upstream = load_checkpoint(args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset))
+        upstream_path = args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
+        upstream = load_checkpoint(upstream_path)
     checkpoint_path = out_dir / "checkpoint.pt"
     with NetCDFRows(bank_path, "augmented") as bank_inputs:
         model, history, metrics, examples = train_cell(
             series, dataset_name=args.dataset, dataset_config=config, backbone_name=args.backbone,
             backbone_config=params["backbones"][args.backbone], variant=args.variant, train_config=params["train"],
             seed=seed, bank_inputs=bank_inputs, bank_sources=bank_sources, checkpoint_path=checkpoint_path,
-            upstream=upstream, context=context)
+            upstream=upstream, upstream_source=upstream_path, context=context)
     if not context.is_main:
         return
     metrics.update({"dataset": args.dataset, "backbone": args.backbone, "variant": args.variant, "method": method,
@@ -407,9 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="torch threads (default: torch's choice, or $NUWA_THREADS)")
         if dataset:
             command.add_argument("--dataset", required=True, help="dataset name (a key of params datasets)")
+        command.add_argument("--mem-mb", type=int, help="memory the job declared (Snakemake's resources.mem_mb): "
+                             "stop with an error if its resident memory (with its child processes) exceeds it")
+        command.add_argument("--mem-rule", help="the Snakemake rule running this job, named in that error")
         return command
 
-    add("validate", cmd_validate, "check params.yaml and print the size of the grid", dataset=False)
+    c = add("validate", cmd_validate, "check params.yaml and print the size of the grid", dataset=False)
+    c.add_argument("--out", help=f"on success also write this file (DVC's first stage: {grid.PARAMS_OK})")
     add("datasets", cmd_datasets, "list params.yaml's datasets and registered kinds, and whether source files are "
         "present (exit 1 if a grid dataset's files are missing)", dataset=False)
     c = add("ingest", cmd_ingest, "generate or read a dataset into data/processed/{dataset}.nc")
@@ -489,15 +515,43 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # `nuwa train` re-runs itself under torchrun for multi-GPU cells
+    from nuwa.resources import ignore_file_size_signal, install_file_size_handler
+
+    if threading.current_thread() is not threading.main_thread():
+        return _main(args)
+    # past a file size limit (ulimit -f) a write then fails (EFBIG), reported as such, instead
+    # of SIGXFSZ killing the process without a word
+    install_file_size_handler()
+    try:
+        return _main(args)
+    finally:
+        ignore_file_size_signal()
+
+
+def _main(args) -> int:
     from nuwa.config import ParamsError
     from nuwa.io import DataFileError
+    from nuwa.resources import space_problem, watch_memory
 
+    watch = None
     try:
-        status = args.func(args)
-    except (ParamsError, DataFileError, ValueError, KeyError) as exc:
+        with watch_memory(getattr(args, "mem_mb", None), args.command, getattr(args, "mem_rule", None)) as watch:
+            status = args.func(args)
+    except KeyboardInterrupt:
+        if watch is None or not watch.exceeded:
+            raise
+        print(f"nuwa {args.command}: error: {watch.message()}", file=sys.stderr)
+        return 2
+    except (ParamsError, DataFileError, ValueError, KeyError, OSError) as exc:
         if os.environ.get("NUWA_DEBUG"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, OSError) and not isinstance(exc, DataFileError):
+            reason = space_problem(exc)
+            if reason is None:
+                raise
+            message = f"{exc.filename or 'a file'}: cannot write: {reason}"
+        else:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"nuwa {args.command}: error: {message}", file=sys.stderr)
         return 2
     return int(status or 0)

@@ -7,6 +7,7 @@ path), the bad value and what is allowed, so a typo is fixed without reading cod
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -35,10 +36,85 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ParamsError(f"{path}: parameter file not found") from None
     try:
         params = yaml.safe_load(text)
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if duplicate:
+        raise ParamsError(f"{path}: {duplicate}")
     validate_params(params, source=str(path))
     return params
+
+
+def _duplicate_key(node, path=(), done=None) -> str | None:
+    """The first key that appears twice in one mapping (YAML would silently keep the last)."""
+    done = set() if done is None else done
+    if id(node) in done:  # an alias of a node already checked (no exponential walk)
+        return None
+    done.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                where = _dotted(path) if path else "top level"
+                return (f"{where}: key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}; "
+                        "allowed: each key once)")
+            seen[key] = key_node.start_mark.line + 1
+            found = _duplicate_key(value_node, path + (key,), done)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_key(item, path + (index,), done)
+            if found:
+                return found
+    return None
+
+
+def _unusable_value(value, path=(), done=None, open_=None) -> str | None:
+    """The first NaN or infinite number (YAML's .nan / .inf pass every range check) or
+    container that contains itself (a YAML alias cycle)."""
+    done = set() if done is None else done
+    open_ = set() if open_ is None else open_
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{_dotted(path)}: {value!r} is not allowed (allowed: a finite number)"
+    if not isinstance(value, (dict, list)):
+        return None
+    if id(value) in open_:
+        return f"{_dotted(path)}: the value contains itself (a YAML alias cycle; allowed: plain values)"
+    if id(value) in done:
+        return None
+    open_.add(id(value))
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        found = _unusable_value(item, path + (key,), done, open_)
+        if found:
+            return found
+    open_.discard(id(value))
+    done.add(id(value))
+    return None
+
+
+def _search(validator, pattern, instance, schema):
+    """`pattern` with ECMA-262's `$` (end of text): Python's `$` also matches before a final
+    newline, which would let a name such as 'ori\\n' through."""
+    if validator.is_type(instance, "string"):
+        anchored = pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith(r"\$") else pattern
+        if not re.search(anchored, instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _is_integer(checker, instance) -> bool:
+    # JSON Schema counts 1.0 as an integer; a seed or size written 1.0 would reach argparse
+    # (`--seed 1.0`) or range() and fail there, after earlier jobs ran
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    validators={"pattern": _search},
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
 
 
 def _dotted(path) -> str:
@@ -53,7 +129,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
     kind = error.validator
     if kind == "additionalProperties":
         allowed = ", ".join(sorted(schema.get("properties", {})))
-        extra = sorted(set(value) - set(schema.get("properties", {})))
+        extra = sorted(set(value) - set(schema.get("properties", {})), key=str)
         where = key if error.absolute_path else "top level"
         return f"{where}: unknown key {extra[0]!r} (allowed: {allowed})"
     if kind == "required":
@@ -65,7 +141,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return (f"{key}: name {value!r} is not allowed (names are lower-case ASCII letters, digits and "
                 f"underscores, starting with a letter, at most 48 characters: pattern {schema['pattern']})")
     if kind == "type":
-        return f"{key}: {value!r} has type {type(value).__name__}, expected {schema['type']}"
+        hint = ""
+        if schema["type"] == "number" and isinstance(value, str) and _is_number(value):
+            hint = f" (YAML reads {value} as text: write it with a decimal point, e.g. {float(value)!r})"
+        elif schema["type"] == "integer" and isinstance(value, float):
+            hint = " (write it without a decimal point)"
+        return f"{key}: {value!r} has type {type(value).__name__}, expected {schema['type']}{hint}"
     if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         bounds = []
         if "minimum" in schema:
@@ -88,6 +169,14 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{key}: {error.message}"
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     # propertyNames errors wrap the pattern error about the name itself
     while error.context:
@@ -99,7 +188,10 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     """Raise ParamsError on the first problem found; return None when params are usable."""
     if not isinstance(params, dict):
         raise ParamsError(f"{source}: expected a mapping of keys at the top level, got {type(params).__name__}")
-    validator = jsonschema.Draft202012Validator(load_schema())
+    unusable = _unusable_value(params)
+    if unusable:
+        raise ParamsError(f"{source}: {unusable}")
+    validator = _Validator(load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     if errors:
         error = errors[0]
@@ -135,7 +227,7 @@ def _cross_checks(params: dict):
             yield f"{key}.kind: unknown dataset kind {entry['kind']!r} (registered: {', '.join(kinds)})"
             continue
         kind_schema = dataset_config_schema(entry["kind"])
-        validator = jsonschema.Draft202012Validator(kind_schema)
+        validator = _Validator(kind_schema)
         kind_errors = sorted(validator.iter_errors(entry), key=lambda e: list(map(str, e.absolute_path)))
         if kind_errors:
             error = kind_errors[0]

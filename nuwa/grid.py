@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # File contract (later stages and external checks rely on these paths).
+PARAMS_OK = "results/params_ok.json"  # DVC's validate stage; every other stage depends on it
 PROCESSED = "data/processed/{dataset}.nc"
 UPSTREAM_MODEL = "results/upstream/{dataset}/model.pt"
 UPSTREAM_HISTORY = "results/upstream/{dataset}/history.csv"

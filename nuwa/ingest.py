@@ -79,9 +79,11 @@ def build_processed(field: xr.DataArray, config: dict, dataset_name: str,
     nonfinite, mean, std, data_min, data_max = dask.compute(
         (~da.isfinite(values)).sum(), train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3)), train.min(), train.max())
     if nonfinite:
-        raise DataFileError(f"dataset {dataset_name!r}: {int(nonfinite)} non-finite value(s) (NaN or Inf), first at "
-                            f"index (time, channel, y, x) = {_first_nonfinite(values)}; the reader must fill or drop "
-                            "missing data explicitly")
+        first = _first_nonfinite(values)
+        source = f" (source {field.attrs['source']})" if field.attrs.get("source") else ""
+        raise DataFileError(f"dataset {dataset_name!r}{source}: {int(nonfinite)} non-finite value(s) (NaN or Inf), "
+                            f"first at index (time, channel, y, x) = {first}, time {str(field['time'].values[first[0]])[:19]}; "
+                            "the reader must fill or drop missing data explicitly")
     if (std == 0).any():
         constant = [str(c) for c, s in zip(field["channel"].values, std) if s == 0]
         raise ValueError(f"dataset {dataset_name!r}: channel(s) {', '.join(constant)} constant over the training "

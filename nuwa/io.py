@@ -8,9 +8,11 @@ reader would take it for a finished one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -22,11 +24,70 @@ import xarray as xr
 from nuwa.errors import DataFileError  # re-exported (defined in a light module)
 
 
+class OutputSpaceError(DataFileError):
+    """An output could not be written for lack of space (full disk, quota, file size limit)."""
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.NAME.XXXXXXXX.tmp`` files of this destination left by a writer killed mid-write
+    (SIGKILL skips the clean-up below). Called only under :func:`_writer_claim`'s exclusive
+    lock: no live writer of this destination is at work (two can be: Snakemake's and DVC's
+    locks do not see each other, and `nuwa` may be run by hand)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if pattern.fullmatch(entry.name):
+            Path(entry.path).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _writer_claim(path: Path) -> Iterator[None]:
+    """Held by every writer of ``path`` while it writes: a shared flock on a lock file for this
+    destination (in the temporary folder, so nothing is added beside the results; released by
+    the kernel when a writer dies). A writer that gets it exclusively (no other live writer of
+    ``path``) first removes the temporaries of dead ones. Without a lock (no flock, temporary
+    folder not writable) nothing is removed."""
+    try:
+        import fcntl
+
+        folder = Path(tempfile.gettempdir()) / "nuwa-writers"
+        folder.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # shared by every user, like /tmp (only its owner can)
+            os.chmod(folder, 0o1777)
+        key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+        lock = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another writer of this destination is at work: its temporary is not stale
+        else:
+            _remove_stale_temporaries(path)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(lock)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it into place, else delete it."""
+    """Yield a temporary path beside ``path``; on success move it into place, else delete it.
+
+    A write that fails for lack of space raises :class:`OutputSpaceError` naming ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _writer_claim(path):
+        yield from _atomic_write(path)
+
+
+def _atomic_write(path: Path) -> Iterator[Path]:
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
@@ -44,8 +105,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(directory)
         finally:
             os.close(directory)
-    except BaseException:
+    except BaseException as exc:
+        from nuwa.resources import space_problem
+
+        reason = space_problem(exc, tmp) if isinstance(exc, Exception) else None
         tmp.unlink(missing_ok=True)
+        if reason:
+            raise OutputSpaceError(f"{path}: cannot write: {reason} ({type(exc).__name__}: {exc})") from exc
         raise
 
 
@@ -268,24 +334,65 @@ def save_figure(figure, path: str | Path, **kwargs) -> None:
 def save_checkpoint(obj: dict, path: str | Path) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # into an open file, not a file name: torch names the archive's records after the file
+    # (here the random temporary name), so equal checkpoints would differ in bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(obj, stream)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only."""
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
+
+    Errors are one line naming ``path``: not found, not a torch.save (zip) archive (truncated
+    or corrupt), refused (a pickled object other than tensors and plain containers, e.g. a class
+    instance whose unpickling could run code: it is never run), or a dict expected.
+    """
+    import zipfile
+
     import torch
 
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
+        raise DataFileError(f"{path}: not a readable checkpoint (not a torch.save zip archive: truncated or corrupt?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise DataFileError(f"{path}: refused: the checkpoint holds objects other than tensors and plain "
-                            f"containers, which could run code when loaded ({exc})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch names the global it would not import
+        what = f" ({found.group(1)})" if found else ""
+        raise DataFileError(f"{path}: refused: the checkpoint holds a pickled object{what}, not only tensors and "
+                            "plain containers; loading it could run code, so it is not loaded") from None
     except Exception as exc:
-        raise DataFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = " ".join(str(exc).split())[:300]
+        raise DataFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {reason})") from None
+    if not isinstance(payload, dict):
+        raise DataFileError(f"{path}: not a nuwa checkpoint (holds a {type(payload).__name__}, expected a dict)")
+    return payload
+
+
+def check_state_dict(path: str | Path, saved, expected: dict, what: str = "model") -> None:
+    """``saved`` (a checkpoint's state dict) must have exactly the tensors of ``expected`` (a
+    model's ``state_dict()``) with the same shapes; else a :class:`DataFileError` naming ``path``
+    and the first tensor that does not fit, with both shapes."""
+    if not isinstance(saved, dict):
+        raise DataFileError(f"{path}: no {what} weights (found {type(saved).__name__}, expected a dict of tensors)")
+    for name, tensor in expected.items():
+        if name not in saved:
+            extra = next((key for key in saved if key not in expected), None)
+            instead = (f"; its first tensor the model lacks is {extra!r} {tuple(getattr(saved[extra], 'shape', ()))}"
+                       if extra is not None else "")
+            raise DataFileError(f"{path}: does not fit the {what}: tensor {name!r} {tuple(tensor.shape)} is missing "
+                                f"from the checkpoint{instead} (another backbone or configuration?)")
+        shape = tuple(getattr(saved[name], "shape", ()))
+        if shape != tuple(tensor.shape):
+            raise DataFileError(f"{path}: does not fit the {what}: tensor {name!r} has shape {shape} in the "
+                                f"checkpoint, {tuple(tensor.shape)} in the model (another backbone or configuration?)")
+    extra = [name for name in saved if name not in expected]
+    if extra:
+        raise DataFileError(f"{path}: does not fit the {what}: the checkpoint has tensor {extra[0]!r} "
+                            f"{tuple(getattr(saved[extra[0]], 'shape', ()))} that the model lacks "
+                            "(another backbone or configuration?)")
 
 
 def check_finite(array: np.ndarray, what: str) -> None:

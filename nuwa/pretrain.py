@@ -72,10 +72,33 @@ def checkpoint(model: UpstreamViT, dataset_name: str, config: dict) -> dict:
             "pretrain": dict(config), "dataset": dataset_name, "kind": "upstream_vit"}
 
 
-def load_upstream(payload: dict, source: str) -> UpstreamViT:
-    if payload.get("kind") != "upstream_vit":
-        raise ValueError(f"{source}: not an upstream ViT checkpoint (kind={payload.get('kind')!r})")
-    model = UpstreamViT(**payload["model_config"])
+def load_upstream(payload: dict, source: str, expected: dict | None = None) -> UpstreamViT:
+    """The upstream ViT of a checkpoint (:func:`checkpoint`'s dict, read from ``source``).
+
+    ``expected``: ``model_config`` values the data needs (frames, channels, height, width,
+    patch_size); a checkpoint built for others is refused naming the key and both values.
+    A state dict that does not fit its own config is refused naming the first tensor and
+    both shapes. Every error is a :class:`DataFileError` naming ``source``.
+    """
+    from nuwa.io import DataFileError, check_state_dict
+
+    if not isinstance(payload, dict) or payload.get("kind") != "upstream_vit":
+        kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise DataFileError(f"{source}: not an upstream ViT checkpoint (kind={kind!r})")
+    config = payload.get("model_config")
+    if not isinstance(config, dict):
+        raise DataFileError(f"{source}: upstream checkpoint has no model_config dict")
+    for key, value in (expected or {}).items():
+        if config.get(key) != value:
+            raise DataFileError(f"{source}: upstream model was built for {key}={config.get(key)!r}, but this "
+                                f"dataset needs {key}={value!r} (a model of another dataset or configuration?); "
+                                "rerun the pretrain stage")
+    try:
+        model = UpstreamViT(**config)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataFileError(f"{source}: model_config {config} does not build an upstream ViT "
+                            f"({type(exc).__name__}: {exc})") from None
+    check_state_dict(source, payload.get("state_dict"), model.state_dict(), "upstream ViT")
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model

@@ -26,7 +26,7 @@ import torch
 from nuwa import distributed
 from nuwa.backbones import create_backbone
 from nuwa.evaluate import evaluate_forecaster
-from nuwa.io import load_checkpoint, save_checkpoint
+from nuwa.io import DataFileError, check_state_dict, load_checkpoint, save_checkpoint
 from nuwa.methods import training_loss
 from nuwa.progress import progress
 from nuwa.seeding import seed_torch, torch_generator
@@ -65,14 +65,16 @@ class TrainingPool:
         sources = self.starts
         if bank_inputs is not None and len(bank_inputs):
             bank_sources = np.asarray(bank_sources)
+            where = f"{bank_inputs.path}: " if hasattr(bank_inputs, "path") else ""
             if tuple(bank_inputs.shape[1:]) != self.window_shape or bank_sources.shape != (len(bank_inputs),):
-                raise ValueError(f"bank windows {tuple(bank_inputs.shape)} with {bank_sources.shape[0]} source "
+                raise ValueError(f"{where}bank windows {tuple(bank_inputs.shape)} with {bank_sources.shape[0]} source "
                                  f"index(es) do not match this dataset's training windows {self.window_shape}; "
                                  "the bank is stale or from another dataset")
             unknown = np.setdiff1d(bank_sources, train.starts)
             if unknown.size:
-                raise ValueError(f"bank holds {unknown.size} sample(s) whose source window is not a training window "
-                                 f"(first: {int(unknown[0])}); the bank is stale or from another dataset")
+                raise ValueError(f"{where}bank holds {unknown.size} sample(s) whose source window is not a training "
+                                 f"window (first: {int(unknown[0])}); the bank is stale or from another dataset")
+            check_finite_rows(bank_inputs, where or "bank: ")
             self.bank = bank_inputs
             sources = np.concatenate([sources, bank_sources])
         self.sources = sources
@@ -107,6 +109,21 @@ class TrainingPool:
                 train.series.normalise(inputs[position], out=inputs[position])
             targets[position] = normalised[start + t_in:start + t_in + t_out]
         return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def check_finite_rows(rows, where: str, block_bytes: int = 8 * 2**20) -> None:
+    """Every row of ``rows`` (the bank file's rows or an array) finite, read ``block_bytes`` at a
+    time before training starts: a NaN or Inf in the bank is an error naming the file and the
+    row, not a silently poisoned run (one sequential pass over the bank; memory one block)."""
+    row_bytes = max(1, int(np.prod(rows.shape[1:], dtype=np.int64)) * 4)
+    step = max(1, block_bytes // row_bytes)
+    for start in range(0, len(rows), step):
+        block = np.asarray(rows[np.arange(start, min(start + step, len(rows)))])
+        finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            raise DataFileError(f"{where}augmented window {row} holds non-finite values (NaN or Inf); "
+                                "rerun the bank stage")
 
 
 def next_batch(pool: TrainingPool, generator: torch.Generator, batch_size: int,
@@ -168,7 +185,7 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
                backbone_config: dict, variant: str, train_config: dict, seed: int,
                bank_inputs=None, bank_sources: np.ndarray | None = None,
                checkpoint_path: str | Path | None = None, upstream: dict | None = None,
-               context: distributed.Context = distributed.SINGLE):
+               upstream_source: str | Path | None = None, context: distributed.Context = distributed.SINGLE):
     """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict).
 
     ``bank_inputs``: the bank's augmented windows in physical units, read per batch (see
@@ -196,7 +213,12 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         if not hasattr(model, "load_upstream"):
             raise ValueError(f"backbones.{backbone_name}.init_from_upstream: backbone kind "
                              f"{backbone_config['kind']!r} cannot start from the upstream ViT's weights")
-        transferred = model.load_upstream(upstream)
+        try:
+            transferred = model.load_upstream(upstream)
+        except ValueError as exc:  # names the tensor and both shapes; add the file
+            if upstream_source is None:
+                raise
+            raise DataFileError(f"{upstream_source}: {exc}") from None
     model.to(device)
     steps = train_config["steps"]
     optimiser = torch.optim.Adam(model.parameters(), lr=train_config["learning_rate"])
@@ -207,6 +229,11 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
     if checkpoint_path and checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path)
+        missing = [key for key in ("model", "optimiser", "scheduler", "generator", "state") if key not in saved]
+        if missing:
+            raise DataFileError(f"{checkpoint_path}: not a training checkpoint (missing {', '.join(missing)}); "
+                                "delete it to start the cell afresh")
+        check_state_dict(checkpoint_path, saved["model"], model.state_dict(), f"backbone {backbone_name!r}")
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -66,12 +66,31 @@ def load_series(path) -> SeriesData:
         raise DataFileError(f"{path}: variable {name!r} has dims {tuple(field.dims)}, expected ('time', 'channel', 'y', 'x')")
     values = np.asarray(field.values, dtype=np.float32)
     check_finite(values, f"{path}: variable {name!r}")
+    for variable, dim in (("split", "time"), ("segment", "time"), ("norm_mean", "channel"), ("norm_std", "channel")):
+        if variable in dataset.variables and tuple(dataset[variable].dims) != (dim,):
+            raise DataFileError(f"{path}: variable {variable!r} has dims {tuple(dataset[variable].dims)}, "
+                                f"expected ({dim!r},)")
+    split = dataset["split"].values
+    unknown = sorted(set(np.unique(split).tolist()) - set(SPLIT_CODES.values()))
+    if unknown:
+        raise DataFileError(f"{path}: variable 'split' has value(s) {unknown} (allowed: "
+                            f"{', '.join(f'{code} = {name}' for name, code in SPLIT_CODES.items())})")
+    mean, std = (dataset[v].values.astype(np.float32) for v in ("norm_mean", "norm_std"))
+    channels = [str(c) for c in (dataset["channel"].values if "channel" in dataset.coords else range(len(std)))]
+    for variable, stat in (("norm_mean", mean), ("norm_std", std)):
+        bad = [c for c, v in zip(channels, stat) if not np.isfinite(v) or (variable == "norm_std" and v <= 0)]
+        if bad:
+            raise DataFileError(f"{path}: variable {variable!r} is {stat[channels.index(bad[0])]} for channel "
+                                f"{bad[0]!r}: cannot normalise (ingest refuses a constant or non-finite channel; "
+                                "was the file edited?)")
+    data_range = dataset.attrs.get("data_range")
+    if not isinstance(data_range, (int, float, np.number)) or not np.isfinite(data_range) or data_range <= 0:
+        raise DataFileError(f"{path}: attribute data_range is {data_range!r}, expected a positive number "
+                            "(the metrics' data range, written by ingest)")
     # files written before segments existed hold one segment
     segment = dataset["segment"].values.astype(np.int64) if "segment" in dataset.variables else None
-    return SeriesData(field=values, split=dataset["split"].values.astype(np.int8), segment=segment,
-                      mean=dataset["norm_mean"].values.astype(np.float32),
-                      std=dataset["norm_std"].values.astype(np.float32),
-                      data_range=float(dataset.attrs["data_range"]), name=name,
+    return SeriesData(field=values, split=split.astype(np.int8), segment=segment, mean=mean, std=std,
+                      data_range=float(data_range), name=name,
                       attrs={**dataset.attrs, "units": field.attrs.get("units", "1"),
                              "long_name": field.attrs.get("long_name", name)})
 

@@ -78,7 +78,8 @@ def load_windows(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataFileError(f"{path}: file not found (NYCBike1 needs {' and '.join(FILES)} in {path.parent})")
     try:
-        with np.load(path, allow_pickle=False) as handle:
+        # our own handle: np.load leaks its file when the archive is unreadable
+        with open(path, "rb") as stream, np.load(stream, allow_pickle=False) as handle:
             arrays = {key: handle[key] for key in handle.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataFileError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None

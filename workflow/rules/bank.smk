@@ -19,4 +19,4 @@ rule bank:
         ENV
     shell:
         "nuwa bank --params {params.file:q} --dataset {wildcards.dataset} --variant {wildcards.variant}"
-        " --data {input.data:q} {params.saliency} --out {output:q} > {log:q} 2>&1"
+        " --data {input.data:q} {params.saliency} --out {output:q} --mem-mb {resources.mem_mb} --mem-rule bank > {log:q} 2>&1"

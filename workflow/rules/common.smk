@@ -3,10 +3,20 @@
 import json
 
 from nuwa import grid
-from nuwa.config import validate_params
+from nuwa.config import load_params, validate_params
 
 PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
-validate_params(config, source=str(PARAMS_FILE))
+# The file first, read with yaml.safe_load exactly as `nuwa` and DVC's stages read it, and only
+# then Snakemake's own config loader, which would evaluate a YTE template (`__use_yte__: true`
+# runs the Python expressions in the file). A file named with --configfile is read by Snakemake
+# before any workflow code runs: pass only files you trust there.
+load_params(PARAMS_FILE)
+
+
+configfile: PARAMS_FILE
+
+
+validate_params(config, source=str(PARAMS_FILE))  # with any --config overrides
 
 ENV = "../envs/nuwa.yaml"
 NAME = "[a-z][a-z0-9_]*"
@@ -69,7 +79,7 @@ def threads_per_process(wildcards, threads):
 
 
 def all_targets():
-    targets = [grid.SUMMARY_CSV, grid.SUMMARY_MD]
+    targets = [grid.PARAMS_OK, grid.SUMMARY_CSV, grid.SUMMARY_MD]
     for dataset in config["grid"]["datasets"]:
         targets += [
             grid.PREDICTION_FIGURE.format(dataset=dataset),
@@ -77,3 +87,4 @@ def all_targets():
             grid.UPSTREAM_HISTORY.format(dataset=dataset),
         ]
     return targets
+

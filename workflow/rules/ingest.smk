@@ -17,7 +17,7 @@ rule ingest:
         ENV
     shell:
         "nuwa ingest --params {params.file:q} --dataset {wildcards.dataset} --threads {threads}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} --mem-mb {resources.mem_mb} --mem-rule ingest > {log:q} 2>&1"
 
 
 rule baseline:
@@ -39,4 +39,4 @@ rule baseline:
         ENV
     shell:
         "nuwa baseline --params {params.file:q} --dataset {wildcards.dataset} --threads {threads}"
-        " --data {input:q} --out {output:q} > {log:q} 2>&1"
+        " --data {input:q} --out {output:q} --mem-mb {resources.mem_mb} --mem-rule baseline > {log:q} 2>&1"

@@ -19,4 +19,4 @@ rule pretrain:
         ENV
     shell:
         "nuwa pretrain --params {params.file:q} --dataset {wildcards.dataset} --threads {threads}"
-        " --data {input:q} --model-out {output.model:q} --history-out {output.history:q} > {log:q} 2>&1"
+        " --data {input:q} --model-out {output.model:q} --history-out {output.history:q} --mem-mb {resources.mem_mb} --mem-rule pretrain > {log:q} 2>&1"

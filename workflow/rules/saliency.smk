@@ -19,4 +19,4 @@ rule saliency:
         ENV
     shell:
         "nuwa saliency --params {params.file:q} --dataset {wildcards.dataset} --threads {threads}"
-        " --data {input.data:q} --model {input.model:q} --out {output:q} > {log:q} 2>&1"
+        " --data {input.data:q} --model {input.model:q} --out {output:q} --mem-mb {resources.mem_mb} --mem-rule saliency > {log:q} 2>&1"

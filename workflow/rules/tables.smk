@@ -18,7 +18,7 @@ rule tables:
     conda:
         ENV
     shell:
-        "nuwa tables --params {params.file:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+        "nuwa tables --params {params.file:q} --out-csv {output.csv:q} --out-md {output.md:q} --mem-mb {resources.mem_mb} --mem-rule tables > {log:q} 2>&1"
 
 
 rule figures:
@@ -46,4 +46,4 @@ rule figures:
         ENV
     shell:
         "nuwa figures --params {params.file:q} --dataset {wildcards.dataset}"
-        " --out-predictions {output.predictions:q} --out-saliency {output.saliency:q} > {log:q} 2>&1"
+        " --out-predictions {output.predictions:q} --out-saliency {output.saliency:q} --mem-mb {resources.mem_mb} --mem-rule figures > {log:q} 2>&1"

@@ -1,9 +1,10 @@
 # One rule for the primary seed (params `seed`, files in the cell's folder) and one for each
-# replicate seed (grid.replicate_seeds, files in a seed{N}/ subfolder); the same command.
+# replicate seed (grid.replicate_seeds, files in a seed{N}/ subfolder); the same command (RULE:
+# the rule's name, which `nuwa --mem-mb` names when the job exceeds its declared memory).
 TRAIN_COMMAND = (
     "nuwa train --params {params.file:q} --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
     " --variant {wildcards.variant} --seed {params.seed} --threads {params.threads} --data {input.data:q}"
-    " --bank {input.bank:q} {params.upstream} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+    " --bank {input.bank:q} {params.upstream} --out-dir {params.out_dir:q} --mem-mb {resources.mem_mb} --mem-rule RULE > {log:q} 2>&1"
 )
 
 
@@ -32,7 +33,7 @@ rule train:
     conda:
         ENV
     shell:
-        TRAIN_COMMAND
+        TRAIN_COMMAND.replace("RULE", "train")
 
 
 rule train_replicate:
@@ -60,4 +61,4 @@ rule train_replicate:
     conda:
         ENV
     shell:
-        TRAIN_COMMAND
+        TRAIN_COMMAND.replace("RULE", "train_replicate")
