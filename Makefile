@@ -26,4 +26,4 @@ dvc-repro: install
 	dvc repro
 
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=15
