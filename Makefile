@@ -25,5 +25,7 @@ run: install
 dvc-repro: install
 	dvc repro
 
+# three workers on two cores: the slowest tests mostly wait on Slurm, DVC's queue and Snakemake
+# subprocesses, so a third keeps both cores busy (a file's tests stay on one worker)
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=15
+	$(BIN)/python -m pytest -n 3 --dist loadfile -q --durations=15
