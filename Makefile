@@ -25,7 +25,7 @@ run: install
 dvc-repro: install
 	dvc repro
 
-# three workers on two cores: the slowest tests mostly wait on Slurm, DVC's queue and Snakemake
-# subprocesses, so a third keeps both cores busy (a file's tests stay on one worker)
+# two workers on two cores, a file at a time each; files with end-to-end tests go first
+# (tests/conftest.py), so that no minutes-long file starts last and runs alone
 test: install
-	$(BIN)/python -m pytest -n 3 --dist loadfile -q --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=15

@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files holding end-to-end (`slow`) tests first, in collection order otherwise: `--dist
+    loadfile` hands workers whole files in this order, so the minutes-long files start at once
+    instead of ending the run on one worker while the other idles."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # a stable sort keeps the rest in order
+
+
 @pytest.fixture
 def tiny_params() -> dict:
     return yaml.safe_load(TINY_PARAMS.read_text())
