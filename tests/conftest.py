@@ -58,3 +58,21 @@ def output_files(directory: Path) -> set[str]:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli_fails_cleanly(argv: list[str], capsys, culprit: Path, *phrases: str, out: Path | None = None) -> str:
+    """`nuwa.cli.main(argv)` exits 2 with one stderr line ``nuwa <stage>: error: <culprit>: ...``
+    holding every phrase; with ``out``, nothing (no file, no temporary) is left in that folder."""
+    from nuwa.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"nuwa {argv[0]}: error: {culprit}: "), lines[0]
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+    if out is not None:
+        left = [str(p) for p in out.rglob("*")] if out.exists() else []
+        assert left == [], f"files written (or temporaries left) by a failed {argv[0]}: {left}"
+    return lines[0]

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
-
 from conftest import TINY_PARAMS
+from conftest import cli_fails_cleanly as fails_cleanly
+
 from nuwa.cli import main
 
 DATA = Path(__file__).resolve().parents[3] / "shared/data"
@@ -57,20 +58,6 @@ def stage_argv(stage: str, made: Path, out: Path, data=None, saliency=None, bank
                   "--out-dir", str(out), "--device", "cpu"],
         "baseline": ["--data", data, "--out", str(out / "persistence.json")],
     }[stage]
-
-
-def fails_cleanly(argv: list[str], capsys, culprit: Path, out: Path, *phrases: str) -> str:
-    """exit 2, one line ``nuwa <stage>: error: <culprit>: ...`` (with ``phrases``), nothing in ``out``."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"nuwa {argv[0]}: error: {culprit}: "), lines[0]
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
-    left = [str(p) for p in out.rglob("*")] if out.exists() else []
-    assert left == [], f"files written (or temporaries left) by a failed {argv[0]}: {left}"
-    return lines[0]
 
 
 def damage(source: Path, target: Path, how: str, variable: str | None = None) -> Path:
@@ -126,7 +113,7 @@ def test_damaged_processed_file_stops_every_stage(made, tmp_path, capsys, case):
     bad = damage(made / "data.nc", tmp_path / "moving_glyphs.nc", how, variable)
     for stage in STAGES:
         out = tmp_path / f"out_{stage}"
-        fails_cleanly(stage_argv(stage, made, out, data=bad), capsys, bad, out, phrase)
+        fails_cleanly(stage_argv(stage, made, out, data=bad), capsys, bad, phrase, out=out)
 
 
 # -- pipeline side: the saliency file (read by the bank) and the bank (read by train) ----------
@@ -145,7 +132,7 @@ def test_damaged_saliency_file_stops_the_bank(made, tmp_path, capsys, case):
     how, phrase = SALIENCY_DAMAGE[case]
     bad = damage(made / "saliency.nc", tmp_path / "saliency.nc", how, "importance")
     out = tmp_path / "out"
-    fails_cleanly(stage_argv("bank", made, out, saliency=bad), capsys, bad, out, phrase)
+    fails_cleanly(stage_argv("bank", made, out, saliency=bad), capsys, bad, phrase, out=out)
 
 
 def test_saliency_file_of_another_patch_grid_stops_the_bank(made, tmp_path, capsys):
@@ -155,7 +142,7 @@ def test_saliency_file_of_another_patch_grid_stops_the_bank(made, tmp_path, caps
     coarse.to_netcdf(tmp_path / "saliency.nc")
     out = tmp_path / "out"
     fails_cleanly(stage_argv("bank", made, out, saliency=tmp_path / "saliency.nc"), capsys, tmp_path / "saliency.nc",
-                  out, "importance has (step, patch_y, patch_x) = (4, 2, 2)", "need (4, 4, 4)")
+                  "importance has (step, patch_y, patch_x) = (4, 2, 2)", "need (4, 4, 4)", out=out)
 
 
 BANK_DAMAGE = {
@@ -173,7 +160,7 @@ def test_damaged_bank_stops_training(made, tmp_path, capsys, case):
     how, phrase = BANK_DAMAGE[case]
     bad = damage(made / "bank.nc", tmp_path / "nuwa.nc", how, "augmented")
     out = tmp_path / "run"
-    fails_cleanly(stage_argv("train", made, out, bank=bad), capsys, bad, out, phrase)
+    fails_cleanly(stage_argv("train", made, out, bank=bad), capsys, bad, phrase, out=out)
 
 
 # -- ingest side, through `nuwa ingest` ----------------------------------------------------------
@@ -216,7 +203,7 @@ def test_bad_gridded_file_stops_ingest(tmp_path, capsys, case):
     out = tmp_path / "processed"
     argv = ["ingest", "--params", str(params), "--dataset", "mine", "--out", str(out / "mine.nc")]
     if case == "truncated":
-        fails_cleanly(argv, capsys, source, out, "not a readable NetCDF")
+        fails_cleanly(argv, capsys, source, "not a readable NetCDF", out=out)
         return
     # the whole field's problem: named by dataset and channel (constant) or source and index (NaN)
     capsys.readouterr()
@@ -249,7 +236,7 @@ def test_truncated_nycbike_file_stops_ingest(tmp_path, capsys):
     params = ingest_params(tmp_path, entry)
     out = tmp_path / "processed"
     fails_cleanly(["ingest", "--params", str(params), "--dataset", "mine", "--out", str(out / "mine.nc")], capsys,
-                  folder / "test.npz", out, "not a readable .npz file")
+                  folder / "test.npz", "not a readable .npz file", out=out)
 
 
 KNMI_NAME = "RAD_NL25_RAP_5min_{:%Y%m%d%H%M}.h5"
@@ -290,7 +277,7 @@ def test_radar_file_of_another_importer_is_named(tmp_path, capsys, kind, intrude
     out = tmp_path / "processed"
     fmt = {"radar_knmi": "not a readable KNMI HDF5 file", "radar_mch": "not a readable MeteoSwiss AQC GIF file"}[kind]
     fails_cleanly(["ingest", "--params", str(params), "--dataset", "mine", "--out", str(out / "mine.nc")], capsys,
-                  victim, out, fmt)
+                  victim, fmt, out=out)
 
 
 @needs_radar

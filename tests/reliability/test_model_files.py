@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, TINY_PARAMS
+from conftest import cli_fails_cleanly as fails_cleanly
+
 from nuwa.cli import main
 from nuwa.pretrain import checkpoint
 from nuwa.upstream import UpstreamViT
-
 
 # -- every torch.load in the code base is weights_only=True -------------------------------------
 
@@ -87,17 +87,6 @@ def train_argv(made: Path, backbone: str, out: Path, upstream: Path | None = Non
     return ["train", "--params", str(made / "params.yaml"), "--dataset", "moving_glyphs", "--backbone", backbone,
             "--variant", "ori", "--data", str(made / "data.nc"), "--bank", str(made / "ori.nc"),
             "--upstream", str(upstream or made / "model.pt"), "--out-dir", str(out), "--device", "cpu"]
-
-
-def fails_cleanly(argv, capsys, culprit: Path, *phrases: str) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"nuwa {argv[0]}: error: {culprit}: "), lines[0]
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
-    return lines[0]
 
 
 def upstream_file(made: Path, path: Path, **config_changes) -> Path:
