@@ -537,6 +537,11 @@ def _main(args) -> int:
     try:
         with watch_memory(getattr(args, "mem_mb", None), args.command, getattr(args, "mem_rule", None)) as watch:
             status = args.func(args)
+        if watch is not None and watch.exceeded:
+            # the watchdog's interrupt can be swallowed (a library's clean-up catching
+            # KeyboardInterrupt) and the stage finish: the job still went over its limit
+            print(f"nuwa {args.command}: error: {watch.message()}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         if watch is None or not watch.exceeded:
             raise
