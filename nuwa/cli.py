@@ -19,15 +19,22 @@ from nuwa import grid
 COMMON_HELP = "parameter file (validated against the schema before anything runs)"
 
 
-def _params(args):
+def _params(args, uses_torch=False):
+    """The validated parameter file; ``uses_torch``: also apply ``--threads`` to torch. Only
+    the stages that compute with torch import it: the others start 2-5 s sooner per job."""
     from nuwa.config import load_params
 
     params = load_params(args.params)
+    if uses_torch:
+        _torch_threads(args)
+    return params
+
+
+def _torch_threads(args):
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
-    return params
 
 
 def _check_name(params, section, name):
@@ -108,7 +115,7 @@ def cmd_pretrain(args):
     from nuwa.pretrain import checkpoint, pretrain
     from nuwa.windows import load_series
 
-    params = _params(args)
+    params = _params(args, uses_torch=True)
     config = _dataset_config(params, args.dataset)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     model, history = pretrain(series, args.dataset, config, params["pretrain"], params["seed"])
@@ -125,7 +132,7 @@ def cmd_saliency(args):
     from nuwa.saliency import compute_importance, saliency_dataset
     from nuwa.windows import load_series, select_dataset
 
-    params = _params(args)
+    params = _params(args, uses_torch=True)
     config = _dataset_config(params, args.dataset)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     model_path = args.model or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
@@ -211,7 +218,7 @@ def cmd_train(args):
     """One cell; several processes when launched by torchrun (see nuwa.distributed), rank 0 writing."""
     from nuwa import distributed
 
-    params = _params(args)
+    params = _params(args, uses_torch=True)
     _check_name(params, "backbones", args.backbone)
     gpus = int(params["backbones"][args.backbone].get("gpus", 1))
     if gpus > 1 and distributed.environment_world_size() == 1 and "LOCAL_RANK" not in os.environ:
@@ -290,7 +297,7 @@ def cmd_baseline(args):
     from nuwa.io import write_json
     from nuwa.windows import load_series, select_dataset
 
-    params = _params(args)
+    params = _params(args, uses_torch=True)
     config = _dataset_config(params, args.dataset)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     test = select_dataset(series, config, "test")
@@ -303,8 +310,8 @@ def cmd_baseline(args):
 
 
 def cmd_tables(args):
-    from nuwa.evaluate import METRIC_CONVENTIONS
     from nuwa.io import read_json, write_csv, write_text
+    from nuwa.metrics import METRIC_CONVENTIONS
     from nuwa.tables import summarise, to_markdown
 
     params = _params(args)
@@ -393,10 +400,7 @@ def cmd_backbones(args):
 
     from nuwa.bench.backbones import describe
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _torch_threads(args)
     rows = describe(args.size, args.in_shape, args.out_frames, args.scale)
     pd.DataFrame(rows, columns=["name", "params", "flops"]).to_csv(sys.stdout, index=False)
 
@@ -405,10 +409,7 @@ def cmd_bench(args):
     from nuwa.bench import bench_module, rows_frame
     from nuwa.io import write_csv
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _torch_threads(args)
     rows = bench_module(args.name).run(args, lambda line: print(line, file=sys.stderr))
     frame = rows_frame(rows)
     frame.to_csv(sys.stdout, index=False, float_format="%.6g")
@@ -426,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         command.add_argument("--params", default="params.yaml", help=COMMON_HELP)
         command.add_argument("--threads", type=int, default=int(os.environ.get("NUWA_THREADS", "0")) or None,
-                             help="torch threads (default: torch's choice, or $NUWA_THREADS)")
+                             help="threads of the stages that compute with torch, and of ingest's dask scheduler "
+                                  "(default: the library's choice, or $NUWA_THREADS)")
         if dataset:
             command.add_argument("--dataset", required=True, help="dataset name (a key of params datasets)")
         command.add_argument("--mem-mb", type=int, help="memory the job declared (Snakemake's resources.mem_mb): "

@@ -12,19 +12,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from nuwa.metrics import MetricAccumulator
+from nuwa.metrics import METRIC_CONVENTIONS, MetricAccumulator  # noqa: F401 (re-exported)
 from nuwa.windows import SeriesData, WindowDataset
 
-METRIC_CONVENTIONS = {
-    "mse": "per-pixel mean squared error, physical units",
-    "mae": "per-pixel mean absolute error, physical units",
-    "mse_frame": "squared error summed over channels and pixels of a frame, averaged over samples and frames (OpenSTL)",
-    "mae_frame": "absolute error summed over channels and pixels of a frame, averaged over samples and frames (OpenSTL)",
-    "ssim": "mean SSIM over every 2-D image (7x7 uniform window, data_range = training-split max - min)",
-    "psnr": "mean over frames of 10 log10(data_range^2 / frame MSE)",
-    "csi": "hits / (hits + misses + false alarms + 1e-4), counts with >= threshold pooled over the test split "
-           "(Earthformer); csi_m = mean over thresholds",
-}
 
 
 @torch.no_grad()

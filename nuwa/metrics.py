@@ -78,6 +78,7 @@ from scipy.ndimage import uniform_filter
 
 __all__ = [
     "CSI_EPS",
+    "METRIC_CONVENTIONS",
     "PSNR_CAP_DB",
     "SSIM_WIN_SIZE",
     "MetricAccumulator",
@@ -96,6 +97,18 @@ __all__ = [
     "ssim_per_image",
     "threshold_key",
 ]
+
+#: One line per metric, written into every metrics.json and the summary table's notes.
+METRIC_CONVENTIONS = {
+    "mse": "per-pixel mean squared error, physical units",
+    "mae": "per-pixel mean absolute error, physical units",
+    "mse_frame": "squared error summed over channels and pixels of a frame, averaged over samples and frames (OpenSTL)",
+    "mae_frame": "absolute error summed over channels and pixels of a frame, averaged over samples and frames (OpenSTL)",
+    "ssim": "mean SSIM over every 2-D image (7x7 uniform window, data_range = training-split max - min)",
+    "psnr": "mean over frames of 10 log10(data_range^2 / frame MSE)",
+    "csi": "hits / (hits + misses + false alarms + 1e-4), counts with >= threshold pooled over the test split "
+           "(Earthformer); csi_m = mean over thresholds",
+}
 
 #: Earthformer's epsilon in the CSI / POD / FAR / bias denominators.
 CSI_EPS = 1e-4

@@ -9,17 +9,25 @@ environmental (``causal = 0``), the rest causal. Batched; each row keeps its win
 The importance comes from :meth:`nuwa.upstream.UpstreamViT.column_importance`, which forms each
 chosen layer's weights once, reduces them at once, and stops after the last chosen layer's
 weights: the pass costs no more than a forward (``nuwa bench saliency``).
+
+The masks from importances (``causal_mask``) need numpy only: torch is imported where a tensor
+is made, so the bank stage, which reads masks, starts without torch and timm.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 import xarray as xr
 
 from nuwa.progress import progress
-from nuwa.upstream import UpstreamViT
-from nuwa.windows import WindowDataset
+
+if TYPE_CHECKING:
+    import torch
+
+    from nuwa.upstream import UpstreamViT
+    from nuwa.windows import WindowDataset
 
 
 def column_importance(attention: torch.Tensor) -> torch.Tensor:
@@ -29,6 +37,8 @@ def column_importance(attention: torch.Tensor) -> torch.Tensor:
 
 def normalise_per_step(importance: torch.Tensor) -> torch.Tensor:
     """Min-max over the patch axis (last); a step with equal importances maps to zeros."""
+    import torch
+
     low = importance.amin(dim=-1, keepdim=True)
     high = importance.amax(dim=-1, keepdim=True)
     span = high - low
@@ -58,6 +68,8 @@ def compute_importance(model: UpstreamViT, windows: WindowDataset, layers: list[
 
     ``shuffle`` exists to prove the alignment: results are placed by each batch's own indices.
     """
+    import torch
+
     loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=shuffle, generator=generator)
     position = {int(start): row for row, start in enumerate(windows.starts)}
     frames = windows.input_frames

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only where a torch draw is made: numpy-only stages never import it
+    import torch
 
 
 def stable_id(*names: str) -> int:
@@ -18,6 +21,8 @@ def numpy_rng(seed: int, *names: str) -> np.random.Generator:
 
 
 def torch_generator(seed: int, *names: str) -> torch.Generator:
+    import torch
+
     generator = torch.Generator()
     generator.manual_seed((int(seed) << 32) ^ stable_id(*names))
     return generator
@@ -25,4 +30,6 @@ def torch_generator(seed: int, *names: str) -> torch.Generator:
 
 def seed_torch(seed: int, *names: str) -> None:
     """Seed torch's global RNG (weight initialisation) deterministically per job."""
+    import torch
+
     torch.manual_seed((int(seed) << 32) ^ stable_id(*names))

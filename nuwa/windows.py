@@ -1,19 +1,25 @@
-"""Sliding windows over a processed dataset, and the torch Dataset on top of them.
+"""Sliding windows over a processed dataset, and the map-style dataset on top of them.
 
 A window is identified by its start index in the time axis (``source_index``); every stage
 carries that index, so masks and bank samples always meet their own source window.
+
+torch is imported only where a tensor is made: the stages that read physical-unit windows
+(bank, figures) never import it, which saves each of their jobs about 2 s of start-up.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from nuwa.ingest import SPLIT_CODES, SPLITS
 from nuwa.io import DataFileError, check_finite, open_netcdf
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -32,6 +38,8 @@ class SeriesData:
     @cached_property
     def normalised(self) -> torch.Tensor:
         """The whole field normalised (float32), computed on first use and shared by every split's windows."""
+        import torch
+
         return torch.from_numpy(self.normalise(self.field))
 
     def normalise(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -51,8 +59,12 @@ class SeriesData:
         return out
 
     def denormalise(self, values):
-        mean = torch.as_tensor(self.mean)[:, None, None] if isinstance(values, torch.Tensor) else self.mean[:, None, None]
-        std = torch.as_tensor(self.std)[:, None, None] if isinstance(values, torch.Tensor) else self.std[:, None, None]
+        """values * std + mean per channel, for a numpy array or a torch tensor (same type back)."""
+        mean, std = self.mean[:, None, None], self.std[:, None, None]
+        if not isinstance(values, np.ndarray):  # a tensor: torch is already imported
+            import torch
+
+            mean, std = torch.as_tensor(mean), torch.as_tensor(std)
         return values * std + mean
 
 
@@ -126,8 +138,11 @@ def window_starts(split_flags: np.ndarray, split: str, window_length: int, strid
     return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
 
 
-class WindowDataset(torch.utils.data.Dataset):
-    """Normalised (index, input, target) windows of one split; index = window start."""
+class WindowDataset:
+    """Normalised (index, input, target) windows of one split; index = window start.
+
+    A map-style dataset (``__len__`` and ``__getitem__``), as torch's DataLoader takes it.
+    """
 
     def __init__(self, series: SeriesData, split: str, input_frames: int, output_frames: int, stride: int):
         self.series = series
@@ -155,6 +170,8 @@ class WindowDataset(torch.utils.data.Dataset):
         return self.series.field[index]
 
     def targets_normalised(self, starts) -> torch.Tensor:
+        import torch
+
         index = torch.as_tensor(np.asarray(starts))[:, None] + self.input_frames + torch.arange(self.output_frames)[None, :]
         return self.normalised[index]
 

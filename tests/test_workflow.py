@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,28 @@ def test_show_mask_writes_a_png_of_a_window(snakemake_run):
     missing = run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", "99999"], snakemake_run,
                   check=False)
     assert missing.returncode == 2 and "no sample 99999" in missing.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["validate"],
+    ["ingest", "--dataset", "moving_glyphs", "--out", "{tmp}/processed.nc"],
+    ["bank", "--dataset", "moving_glyphs", "--variant", "nuwa", "--out", "{tmp}/bank.nc"],
+    ["bank", "--dataset", "moving_glyphs", "--variant", "random", "--out", "{tmp}/bank.nc"],
+    ["tables", "--out-csv", "{tmp}/summary.csv", "--out-md", "{tmp}/summary.md"],
+    ["figures", "--dataset", "moving_glyphs", "--out-predictions", "{tmp}/p.png", "--out-saliency", "{tmp}/s.png"],
+], ids=lambda argv: "-".join(argv[:4:3]))
+def test_stages_that_compute_without_torch_start_without_it(snakemake_run, tmp_path, argv):
+    """torch, timm and torchvision cost 2-5 s of imports per job: a job that computes with numpy
+    only (masks are numpy) does not pay them, with $NUWA_THREADS set as in the workflow."""
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    code = ("import sys; from nuwa.cli import main; status = main(sys.argv[1:]); "
+            "print('imported:', *(name for name in ('torch', 'timm', 'torchvision') if name in sys.modules)); "
+            "sys.exit(status)")
+    env = dict(tool_env(), NUWA_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", code, *argv], cwd=snakemake_run, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "imported:", f"nuwa {argv[0]}: {result.stdout}"
 
 
 def test_snakemake_and_dvc_build_the_same_files_with_the_same_bytes(snakemake_run, dvc_run):
