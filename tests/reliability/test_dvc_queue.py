@@ -46,7 +46,8 @@ def _set_args(values: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def queued_and_sequential(tmp_path_factory):
     directory = _dvc_workdir(tmp_path_factory.mktemp("dvcqueue"), _queue_params())
-    run(["dvc", "repro"], directory)
+    # the baseline commit holds the workflow and params only: each queued experiment computes
+    # every stage itself (a baseline `dvc repro` first would cost a whole pipeline run)
     run(["git", "add", "-A"], directory)
     run(["git", "commit", "-q", "-m", "baseline"], directory)
     try:
@@ -59,10 +60,18 @@ def queued_and_sequential(tmp_path_factory):
             done = {name: re.search(rf"queued-{name}\s.*\b(Success|Failed)\b", status) for name in EXPERIMENTS}
             return status if all(done.values()) else None
 
-        status = wait_for(finished, "both queued experiments finished", poll=1.0)
+        def logs() -> str:
+            return "".join(f"\n--- dvc queue logs queued-{name}:\n"
+                           + run(["dvc", "queue", "logs", f"queued-{name}"], directory, check=False).stdout[-3000:]
+                           for name in EXPERIMENTS)
+
+        try:
+            status = wait_for(finished, "both queued experiments finished", poll=1.0)
+        except AssertionError as error:
+            status = run(["dvc", "queue", "status"], directory, check=False).stdout
+            raise AssertionError(f"{error}\ndvc queue status:\n{status}{logs()}") from None
         for name in EXPERIMENTS:
-            assert re.search(rf"queued-{name}\s.*\bSuccess\b", status), (
-                status + run(["dvc", "queue", "logs", f"queued-{name}"], directory, check=False).stdout)
+            assert re.search(rf"queued-{name}\s.*\bSuccess\b", status), status + logs()
     finally:
         run(["dvc", "queue", "stop", "--kill"], directory, check=False)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], directory).stdout)
