@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +83,21 @@ class TrainingPool:
     def __len__(self) -> int:
         return len(self.sources)
 
-    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, rows: torch.Tensor, pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of the pool's ``rows``, normalised, in the order given.
 
         Row by row: a window is a contiguous block of the normalised series (one copy), a bank
         row one positioned read from the bank file into the batch, normalised there.
+        ``pin_memory``: the batch is built in page-locked memory (for an asynchronous GPU copy).
         """
         rows = np.asarray(rows, dtype=np.int64)
         train, originals = self.train, len(self.starts)
         normalised = train.normalised.numpy()
         t_in, t_out = train.input_frames, train.output_frames
-        inputs = np.empty((len(rows), *self.window_shape), dtype=np.float32)
-        targets = np.empty((len(rows), t_out, *self.window_shape[1:]), dtype=np.float32)
+        input_batch = torch.empty((len(rows), *self.window_shape), dtype=torch.float32, pin_memory=pin_memory)
+        target_batch = torch.empty((len(rows), t_out, *self.window_shape[1:]), dtype=torch.float32,
+                                   pin_memory=pin_memory)
+        inputs, targets = input_batch.numpy(), target_batch.numpy()
         bank = [(position, row - originals) for position, row in enumerate(rows.tolist()) if row >= originals]
         if bank:
             if hasattr(self.bank, "read_into"):
@@ -108,7 +112,7 @@ class TrainingPool:
             else:
                 train.series.normalise(inputs[position], out=inputs[position])
             targets[position] = normalised[start + t_in:start + t_in + t_out]
-        return torch.from_numpy(inputs), torch.from_numpy(targets)
+        return input_batch, target_batch
 
 
 def check_finite_rows(rows, where: str, block_bytes: int = 8 * 2**20) -> None:
@@ -132,6 +136,74 @@ def next_batch(pool: TrainingPool, generator: torch.Generator, batch_size: int,
     this process's ``my_rows`` of them read. ``generator`` draws the rows of every process alike."""
     rows = torch.randint(len(pool), (batch_size,), generator=generator)
     return pool.batch(rows[my_rows])
+
+
+class BatchStream:
+    """The batches of :func:`next_batch`, in the same order, each read while the step before runs.
+
+    Rows are drawn here, in the training loop's thread, from ``generator`` (a stream of its own,
+    so that drawing a batch one step early moves no other draw); a background thread reads the
+    next batch from the pool while the current step runs. On a GPU that batch is built in
+    page-locked memory and copied on a side CUDA stream, which the step's stream waits for, so
+    a step waits neither for the host's copies nor for the transfer (``nuwa bench loader``).
+    :meth:`generator_state` is the generator's state before the first batch not yet handed out:
+    a checkpoint saves it, and the resumed run draws that batch again. ``prefetch=False`` reads
+    each batch when it is asked for (the serial loader).
+    """
+
+    def __init__(self, pool: TrainingPool, generator: torch.Generator, batch_size: int,
+                 my_rows: slice = slice(None), device: torch.device | str = "cpu", prefetch: bool = True):
+        self.pool, self.generator, self.batch_size, self.my_rows = pool, generator, batch_size, my_rows
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="nuwa-batches") if prefetch else None
+        self.pending = None  # (generator state before the draw, rows, the read in flight or None)
+
+    def _request(self):
+        state = self.generator.get_state()
+        rows = torch.randint(len(self.pool), (self.batch_size,), generator=self.generator)[self.my_rows]
+        return state, rows, (self.reader.submit(self._read, rows) if self.reader else None)
+
+    def _read(self, rows: torch.Tensor):
+        inputs, targets = self.pool.batch(rows, pin_memory=self.cuda)
+        if not self.cuda:
+            return inputs.to(self.device), targets.to(self.device), None
+        with torch.cuda.stream(self.copy_stream):
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self.copy_stream)
+        return inputs, targets, ready
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pending is None:
+            self.pending = self._request()
+        _, rows, read = self.pending
+        inputs, targets, ready = read.result() if read is not None else self._read(rows)
+        self.pending = self._request() if self.reader else None
+        if ready is not None:  # the step's stream waits for the copy; the allocator learns who uses the memory
+            step_stream = torch.cuda.current_stream(self.device)
+            step_stream.wait_event(ready)
+            inputs.record_stream(step_stream)
+            targets.record_stream(step_stream)
+        return inputs, targets
+
+    def generator_state(self) -> torch.Tensor:
+        return self.pending[0] if self.pending is not None else self.generator.get_state()
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 @torch.no_grad()
@@ -223,7 +295,9 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     steps = train_config["steps"]
     optimiser = torch.optim.Adam(model.parameters(), lr=train_config["learning_rate"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=train_config["learning_rate"], total_steps=steps)
-    generator = torch_generator(seed, "train-batches", *names)
+    # the pool's rows come from their own generator, so that reading a batch ahead moves no other draw
+    row_generator = torch_generator(seed, "train-rows", *names)
+    generator = torch_generator(seed, "train-batches", *names)  # scheduled sampling's draws
     state = {"step": 0, "history": [], "best_val": float("inf"), "best_step": 0,
              "best_state": copy.deepcopy(model.state_dict()), "seconds": 0.0}
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
@@ -238,6 +312,11 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         optimiser.load_state_dict(saved["optimiser"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
+        if "row_generator" in saved:
+            row_generator.set_state(saved["row_generator"])
+        elif context.is_main:  # written before the rows had a generator of their own
+            print(f"{checkpoint_path}: an older checkpoint without the batch rows' generator state; the batches "
+                  "after resuming differ from an uninterrupted run's", flush=True)
         if "rng" in saved:  # one entry per rank of the run that wrote it
             set_rng_state(saved["rng"][context.rank if context.rank < len(saved["rng"]) else 0], device)
         else:  # checkpoints written before the other RNGs were saved
@@ -257,38 +336,41 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     # across processes, each computes the loss of its rows of the global batch (random draws are
     # still made for the whole batch); DDP's average of the gradients is the whole batch's gradient
     share = {"rows": my_rows, "batch": batch_size} if context.distributed else {}
-    while state["step"] < steps:
-        inputs, targets = next_batch(pool, generator, batch_size, my_rows)
-        loss = training_loss(network, inputs.to(device), targets.to(device), progress=state["step"] / steps,
-                             generator=generator, **share)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-        state["step"] += 1
-        step = state["step"]
-        row = {"step": step, "train_loss": distributed.mean_over_ranks(loss.item(), context),
-               "learning_rate": scheduler.get_last_lr()[0], "val_loss": float("nan")}
-        if step % train_config["eval_every"] == 0 or step == steps:
-            # rank 0 validates on the whole validation set while the others wait for its result
-            loss_here = validation_loss(model, val, batch_size, train_config["val_batches"], device) \
-                if context.is_main else 0.0
-            row["val_loss"] = distributed.from_main(loss_here, context)
-            if row["val_loss"] < state["best_val"]:
-                state["best_val"], state["best_step"] = row["val_loss"], step
+    # the batch of step k + 1 is read (and sent to the device) while step k runs
+    with BatchStream(pool, row_generator, batch_size, my_rows, device) as batches:
+        while state["step"] < steps:
+            inputs, targets = next(batches)
+            loss = training_loss(network, inputs, targets, progress=state["step"] / steps, generator=generator,
+                                 **share)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            state["step"] += 1
+            step = state["step"]
+            row = {"step": step, "train_loss": distributed.mean_over_ranks(loss.item(), context),
+                   "learning_rate": scheduler.get_last_lr()[0], "val_loss": float("nan")}
+            if step % train_config["eval_every"] == 0 or step == steps:
+                # rank 0 validates on the whole validation set while the others wait for its result
+                loss_here = validation_loss(model, val, batch_size, train_config["val_batches"], device) \
+                    if context.is_main else 0.0
+                row["val_loss"] = distributed.from_main(loss_here, context)
+                if row["val_loss"] < state["best_val"]:
+                    state["best_val"], state["best_step"] = row["val_loss"], step
+                    if context.is_main:
+                        state["best_state"] = copy.deepcopy(model.state_dict())
+            row["seconds"] = time.perf_counter() - started
+            state["history"].append(row)
+            state["seconds"] = row["seconds"]
+            bar.update(1)
+            if checkpoint_path and step % train_config["checkpoint_every"] == 0 and step < steps:
+                rng = distributed.gather(rng_state(device), context)
                 if context.is_main:
-                    state["best_state"] = copy.deepcopy(model.state_dict())
-        row["seconds"] = time.perf_counter() - started
-        state["history"].append(row)
-        state["seconds"] = row["seconds"]
-        bar.update(1)
-        if checkpoint_path and step % train_config["checkpoint_every"] == 0 and step < steps:
-            rng = distributed.gather(rng_state(device), context)
-            if context.is_main:
-                save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                                 "rng": rng, "world_size": context.world_size, "state": state},
-                                checkpoint_path)
+                    save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                     "row_generator": batches.generator_state(),
+                                     "rng": rng, "world_size": context.world_size, "state": state},
+                                    checkpoint_path)
     bar.close()
     history = pd.DataFrame(state["history"])
     if not context.is_main:

@@ -73,7 +73,8 @@ def test_a_checkpoint_holds_everything_a_resumed_run_draws_from(tiny_params, tin
                      train_config=dict(tiny_params["train"], steps=4, checkpoint_every=2), seed=0)
     train_module.train_cell(tiny_series, checkpoint_path=checkpoint, **arguments)
     saved = load_checkpoint(checkpoint)  # weights_only: tensors and plain containers
-    assert set(saved) == {"model", "optimiser", "scheduler", "generator", "rng", "world_size", "state"}
+    assert set(saved) == {"model", "optimiser", "scheduler", "generator", "row_generator", "rng", "world_size",
+                          "state"}
     assert saved["world_size"] == 1 and len(saved["rng"]) == 1
     assert set(saved["rng"][0]) == {"torch", "numpy", "python"}  # and "cuda" on a GPU
     assert set(saved["state"]) == {"step", "history", "best_val", "best_step", "best_state", "seconds"}
@@ -107,7 +108,7 @@ class EagerPool:
     def __len__(self):
         return len(self.sources)
 
-    def batch(self, rows):
+    def batch(self, rows, pin_memory=False):
         return self.inputs[rows], self.train.targets_normalised(self.sources[rows.numpy()])
 
 
@@ -221,3 +222,38 @@ def test_a_stale_bank_is_refused_with_a_clear_error(bank_files):
             train_module.TrainingPool(train, rows, bank_files["sources"][:-1])
     with pytest.raises(ValueError, match="do not match this dataset's training windows"):
         train_module.TrainingPool(train, bank_files["values"][:, :, :, :8], bank_files["sources"])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_the_read_ahead_stream_gives_next_batchs_batches_and_resumes_from_its_state(bank_files, device):
+    """The prefetching stream hands out exactly the serial loader's batches, in order, also for a
+    process's share of each batch (on a GPU: built in pinned memory, copied on a side stream); a
+    stream started from `generator_state()` (what a checkpoint saves, one batch having been read
+    ahead) continues with the next batch not yet handed out."""
+    from nuwa.io import NetCDFRows
+
+    def host_bytes(tensor):
+        assert tensor.device.type == device
+        return tensor.cpu().numpy().tobytes()
+
+    train = bank_files["train"]
+    with NetCDFRows(bank_files["contiguous"], "augmented") as rows:
+        pool = train_module.TrainingPool(train, rows, bank_files["sources"])
+        for my_rows in (slice(None), slice(2, 4)):
+            serial_generator = torch.Generator().manual_seed(7)
+            serial = [train_module.next_batch(pool, serial_generator, 6, my_rows) for _ in range(8)]
+            generator = torch.Generator().manual_seed(7)
+            with train_module.BatchStream(pool, generator, 6, my_rows, device) as stream:
+                for step in range(8):
+                    if step == 5:
+                        saved = stream.generator_state()
+                    inputs, targets = next(stream)
+                    assert host_bytes(inputs) == serial[step][0].numpy().tobytes(), step
+                    assert host_bytes(targets) == serial[step][1].numpy().tobytes(), step
+            resumed_generator = torch.Generator()
+            resumed_generator.set_state(saved)
+            with train_module.BatchStream(pool, resumed_generator, 6, my_rows, device, prefetch=False) as resumed:
+                for step in range(5, 8):
+                    inputs, _ = next(resumed)
+                    assert host_bytes(inputs) == serial[step][0].numpy().tobytes(), step

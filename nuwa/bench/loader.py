@@ -7,18 +7,25 @@ frames, ``--frames`` input and ``--frames`` output frames, window stride 1) with
 drawn at random instead of computed by an upstream ViT: the bank's values do not change how it
 is read). It then times, on ``--device``:
 
-* ``loader``: the loader of :func:`nuwa.train.train_cell` for a +Nuwa cell -- a
+* ``serial``: the loader of a +Nuwa cell read without overlap -- a
   :class:`nuwa.train.TrainingPool` over the original training windows plus the bank file, read
   per batch (:class:`nuwa.io.NetCDFRows`), ``--batch-size`` rows drawn at random by
   :func:`nuwa.train.next_batch`, inputs and targets normalised and moved to the device -- in
   samples per second, against one training step of SimVP (``create_backbone("simvp",
   size="small")``) on a batch of the same size and shape (forward, MSE loss
-  (:func:`nuwa.methods.training_loss`), backward, Adam step), in samples per second. ``ratio``
-  = step time / loading time: the goal is ``ratio >= 10`` (loading at most 10% of a step).
-  Two cases: ``warm``, the bank in the operating system's page cache (every epoch after the
-  first, on a machine with the memory for it), and ``cold``, the bank's pages dropped from the
-  page cache (``posix_fadvise(DONTNEED)``, untimed) before each timed batch, so that every bank
-  row is read from the disk (Linux only; no row elsewhere).
+  (:func:`nuwa.methods.training_loss`), backward, Adam step, the loss read back as
+  :func:`nuwa.train.train_cell` does), in samples per second. ``ratio`` = step time / loading
+  time. Two cases: ``warm``, the bank in the operating system's page cache (every epoch after
+  the first, on a machine with the memory for it), and ``cold``, the bank's pages dropped from
+  the page cache (``posix_fadvise(DONTNEED)``, untimed) before each timed batch, so that every
+  bank row is read from the disk (Linux only; no row elsewhere).
+* ``training``: what loading costs the training loop of :func:`nuwa.train.train_cell`, which
+  reads batch k + 1 on a thread while step k runs (:class:`nuwa.train.BatchStream`; on a GPU
+  into page-locked memory, copied on a side stream): ``--loop-steps`` steps of that loop against
+  as many steps on one batch already on the device, alternated ``--rounds`` times, the best of
+  each kept. The loading time the loop sees is (loop - steps alone), at least the time it spent
+  waiting for batches; ``ratio`` = step time / that time: the goal is ``ratio >= 10`` (loading
+  at most 10% of a step). Warm page cache.
 * ``memory``: the bank's size on disk (MiB) against the peak resident-memory growth of the
   loader while it reads one whole epoch (every row of the pool once, shuffled, in batches;
   Linux's peak RSS, reset before the epoch) over its resident memory before the epoch, with
@@ -52,6 +59,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cold-batches", type=int, default=50,
                         help="timed loader batches with the bank dropped from the page cache (default 50; 0: none)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="time training steps at least this long")
+    parser.add_argument("--loop-steps", type=int, default=10,
+                        help="training-loop case: steps per timed round (default 10; 0: no such case)")
+    parser.add_argument("--rounds", type=int, default=2, help="training-loop case: timed rounds (default 2)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--keep", help="build the dataset and bank in this folder and keep them (default: a "
                                        "temporary folder)")
@@ -64,7 +74,8 @@ def run(args, progress) -> list[dict]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return benchmark(batch_size=args.batch_size, frames=args.frames, size=args.size, windows=args.bank_windows,
                      batches=args.batches, cold_batches=args.cold_batches, min_seconds=args.min_seconds,
-                     device=device, keep=args.keep, seed=args.seed, progress=progress)
+                     loop_steps=args.loop_steps, rounds=args.rounds, device=device, keep=args.keep, seed=args.seed,
+                     progress=progress)
 
 
 def build_inputs(folder, *, frames: int, size: int, windows: int, seed: int):
@@ -158,8 +169,9 @@ def loader_seconds(pool, batch_size: int, batches: int, device: str, generator, 
     return total / batches
 
 
-def step_seconds(inputs, targets, device: str, min_seconds: float) -> float:
-    """Seconds per training step of SimVP (small): forward, loss, backward, Adam step."""
+def simvp_step(inputs, targets, device: str):
+    """One training step of SimVP (small) on a batch shaped like ``inputs``/``targets``, as
+    :func:`nuwa.train.train_cell` takes it: forward, loss, backward, Adam step, loss read back."""
     import torch
 
     from nuwa.backbones import create_backbone
@@ -170,29 +182,65 @@ def step_seconds(inputs, targets, device: str, min_seconds: float) -> float:
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
-    inputs, targets = inputs.to(device), targets.to(device)
 
-    def step():
+    def step(inputs, targets) -> float:
         loss = training_loss(model, inputs, targets, progress=0.0, generator=generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        return loss
+        return loss.item()
 
+    return step
+
+
+def step_seconds(step, inputs, targets, device: str, min_seconds: float) -> float:
+    """Seconds per training step on one batch already on the device."""
+    inputs, targets = inputs.to(device), targets.to(device)
     for _ in range(2):  # warm-up: allocations, cuDNN's algorithm search
-        step()
+        step(inputs, targets)
     _synchronise(device)
     steps, started = 0, time.perf_counter()
     while steps < 3 or time.perf_counter() - started < min_seconds:
-        step()
+        step(inputs, targets)
         steps += 1
-        _synchronise(device)
+    _synchronise(device)
     return (time.perf_counter() - started) / steps
 
 
+def training_loop_seconds(step, pool, batch_size: int, device: str, generator, loop_steps: int,
+                          rounds: int) -> tuple[float, float, float]:
+    """(loop, steps alone, waiting) seconds per step: the training loop with its read-ahead
+    loader against the same steps on one resident batch, alternated ``rounds`` times (best kept)."""
+    from nuwa.train import BatchStream
+
+    best = {"loop": float("inf"), "alone": float("inf"), "wait": float("inf")}
+    with BatchStream(pool, generator, batch_size, device=device) as stream:
+        resident = next(stream)
+        for _ in range(2):  # warm-up
+            step(*next(stream))
+        for _ in range(max(1, rounds)):
+            _synchronise(device)
+            waited, started = 0.0, time.perf_counter()
+            for _ in range(loop_steps):
+                asked = time.perf_counter()
+                inputs, targets = next(stream)
+                waited += time.perf_counter() - asked
+                step(inputs, targets)
+            _synchronise(device)
+            loop = time.perf_counter() - started
+            started = time.perf_counter()
+            for _ in range(loop_steps):
+                step(*resident)
+            _synchronise(device)
+            alone = time.perf_counter() - started
+            best = {"loop": min(best["loop"], loop), "alone": min(best["alone"], alone),
+                    "wait": min(best["wait"], waited)}
+    return best["loop"] / loop_steps, best["alone"] / loop_steps, best["wait"] / loop_steps
+
+
 def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: int = 2048, batches: int = 200,
-              cold_batches: int = 50, min_seconds: float = 2.0, device: str = "cpu", keep: str | None = None,
-              seed: int = 0, progress=None) -> list[dict]:
+              cold_batches: int = 50, min_seconds: float = 2.0, loop_steps: int = 10, rounds: int = 2,
+              device: str = "cpu", keep: str | None = None, seed: int = 0, progress=None) -> list[dict]:
     import contextlib
     import tempfile
     from pathlib import Path
@@ -248,16 +296,29 @@ def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: i
             say(f"loader epoch of {len(pool)} rows: peak RSS +{growth:.1f} MiB (bank {bank_mib:.0f} MiB on disk)")
 
         inputs, targets = pool.batch(torch.arange(batch_size) % len(pool))
-        step = step_seconds(inputs, targets, device, min_seconds)
+        train_step = simvp_step(inputs, targets, device)
+        step = step_seconds(train_step, inputs, targets, device, min_seconds)
         say(f"simvp small training step: {1e3 * step:.1f} ms per batch of {batch_size}")
+        loop = None
+        if loop_steps > 0:
+            loop, alone, waited = training_loop_seconds(train_step, pool, batch_size, device, generator, loop_steps,
+                                                        rounds)
+            visible = max(loop - alone, waited, 1e-9)
+            say(f"training loop with the read-ahead loader: {1e3 * loop:.2f} ms per step, steps alone "
+                f"{1e3 * alone:.2f} ms, waiting for batches {1e3 * waited:.3f} ms: loading visible "
+                f"{1e3 * visible:.3f} ms per step")
 
     shape = f"{batch_size}x{frames}x1x{size}x{size}->{frames}"
     case = f"{device.split(':')[0]}/{shape}/pool{len(pool)}(bank{len(bank_sources)})"
     reference = "simvp_small_train_step"
-    rows = [{"benchmark": "loader", "case": f"loader/warm/{case}", "value": batch_size / warm, "unit": "samples/s",
+    rows = [{"benchmark": "loader", "case": f"serial/warm/{case}", "value": batch_size / warm, "unit": "samples/s",
              "reference": reference, "reference_value": batch_size / step, "ratio": step / warm}]
+    if loop is not None:
+        rows.append({"benchmark": "loader", "case": f"training/warm/{case}", "value": batch_size / visible,
+                     "unit": "samples/s", "reference": "simvp_small_train_step_alone",
+                     "reference_value": batch_size / alone, "ratio": alone / visible})
     if cold is not None:
-        rows.append({"benchmark": "loader", "case": f"loader/cold/{case}", "value": batch_size / cold,
+        rows.append({"benchmark": "loader", "case": f"serial/cold/{case}", "value": batch_size / cold,
                      "unit": "samples/s", "reference": reference, "reference_value": batch_size / step,
                      "ratio": step / cold})
     if growth is not None:

@@ -8,20 +8,27 @@
 # published V100 TaxiBJ FPS), backbones.csv (training samples/s at the reference size, against SimVP
 # and the plain timm/torch references), saliency.csv, loader.csv, bank.csv.
 #
-# Python: a fresh venv (NUWA_GPU_VENV, default /tmp/nuwa-gpu-venv) with torch==2.14.1,
-# torchvision==0.29.1 and `pip install -e .`; where that fails (no route to the package index, say),
-# the current python3 if it has torch, with this checkout on PYTHONPATH (the benchmarks below need
-# torch, timm, numpy and pandas only; bank wants numba and xarray). torch.txt says which was used.
+# Python: NUWA_GPU_PYTHON if set (with this checkout on PYTHONPATH); else a fresh venv (NUWA_GPU_VENV,
+# default /tmp/nuwa-gpu-venv) with torch==2.14.1, torchvision==0.29.1 and `pip install -e .`; where
+# that fails (no route to the package index, say), the current python3 if it has torch, with this
+# checkout on PYTHONPATH (the benchmarks below need torch, timm, numpy and pandas; bank and loader
+# want numba, xarray and netCDF4). torch.txt says which was used.
+# NUWA_GPU_BENCHES: which to run (default "backbones_openstl backbones saliency loader bank").
 set -u
 out=${1:?usage: bash workflow/scripts/gpu_bench.sh OUTDIR}
 mkdir -p "$out"
 log="$out/bench.log"
 : >"$log"
 venv=${NUWA_GPU_VENV:-/tmp/nuwa-gpu-venv}
+benches=${NUWA_GPU_BENCHES:-backbones_openstl backbones saliency loader bank}
 
 py=""
-echo "== setup: venv $venv with torch==2.14.1 torchvision==0.29.1 and nuwa" | tee -a "$log"
-if python3 -m venv "$venv" >>"$log" 2>&1 \
+echo "== setup" | tee -a "$log"
+if [ -n "${NUWA_GPU_PYTHON:-}" ]; then
+    py=$NUWA_GPU_PYTHON
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    used="NUWA_GPU_PYTHON=$py, nuwa from $PWD on PYTHONPATH"
+elif python3 -m venv "$venv" >>"$log" 2>&1 \
     && timeout 240 "$venv/bin/pip" install -q --timeout 10 --retries 1 torch==2.14.1 torchvision==0.29.1 >>"$log" 2>&1 \
     && timeout 120 "$venv/bin/pip" install -q --timeout 10 --retries 1 -e . >>"$log" 2>&1; then
     py="$venv/bin/python"
@@ -53,10 +60,15 @@ bench() {  # bench SECONDS NAME CSV [options...]
         || echo "   nuwa bench $name failed or timed out (exit $?)" | tee -a "$log"
 }
 
-bench 120 backbones backbones_openstl.csv --openstl --device cuda
-bench 150 backbones backbones.csv --device cuda --sizes reference
-# written by others at the same time: their failure must not stop the rest
-bench 60 saliency saliency.csv --device cuda || true
-bench 60 loader loader.csv --device cuda || true
-bench 60 bank bank.csv || true
+for name in $benches; do
+    case $name in
+        backbones_openstl) bench 120 backbones backbones_openstl.csv --openstl --device cuda ;;
+        backbones) bench 150 backbones backbones.csv --device cuda --sizes reference ;;
+        saliency) bench 60 saliency saliency.csv --device cuda --repeats 10 ;;
+        # the training-loop case at GPU speed (steps of about 12 ms): many short rounds, best kept
+        loader) bench 120 loader loader.csv --device cuda --loop-steps 50 --rounds 10 ;;
+        bank) bench 60 bank bank.csv ;;
+        *) echo "unknown benchmark $name" | tee -a "$log" ;;
+    esac
+done
 echo "== done: $out" | tee -a "$log"
