@@ -39,23 +39,31 @@ def normalise_per_step(importance: torch.Tensor) -> torch.Tensor:
     """Min-max over the patch axis (last); a step with equal importances maps to zeros."""
     import torch
 
-    low = importance.amin(dim=-1, keepdim=True)
-    high = importance.amax(dim=-1, keepdim=True)
+    low, high = torch.aminmax(importance, dim=-1, keepdim=True)
     span = high - low
-    return torch.where(span > 0, (importance - low) / torch.where(span > 0, span, 1), torch.zeros_like(importance))
+    # where all are equal, importance - low is 0 everywhere: dividing by 1 gives the zeros (few
+    # kernels: on a GPU this pass is bound by launches, not arithmetic)
+    return (importance - low).div_(span.masked_fill_(span <= 0, 1))
 
 
 def environment_count(num_patches: int, environment_ratio: float) -> int:
     return int(np.floor(environment_ratio * num_patches))
 
 
-def causal_mask(importance: np.ndarray, environment_ratio: float) -> np.ndarray:
+def causal_mask(importance: np.ndarray | torch.Tensor, environment_ratio: float) -> np.ndarray | torch.Tensor:
     """1 = causal, 0 = environmental: the ⌊ρ·L⌋ smallest of each step (over the last axis).
 
-    Ties are broken by patch order (stable sort), so the mask is a function of the values.
+    Ties are broken by patch order (stable sort), so the mask is a function of the values. A
+    torch tensor gets an int8 tensor on its own device (sorted there: no copy to the host first).
     """
     num_patches = importance.shape[-1]
     count = environment_count(num_patches, environment_ratio)
+    if not isinstance(importance, np.ndarray):
+        import torch
+
+        order = torch.argsort(importance, dim=-1, stable=True)
+        mask = torch.ones(importance.shape, dtype=torch.int8, device=importance.device)
+        return mask.scatter_(-1, order[..., :count], 0)
     order = np.argsort(importance, axis=-1, kind="stable")
     mask = np.ones(importance.shape, dtype=np.int8)
     np.put_along_axis(mask, order[..., :count], 0, axis=-1)

@@ -68,21 +68,27 @@ class UpstreamViT(nn.Module):
         block must still run, the block's output is formed from those same weights (as timm's
         ``Block``/``Attention`` do). Nothing runs after the last chosen block's weights: not its
         projection or MLP, no later block, no head. The weights are formed ``chunk_bytes`` at a
-        time (a few (frame, head) maps), so no (B*T, heads, L, L) tensor is kept.
+        time (the maps of a few frames, at least one frame's), so no (B*T, heads, L, L) tensor
+        is kept. Each chunk is summed over heads and queries in one reduction and the mean is
+        taken once at the end: on a GPU, at this model's size, the pass is bound by kernel
+        launches, so each kernel saved counts.
         """
         chosen = chosen_layers(layers, len(self.blocks))
         if chunk_bytes is None:
             chunk_bytes = ATTENTION_CHUNK_BYTES.get(x.device.type, ATTENTION_CHUNK_BYTES["cuda"])
         tokens = self.tokens(x)
-        total = None
+        total, divisor = None, 1
         for index, block in enumerate(self.blocks[: chosen[-1] + 1]):
             if index not in chosen:
                 tokens = block(tokens)
                 continue
-            importance, tokens = _block_with_importance(block, tokens, need_output=index < chosen[-1],
-                                                        chunk_bytes=chunk_bytes)
-            total = importance if total is None else total.add_(importance)
-        return total.div_(len(chosen))
+            sums, terms, tokens = _block_with_importance(block, tokens, need_output=index < chosen[-1],
+                                                         chunk_bytes=chunk_bytes)
+            if total is None:
+                total, divisor = sums, terms
+            else:  # blocks of one model have the same heads and tokens: the same number of terms
+                total.add_(sums, alpha=divisor / terms)
+        return total.div_(divisor * len(chosen))
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor, layers: list[int]) -> torch.Tensor:
@@ -119,12 +125,13 @@ def chosen_layers(layers: list[int], depth: int) -> list[int]:
 
 
 def _block_with_importance(block: nn.Module, tokens: torch.Tensor, need_output: bool,
-                           chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           chunk_bytes: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """One timm ``Block`` with its attention weights made explicit, once.
 
-    Returns the column importance (B, L) of its softmax weights and, if ``need_output``, the
-    block's output, computed as timm 1.0's ``Block.forward`` and ``Attention.forward`` (unfused
-    branch, no mask) do; otherwise ``None`` and nothing after the weights is run.
+    Returns the column sums (B, L) of its softmax weights over heads and queries, the number of
+    terms in each (heads x L: the column importance is sums / terms) and, if ``need_output``,
+    the block's output, computed as timm 1.0's ``Block.forward`` and ``Attention.forward``
+    (unfused branch, no mask) do; otherwise ``None`` and nothing after the weights is run.
     """
     if type(block) is not Block or type(block.attn) is not Attention:
         raise TypeError(f"the explicit path follows timm's Block/Attention, not {type(block).__name__}/"
@@ -137,21 +144,20 @@ def _block_with_importance(block: nn.Module, tokens: torch.Tensor, need_output: 
     qkv = attention.qkv(x).reshape(batch, count, 3, heads, head_dim).permute(2, 0, 3, 1, 4).contiguous()
     q, k, v = qkv.unbind(0)
     q, k = attention.q_norm(q), attention.k_norm(k)
-    q, k, v = (t.reshape(batch * heads, count, head_dim) for t in (q * attention.scale, k, v))
-    column_sums = x.new_empty(batch * heads, count)
-    mixed = x.new_empty(batch * heads, count, head_dim) if need_output else None
-    rows = max(1, chunk_bytes // (count * count * x.element_size()))
-    for start in range(0, batch * heads, rows):
-        part = slice(start, start + rows)
-        weights = torch.bmm(q[part], k[part].transpose(-2, -1)).softmax(dim=-1)
-        torch.sum(weights, dim=-2, out=column_sums[part])
+    q = q * attention.scale
+    column_sums = x.new_empty(batch, count)
+    mixed = x.new_empty(batch, heads, count, head_dim) if need_output else None
+    frames = max(1, chunk_bytes // (heads * count * count * x.element_size()))
+    for start in range(0, batch, frames):
+        part = slice(start, start + frames)
+        weights = torch.matmul(q[part], k[part].transpose(-2, -1)).softmax(dim=-1)
+        torch.sum(weights, dim=(1, 2), out=column_sums[part])  # over heads and queries at once
         if need_output:
-            torch.bmm(attention.attn_drop(weights), v[part], out=mixed[part])
+            torch.matmul(attention.attn_drop(weights), v[part], out=mixed[part])
         del weights
-    importance = column_sums.view(batch, heads, count).sum(dim=1).div_(heads * count)
     if not need_output:
-        return importance, None
-    out = mixed.view(batch, heads, count, head_dim).transpose(1, 2).reshape(batch, count, attention.attn_dim)
+        return column_sums, heads * count, None
+    out = mixed.transpose(1, 2).reshape(batch, count, attention.attn_dim)
     out = attention.norm(out)
     gate = getattr(attention, "gate", None)
     if gate is not None:
@@ -159,7 +165,7 @@ def _block_with_importance(block: nn.Module, tokens: torch.Tensor, need_output: 
     out = attention.proj_drop(attention.proj(out))
     tokens = tokens + block.drop_path1(block.ls1(out))
     tokens = tokens + block.drop_path2(block.ls2(block.mlp(block.norm2(tokens))))
-    return importance, tokens
+    return column_sums, heads * count, tokens
 
 
 def _attention_weights(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,35 @@ def test_hand_built_attention_one_dominant_key():
     assert importance.max().item() == 1.0 and importance.min().item() == 0.0
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_masks_sorted_by_torch_on_the_device_equal_numpys_ties_included(device):
+    rng = np.random.default_rng(5)
+    importance = rng.random((6, 4, 16)).astype(np.float32)
+    importance[0, 0] = 0.5  # all tied: the first ⌊ρ·L⌋ patches are environmental
+    importance[1, :, ::2] = importance[1, :, 1::2]  # pairs of ties
+    importance = np.round(importance, 1)  # many ties everywhere
+    for ratio in (0.25, 0.5, 0.1):
+        expected = causal_mask(importance, ratio)
+        result = causal_mask(torch.from_numpy(importance).to(device), ratio)
+        assert result.dtype == torch.int8 and result.device.type == device
+        np.testing.assert_array_equal(result.cpu().numpy(), expected)
+    assert (causal_mask(importance, 0.25)[0, 0] == [0] * 4 + [1] * 12).all()
+
+
+def test_per_step_min_max_against_numpy_and_equal_steps_give_zeros():
+    rng = np.random.default_rng(3)
+    values = rng.random((4, 3, 9)).astype(np.float32)
+    values[1, 2] = 0.25  # a step whose patches are all equally important
+    values[3, 0] = 0.0
+    low, high = values.min(axis=-1, keepdims=True), values.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.where(high > low, (values - low) / (high - low), 0).astype(np.float32)
+    result = normalise_per_step(torch.from_numpy(values.copy())).numpy()
+    np.testing.assert_array_equal(result, expected)
+    assert (result[1, 2] == 0).all() and (result[3, 0] == 0).all()
+
+
 @pytest.mark.parametrize("ratio,patches", [(0.25, 16), (0.3, 16), (0.5, 9), (0.1, 4), (0.99, 64)])
 def test_number_of_environmental_patches_is_floor_ratio_times_patches(ratio, patches):
     rng = np.random.default_rng(1)

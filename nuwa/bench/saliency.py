@@ -4,8 +4,10 @@ The measured case is the whole saliency pass of one batch of windows (B, T, C, H
 ``nuwa saliency`` runs it: :meth:`nuwa.upstream.UpstreamViT.column_importance` (fused blocks
 up to the first chosen layer; each chosen layer's softmax weights formed once and reduced to
 the column importance at once; nothing after the last chosen layer's weights), then
-:func:`nuwa.saliency.normalise_per_step`, the copy to host memory, and the causal masks of
-:func:`nuwa.saliency.causal_mask` (``⌊ρ·L⌋`` environmental patches per step).
+:func:`nuwa.saliency.normalise_per_step`, the causal masks of :func:`nuwa.saliency.causal_mask`
+(``⌊ρ·L⌋`` environmental patches per step, a stable sort on the scores' device: the same masks
+as the numpy sort that ``nuwa saliency`` runs on its CPU scores, tested) and the copy of scores
+and masks to host memory.
 
 Reference, measured in the same run on the same batch and model: ``forward``, a plain
 ``torch.no_grad()`` forward of the model (timm's fused attention, every block, the final norm
@@ -74,13 +76,13 @@ def run(args, progress) -> list[dict]:
 
 
 def saliency_pass(model, inputs, layers: list[int], environment_ratio: float):
-    """What ``nuwa saliency`` does to one batch: importance, per-step min-max, host copy, masks."""
+    """What ``nuwa saliency`` does to one batch: importance, per-step min-max, masks, host copy."""
     from nuwa.saliency import causal_mask, normalise_per_step
 
     batch, frames = inputs.shape[:2]
     scores = normalise_per_step(model.column_importance(inputs, layers)).reshape(batch, frames, -1)
-    scores = scores.cpu().numpy()
-    return scores, causal_mask(scores, environment_ratio)
+    mask = causal_mask(scores, environment_ratio)  # where the scores are: no round trip to sort on the host
+    return scores.cpu().numpy(), mask.cpu().numpy()
 
 
 def benchmark_case(label: str, spec, layers: list[int], *, batch_size: int, frames: int, channels: int,
