@@ -97,6 +97,9 @@ def _atomic_write(path: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        from nuwa.resources import refuse_output_over_memory_limit
+
+        refuse_output_over_memory_limit(path)
         with open(tmp, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(tmp, path)

@@ -102,14 +102,32 @@ def tree_rss_bytes(process) -> int:
     return total
 
 
+class MemoryLimitExceeded(KeyboardInterrupt):
+    """The watchdog's interrupt, raised again where an output would be published: a library's
+    clean-up may have swallowed the first one and let the stage run on to its end."""
+
+
+_ACTIVE_WATCH: MemoryWatch | None = None  # the job's watchdog, while it runs
+
+
+def refuse_output_over_memory_limit(path: str | Path) -> None:
+    """Raise :class:`MemoryLimitExceeded` if this job went over its declared memory: called by
+    :func:`nuwa.io.atomic_path` before it moves a finished file into place, so that a job over
+    its limit publishes nothing more, even where the watchdog's interrupt was swallowed."""
+    watch = _ACTIVE_WATCH
+    if watch is not None and watch.exceeded:
+        raise MemoryLimitExceeded(f"{path}: not written: {watch.message()}")
+
+
 class MemoryWatch:
     """Watchdog of a job's resident memory (its process tree) against ``limit_mb``.
 
     Past the limit: the children are killed, the main thread is interrupted (so that
     :func:`nuwa.io.atomic_path` removes its temporary file) and :attr:`exceeded` is set; the
-    caller reports :meth:`message`. Should the main thread not return to Python within
-    ``grace`` seconds (stuck in a long C call), the watchdog prints the message and ends the
-    process itself (exit status 2).
+    caller reports :meth:`message`. Should the interrupt be swallowed, no output is published
+    after it (:func:`refuse_output_over_memory_limit`). Should the main thread not return to
+    Python within ``grace`` seconds (stuck in a long C call), the watchdog prints the message
+    and ends the process itself (exit status 2).
     """
 
     def __init__(self, limit_mb: int, stage: str, rule: str | None = None, interval: float = 0.05,
@@ -153,13 +171,17 @@ class MemoryWatch:
             return
 
     def __enter__(self) -> MemoryWatch:
+        global _ACTIVE_WATCH
         self.peak = tree_rss_bytes(self._process)
+        _ACTIVE_WATCH = self
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        global _ACTIVE_WATCH
         self._stop.set()
         self._thread.join()
+        _ACTIVE_WATCH = None
 
 
 def watch_memory(limit_mb: int | None, stage: str, rule: str | None = None):

@@ -123,6 +123,28 @@ def test_a_job_over_its_declared_mem_mb_is_stopped_and_named(tmp_path):
     assert ok.returncode == 0 and out.exists(), ok.stderr
 
 
+def test_a_job_whose_memory_interrupt_was_swallowed_publishes_no_output(tmp_path):
+    """Seen twice (CI, the suite): a library's clean-up swallowed the watchdog's interrupt and the
+    ingest ran on to its end. Once the watch has seen the job over its limit, an output that is
+    finished is still not moved into place: no file, no temporary left, the interrupt raised."""
+    from nuwa.io import atomic_path
+    from nuwa.resources import MemoryLimitExceeded, MemoryWatch
+
+    out = tmp_path / "data.nc"
+    with MemoryWatch(10**6, "ingest", "ingest") as watch:
+        with atomic_path(tmp_path / "before.nc") as tmp:
+            tmp.write_text("written within the limit")
+        watch.exceeded = True  # what the watchdog sets past the limit; its interrupt was swallowed
+        with pytest.raises(MemoryLimitExceeded, match=r"data.nc: not written: job exceeded its declared mem_mb"):
+            with atomic_path(out) as tmp:
+                tmp.write_text("finished after the interrupt")
+    assert (tmp_path / "before.nc").exists()
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    with atomic_path(out) as tmp:  # the watch has ended: writes go through again
+        tmp.write_text("x")
+    assert out.read_text() == "x"
+
+
 def test_snakemake_passes_each_rules_mem_mb_to_nuwa(tmp_path):
     """A rule's declared mem_mb, lowered with --set-resources, stops its job with the message."""
     directory = make_workdir(tmp_path)
