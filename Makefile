@@ -25,7 +25,8 @@ run: install
 dvc-repro: install
 	dvc repro
 
-# two workers on two cores, a file at a time each; files with end-to-end tests go first
-# (tests/conftest.py), so that no minutes-long file starts last and runs alone
+# two workers on two cores, a file at a time each, in the order tests/conftest.py gives (the
+# longest files first, so that no minutes-long file starts last and runs alone; xdist would
+# otherwise reorder files by their number of tests)
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=15

@@ -40,10 +40,9 @@ def normalise_per_step(importance: torch.Tensor) -> torch.Tensor:
     import torch
 
     low, high = torch.aminmax(importance, dim=-1, keepdim=True)
-    span = high - low
-    # where all are equal, importance - low is 0 everywhere: dividing by 1 gives the zeros (few
-    # kernels: on a GPU this pass is bound by launches, not arithmetic)
-    return (importance - low).div_(span.masked_fill_(span <= 0, 1))
+    # where all are equal, 0 / 0 is NaN: those steps are zeros (few kernels: on a GPU this pass
+    # is bound by launches, not arithmetic; a finite span gives no other NaN or infinity)
+    return (importance - low).div_(high.sub_(low)).nan_to_num_(nan=0.0)
 
 
 def environment_count(num_patches: int, environment_ratio: float) -> int:

@@ -83,12 +83,16 @@ class TrainingPool:
     def __len__(self) -> int:
         return len(self.sources)
 
-    def batch(self, rows: torch.Tensor, pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, rows: torch.Tensor, pin_memory: bool = False,
+              nogil: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of the pool's ``rows``, normalised, in the order given.
 
         Row by row: a window is a contiguous block of the normalised series (one copy), a bank
         row one positioned read from the bank file into the batch, normalised there.
         ``pin_memory``: the batch is built in page-locked memory (for an asynchronous GPU copy).
+        ``nogil``: the whole batch in one compiled call that holds no GIL
+        (:mod:`nuwa.batchkernel`; the same bytes) where it can be (a contiguous bank file, or
+        none, and float32 statistics), for a loader thread beside a Python-bound step.
         """
         rows = np.asarray(rows, dtype=np.int64)
         train, originals = self.train, len(self.starts)
@@ -98,6 +102,12 @@ class TrainingPool:
         target_batch = torch.empty((len(rows), t_out, *self.window_shape[1:]), dtype=torch.float32,
                                    pin_memory=pin_memory)
         inputs, targets = input_batch.numpy(), target_batch.numpy()
+        if nogil and self._compiled_batches():
+            from nuwa import batchkernel
+
+            batchkernel.assemble(self.bank, normalised, rows, self.sources[rows], originals, t_in, t_out,
+                                 train.series.mean, train.series.std, inputs, targets)
+            return input_batch, target_batch
         bank = [(position, row - originals) for position, row in enumerate(rows.tolist()) if row >= originals]
         if bank:
             if hasattr(self.bank, "read_into"):
@@ -113,6 +123,16 @@ class TrainingPool:
                 train.series.normalise(inputs[position], out=inputs[position])
             targets[position] = normalised[start + t_in:start + t_in + t_out]
         return input_batch, target_batch
+
+    def _compiled_batches(self) -> bool:
+        """Whether :mod:`nuwa.batchkernel` can build this pool's batches."""
+        series = self.train.series
+        bank_ok = self.bank is None or (getattr(self.bank, "contiguous", False) and self.bank.dtype == np.float32)
+        if not (bank_ok and series.mean.dtype == series.std.dtype == np.float32):
+            return False
+        from nuwa import batchkernel
+
+        return batchkernel.available()
 
 
 def check_finite_rows(rows, where: str, block_bytes: int = 8 * 2**20) -> None:
@@ -144,8 +164,10 @@ class BatchStream:
     Rows are drawn here, in the training loop's thread, from ``generator`` (a stream of its own,
     so that drawing a batch one step early moves no other draw); a background thread reads the
     next batch from the pool while the current step runs. On a GPU that batch is built in
-    page-locked memory and copied on a side CUDA stream, which the step's stream waits for, so
-    a step waits neither for the host's copies nor for the transfer (``nuwa bench loader``).
+    page-locked memory, in one call that holds no GIL (:mod:`nuwa.batchkernel`: the step, bound
+    by Python launching kernels, would otherwise trade the GIL with the loader's numpy calls),
+    and copied on a side CUDA stream, which the step's stream waits for, so a step waits neither
+    for the host's copies nor for the transfer (``nuwa bench loader``).
     :meth:`generator_state` is the generator's state before the first batch not yet handed out:
     a checkpoint saves it, and the resumed run draws that batch again. ``prefetch=False`` reads
     each batch when it is asked for (the serial loader).
@@ -166,7 +188,8 @@ class BatchStream:
         return state, rows, (self.reader.submit(self._read, rows) if self.reader else None)
 
     def _read(self, rows: torch.Tensor):
-        inputs, targets = self.pool.batch(rows, pin_memory=self.cuda)
+        # beside a GPU step (bound by Python launching kernels) the batch is built without the GIL
+        inputs, targets = self.pool.batch(rows, pin_memory=self.cuda, nogil=self.cuda and self.reader is not None)
         if not self.cuda:
             return inputs.to(self.device), targets.to(self.device), None
         with torch.cuda.stream(self.copy_stream):

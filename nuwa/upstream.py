@@ -144,13 +144,16 @@ def _block_with_importance(block: nn.Module, tokens: torch.Tensor, need_output: 
     qkv = attention.qkv(x).reshape(batch, count, 3, heads, head_dim).permute(2, 0, 3, 1, 4).contiguous()
     q, k, v = qkv.unbind(0)
     q, k = attention.q_norm(q), attention.k_norm(k)
-    q = q * attention.scale
     column_sums = x.new_empty(batch, count)
     mixed = x.new_empty(batch, heads, count, head_dim) if need_output else None
     frames = max(1, chunk_bytes // (heads * count * count * x.element_size()))
     for start in range(0, batch, frames):
         part = slice(start, start + frames)
-        weights = torch.matmul(q[part], k[part].transpose(-2, -1)).softmax(dim=-1)
+        # (q k^T) * scale in the product's own kernel (timm scales q first: equal up to rounding)
+        queries, keys = q[part].flatten(0, 1), k[part].flatten(0, 1)
+        logits = x.new_empty(len(queries), count, count).baddbmm_(queries, keys.transpose(-2, -1), beta=0,
+                                                                  alpha=attention.scale)
+        weights = logits.view(-1, heads, count, count).softmax(dim=-1)
         torch.sum(weights, dim=(1, 2), out=column_sums[part])  # over heads and queries at once
         if need_output:
             torch.matmul(attention.attn_drop(weights), v[part], out=mixed[part])

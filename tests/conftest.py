@@ -15,12 +15,25 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"
 
 
+# the files that take minutes, longest first (seconds measured in a whole `make test` run, two
+# workers: 249, 215, 106, 102)
+LONGEST_FILES = ("test_workflow.py", "test_same_bytes.py", "test_dvc_queue.py", "test_slurm.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files holding end-to-end (`slow`) tests first, in collection order otherwise: `--dist
-    loadfile` hands workers whole files in this order, so the minutes-long files start at once
-    instead of ending the run on one worker while the other idles."""
+    """The longest files first, then the other files holding end-to-end (`slow`) tests, then the
+    rest in collection order: `--dist loadfile --no-loadscope-reorder` (``make test``) hands
+    workers whole files in this order, so the minutes-long files start at once instead of ending
+    the run on one worker while the other idles (xdist's own order, by number of tests per file,
+    started the one-test DVC queue and Slurm files last)."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # a stable sort keeps the rest in order
+
+    def rank(item) -> tuple[int, int]:
+        if item.path.name in LONGEST_FILES:
+            return 0, LONGEST_FILES.index(item.path.name)
+        return (1 if item.path in slow_files else 2), 0
+
+    items.sort(key=rank)  # a stable sort keeps each file's tests, and the rest, in order
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ TINY_BENCH = {
                   "--batch-size", "2", "--min-seconds", "0.05", "--device", "cpu", "--threads", "1"],
     "dag": ["--params", str(TINY_PARAMS), "--repeats", "1"],
     "loader": ["--batch-size", "4", "--frames", "3", "--size", "16", "--bank-windows", "40", "--batches", "5",
-               "--loop-steps", "3", "--rounds", "1",
+               "--loop-steps", "3", "--rounds", "1", "--python-ops", "20",
                "--cold-batches", "2", "--min-seconds", "0.05", "--device", "cpu", "--threads", "1"],
     "saliency": ["--small", "16,2,2,16,16", "--large", "32,3,4,32,16", "--batch-size", "2", "--large-batch-size",
                  "1", "--frames", "3", "--repeats", "1", "--device", "cpu", "--threads", "1"],
@@ -29,7 +29,8 @@ TINY_BENCH = {
 REFERENCES = {
     "bank": {"authors", "memcopy", "patch_loop"},
     "dag": {"trivial_snakefile"},
-    "loader": {"simvp_small_train_step", "simvp_small_train_step_alone", "loader_peak_rss_growth"},
+    "loader": {"simvp_small_train_step", "simvp_small_train_step_alone", "python_bound_step_alone",
+               "loader_peak_rss_growth"},
     "saliency": {"forward"},
 }
 

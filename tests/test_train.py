@@ -108,7 +108,7 @@ class EagerPool:
     def __len__(self):
         return len(self.sources)
 
-    def batch(self, rows, pin_memory=False):
+    def batch(self, rows, pin_memory=False, nogil=False):
         return self.inputs[rows], self.train.targets_normalised(self.sources[rows.numpy()])
 
 
@@ -178,6 +178,53 @@ def test_lazy_pool_batches_equal_the_eager_pool_byte_for_byte(bank_files, layout
         assert lazy.bank is rows
         assert all(np.ndim(v) <= 1 for k, v in vars(lazy).items()
                    if isinstance(v, (np.ndarray, torch.Tensor)) and k != "bank")
+
+
+@pytest.mark.parametrize("bank", ["contiguous", "none"])
+def test_batches_built_without_the_gil_equal_the_numpy_path_byte_for_byte(bank_files, bank):
+    """The compiled batch (bank rows read with pread, normalised in place, windows and targets
+    copied, all in one nogil call) gives the numpy path's bytes; a chunked bank falls back."""
+    from nuwa import batchkernel
+    from nuwa.io import NetCDFRows
+
+    if not batchkernel.available():
+        pytest.skip("no pread in the C library here")
+    train = bank_files["train"]
+    with NetCDFRows(bank_files["contiguous"], "augmented") as rows:
+        pool = (train_module.TrainingPool(train, rows, bank_files["sources"]) if bank == "contiguous"
+                else train_module.TrainingPool(train))
+        assert pool._compiled_batches()
+        n = len(train)
+        generator = torch.Generator().manual_seed(3)
+        cases = [torch.randint(len(pool), (16,), generator=generator) for _ in range(20)]
+        cases += [torch.arange(len(pool)).flip(0), torch.tensor([0, len(pool) - 1, 0]), torch.tensor([n - 1])]
+        for batch_rows in cases:
+            expected, compiled = pool.batch(batch_rows), pool.batch(batch_rows, nogil=True)
+            for want, got in zip(expected, compiled):
+                assert got.shape == want.shape and got.dtype == torch.float32
+                assert got.numpy().tobytes() == want.numpy().tobytes()
+    with NetCDFRows(bank_files["chunked"], "augmented") as rows:
+        assert not train_module.TrainingPool(train, rows, bank_files["sources"])._compiled_batches()
+
+
+def test_a_bank_file_cut_short_is_an_error_naming_it_on_the_compiled_path(bank_files, tmp_path):
+    import shutil
+
+    from nuwa import batchkernel
+    from nuwa.io import DataFileError, NetCDFRows
+
+    if not batchkernel.available():
+        pytest.skip("no pread in the C library here")
+    train = bank_files["train"]
+    copy = tmp_path / "bank_copy.nc"
+    shutil.copy(bank_files["contiguous"], copy)
+    with NetCDFRows(copy, "augmented") as rows:
+        pool = train_module.TrainingPool(train, rows, bank_files["sources"])
+        last = len(pool) - 1
+        with open(copy, "r+b") as handle:  # the file shrinks under the open reader
+            handle.truncate(rows.offset + (len(rows) - 1) * rows.row_bytes + 10)
+        with pytest.raises(DataFileError, match=r"bank_copy.nc: file ends inside variable 'augmented'"):
+            pool.batch(torch.tensor([0, last]), nogil=True)
 
 
 def test_training_from_the_bank_file_gives_the_eager_pool_metrics(tiny_params, tiny_series, bank_files, monkeypatch):

@@ -21,11 +21,18 @@ is read). It then times, on ``--device``:
   bank row is read from the disk (Linux only; no row elsewhere).
 * ``training``: what loading costs the training loop of :func:`nuwa.train.train_cell`, which
   reads batch k + 1 on a thread while step k runs (:class:`nuwa.train.BatchStream`; on a GPU
-  into page-locked memory, copied on a side stream): ``--loop-steps`` steps of that loop against
+  into page-locked memory, in one call that holds no GIL, copied on a side stream):
+  ``--loop-steps`` steps of that loop against
   as many steps on one batch already on the device, alternated ``--rounds`` times, the best of
   each kept. The loading time the loop sees is (loop - steps alone), at least the time it spent
   waiting for batches; ``ratio`` = step time / that time: the goal is ``ratio >= 10`` (loading
   at most 10% of a step). Warm page cache.
+* ``contention``: the same read-ahead loader (on the host, warm cache) beside a step that is
+  bound by Python, as a GPU step is (it launches kernels; here ``--python-ops`` tiny torch
+  operations stand in for it, so this case runs on any machine): the step's time alone against
+  its added time with the loader's thread building batches beside it, for batches built by
+  the numpy path and by the compiled call that holds no GIL (:mod:`nuwa.batchkernel`, what
+  the loader uses on a GPU). ``ratio`` = step time / added time.
 * ``memory``: the bank's size on disk (MiB) against the peak resident-memory growth of the
   loader while it reads one whole epoch (every row of the pool once, shuffled, in batches;
   Linux's peak RSS, reset before the epoch) over its resident memory before the epoch, with
@@ -62,6 +69,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--loop-steps", type=int, default=10,
                         help="training-loop case: steps per timed round (default 10; 0: no such case)")
     parser.add_argument("--rounds", type=int, default=2, help="training-loop case: timed rounds (default 2)")
+    parser.add_argument("--python-ops", type=int, default=400,
+                        help="contention case: tiny torch operations per stand-in step (default 400; 0: no such case)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--keep", help="build the dataset and bank in this folder and keep them (default: a "
                                        "temporary folder)")
@@ -74,8 +83,8 @@ def run(args, progress) -> list[dict]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return benchmark(batch_size=args.batch_size, frames=args.frames, size=args.size, windows=args.bank_windows,
                      batches=args.batches, cold_batches=args.cold_batches, min_seconds=args.min_seconds,
-                     loop_steps=args.loop_steps, rounds=args.rounds, device=device, keep=args.keep, seed=args.seed,
-                     progress=progress)
+                     loop_steps=args.loop_steps, rounds=args.rounds, python_ops=args.python_ops, device=device,
+                     keep=args.keep, seed=args.seed, progress=progress)
 
 
 def build_inputs(folder, *, frames: int, size: int, windows: int, seed: int):
@@ -238,9 +247,44 @@ def training_loop_seconds(step, pool, batch_size: int, device: str, generator, l
     return best["loop"] / loop_steps, best["alone"] / loop_steps, best["wait"] / loop_steps
 
 
+def contention_seconds(pool, batch_size: int, nogil: bool, python_ops: int, steps: int = 40,
+                       rounds: int = 8) -> tuple[float, float]:
+    """(stand-in step alone, with the read-ahead loader beside it) in seconds, best of ``rounds``
+    alternated rounds: the step is ``python_ops`` tiny torch operations (bound by Python)."""
+    import torch
+
+    from nuwa.train import BatchStream
+
+    def python_bound_step(batch) -> None:
+        total = torch.zeros(4)
+        for _ in range(python_ops):
+            total = total + 1.0
+
+    class Stream(BatchStream):  # the host loader, with the GPU's choice of batch builder
+        def _read(self, rows):
+            inputs, targets = self.pool.batch(rows, nogil=nogil)
+            return inputs, targets, None
+
+    def timed(batches) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            python_bound_step(next(batches))
+        return (time.perf_counter() - started) / steps
+
+    resident = pool.batch(torch.arange(batch_size) % len(pool))
+    alone, beside = float("inf"), float("inf")
+    with Stream(pool, torch.Generator().manual_seed(0), batch_size) as stream:
+        timed(stream)  # warm-up: threads, compilation
+        for _ in range(rounds):
+            alone = min(alone, timed(iter(lambda: resident, None)))
+            beside = min(beside, timed(stream))
+    return alone, beside
+
+
 def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: int = 2048, batches: int = 200,
               cold_batches: int = 50, min_seconds: float = 2.0, loop_steps: int = 10, rounds: int = 2,
-              device: str = "cpu", keep: str | None = None, seed: int = 0, progress=None) -> list[dict]:
+              python_ops: int = 400, device: str = "cpu", keep: str | None = None, seed: int = 0,
+              progress=None) -> list[dict]:
     import contextlib
     import tempfile
     from pathlib import Path
@@ -299,6 +343,13 @@ def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: i
         train_step = simvp_step(inputs, targets, device)
         step = step_seconds(train_step, inputs, targets, device, min_seconds)
         say(f"simvp small training step: {1e3 * step:.1f} ms per batch of {batch_size}")
+        contention = {}
+        if python_ops > 0:
+            for builder, nogil in (("numpy", False), ("nogil", True)):
+                alone_here, beside = contention_seconds(pool, batch_size, nogil, python_ops)
+                contention[builder] = (alone_here, max(beside - alone_here, 1e-9))
+                say(f"python-bound step ({python_ops} tiny torch ops) {1e3 * alone_here:.3f} ms alone, "
+                    f"+{1e3 * (beside - alone_here):.3f} ms with the loader beside it ({builder} batches)")
         loop = None
         if loop_steps > 0:
             loop, alone, waited = training_loop_seconds(train_step, pool, batch_size, device, generator, loop_steps,
@@ -317,6 +368,10 @@ def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: i
         rows.append({"benchmark": "loader", "case": f"training/warm/{case}", "value": batch_size / visible,
                      "unit": "samples/s", "reference": "simvp_small_train_step_alone",
                      "reference_value": batch_size / alone, "ratio": alone / visible})
+    for builder, (alone_here, added) in contention.items():
+        rows.append({"benchmark": "loader", "case": f"contention/{builder}/python{python_ops}/{case}",
+                     "value": batch_size / added, "unit": "samples/s", "reference": "python_bound_step_alone",
+                     "reference_value": batch_size / alone_here, "ratio": alone_here / added})
     if cold is not None:
         rows.append({"benchmark": "loader", "case": f"serial/cold/{case}", "value": batch_size / cold,
                      "unit": "samples/s", "reference": reference, "reference_value": batch_size / step,

@@ -79,10 +79,15 @@ def saliency_pass(model, inputs, layers: list[int], environment_ratio: float):
     """What ``nuwa saliency`` does to one batch: importance, per-step min-max, masks, host copy."""
     from nuwa.saliency import causal_mask, normalise_per_step
 
+    import torch
+
     batch, frames = inputs.shape[:2]
     scores = normalise_per_step(model.column_importance(inputs, layers)).reshape(batch, frames, -1)
     mask = causal_mask(scores, environment_ratio)  # where the scores are: no round trip to sort on the host
-    return scores.cpu().numpy(), mask.cpu().numpy()
+    if scores.is_cuda:  # both copies queued, one wait
+        scores, mask = scores.to("cpu", non_blocking=True), mask.to("cpu", non_blocking=True)
+        torch.cuda.current_stream(inputs.device).synchronize()
+    return scores.numpy(), mask.numpy()
 
 
 def benchmark_case(label: str, spec, layers: list[int], *, batch_size: int, frames: int, channels: int,
