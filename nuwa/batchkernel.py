@@ -5,7 +5,7 @@ from the normalised series, a positioned read of a bank row, its normalisation, 
 copy). On a GPU the training step is bound by Python launching kernels, and the loader runs on
 a thread beside it (:class:`nuwa.train.BatchStream`): each of those calls hands the GIL back
 and forth with the step, which costs the step more than the copying itself (``nuwa bench
-loader``'s training case). Here the whole batch -- bank rows read with ``pread`` straight into
+loader``'s training and contention cases). Here the whole batch -- bank rows read with ``pread`` straight into
 the batch, normalised in place, original windows and targets copied -- is one call that never
 takes the GIL. The values are the same bits as the numpy path's (float32 subtract, then
 divide, per element; tested).

@@ -77,9 +77,9 @@ def run(args, progress) -> list[dict]:
 
 def saliency_pass(model, inputs, layers: list[int], environment_ratio: float):
     """What ``nuwa saliency`` does to one batch: importance, per-step min-max, masks, host copy."""
-    from nuwa.saliency import causal_mask, normalise_per_step
-
     import torch
+
+    from nuwa.saliency import causal_mask, normalise_per_step
 
     batch, frames = inputs.shape[:2]
     scores = normalise_per_step(model.column_importance(inputs, layers)).reshape(batch, frames, -1)
