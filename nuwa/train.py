@@ -170,14 +170,18 @@ class BatchStream:
     for the host's copies nor for the transfer (``nuwa bench loader``).
     :meth:`generator_state` is the generator's state before the first batch not yet handed out:
     a checkpoint saves it, and the resumed run draws that batch again. ``prefetch=False`` reads
-    each batch when it is asked for (the serial loader).
+    each batch when it is asked for (the serial loader). ``nogil`` chooses the batch builder
+    (default: the compiled one exactly when reading ahead beside a GPU step).
     """
 
     def __init__(self, pool: TrainingPool, generator: torch.Generator, batch_size: int,
-                 my_rows: slice = slice(None), device: torch.device | str = "cpu", prefetch: bool = True):
+                 my_rows: slice = slice(None), device: torch.device | str = "cpu", prefetch: bool = True,
+                 nogil: bool | None = None):
         self.pool, self.generator, self.batch_size, self.my_rows = pool, generator, batch_size, my_rows
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        # beside a GPU step (bound by Python launching kernels) the batch is built without the GIL
+        self.nogil = (self.cuda and prefetch) if nogil is None else nogil
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.reader = ThreadPoolExecutor(1, thread_name_prefix="nuwa-batches") if prefetch else None
         self.pending = None  # (generator state before the draw, rows, the read in flight or None)
@@ -188,8 +192,7 @@ class BatchStream:
         return state, rows, (self.reader.submit(self._read, rows) if self.reader else None)
 
     def _read(self, rows: torch.Tensor):
-        # beside a GPU step (bound by Python launching kernels) the batch is built without the GIL
-        inputs, targets = self.pool.batch(rows, pin_memory=self.cuda, nogil=self.cuda and self.reader is not None)
+        inputs, targets = self.pool.batch(rows, pin_memory=self.cuda, nogil=self.nogil)
         if not self.cuda:
             return inputs.to(self.device), targets.to(self.device), None
         with torch.cuda.stream(self.copy_stream):

@@ -260,11 +260,6 @@ def contention_seconds(pool, batch_size: int, nogil: bool, python_ops: int, step
         for _ in range(python_ops):
             total = total + 1.0
 
-    class Stream(BatchStream):  # the host loader, with the GPU's choice of batch builder
-        def _read(self, rows):
-            inputs, targets = self.pool.batch(rows, nogil=nogil)
-            return inputs, targets, None
-
     def timed(batches) -> float:
         started = time.perf_counter()
         for _ in range(steps):
@@ -273,7 +268,8 @@ def contention_seconds(pool, batch_size: int, nogil: bool, python_ops: int, step
 
     resident = pool.batch(torch.arange(batch_size) % len(pool))
     alone, beside = float("inf"), float("inf")
-    with Stream(pool, torch.Generator().manual_seed(0), batch_size) as stream:
+    # the host loader, with the batch builder under test (the GPU's is the nogil one)
+    with BatchStream(pool, torch.Generator().manual_seed(0), batch_size, nogil=nogil) as stream:
         timed(stream)  # warm-up: threads, compilation
         for _ in range(rounds):
             alone = min(alone, timed(iter(lambda: resident, None)))
