@@ -1,6 +1,7 @@
-"""Same params, same bytes: in two fresh checkouts (determinism), and after a run killed at
-random moments and rerun (crashes and kills). One uninterrupted run of the tiny workflow is the
-reference of both, so the suite pays for it once.
+"""Same params, same bytes: in two fresh checkouts (determinism), the second of which is killed
+at random moments and rerun (crashes and kills). The first checkout's uninterrupted run of the
+tiny workflow is the reference of both, and the second checkout's killed-and-rerun run is
+compared with it once, so the suite pays for two runs, not three.
 
 Determinism. Each "checkout" is a copy of the working tree's tracked files (`git ls-files`: the
 Snakefile, rules, profiles, dvc.yaml, ...) with the tiny params; the `nuwa` package both run is
@@ -10,7 +11,9 @@ different hash seeds, one after the other (runs at the same time on shared cache
 folder: test_concurrency.py). Every output is compared byte for byte (NetCDF, checkpoints,
 JSON, CSV, Markdown, PNG) except the `seconds` column of the two `history.csv` kinds (wall-clock
 time since the start of the run: the only timing field), which is compared with that column
-left out.
+left out. Uninterrupted runs in two folders are also compared by test_workflow.py (Snakemake's
+and DVC's); `NUWA_KILLS=0` runs the second checkout here without kills, to tell a determinism
+failure from a kill failure.
 
 Kills. `snakemake --cores 2` killed with SIGKILL (its whole process group: Snakemake and every
 running `nuwa` job) at 10 random moments across a run, then rerun, completes with every output
@@ -53,7 +56,8 @@ from conftest import REPO, TINY_PARAMS, digest, output_files, tool_env
 
 pytestmark = pytest.mark.slow
 
-KILLS = 10
+# NUWA_KILLS=0 runs the second checkout uninterrupted: the determinism cases alone
+KILLS = int(os.environ.get("NUWA_KILLS", "10"))
 SEED = int(os.environ.get("NUWA_KILL_SEED", "7031"))
 PNG_END = b"IEND\xaeB`\x82"
 TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
@@ -138,13 +142,70 @@ def reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_checkouts(reference, tmp_path_factory):
-    """The reference and a second fresh checkout, at a longer path of other names, run after it."""
-    first = reference[0]
-    second = tmp_path_factory.mktemp("second_checkout") / "somewhere" / "else"
-    second.mkdir(parents=True)
-    _uninterrupted(fresh_checkout(second))
-    return first, second
+def killed_and_rerun(reference, tmp_path_factory):
+    """A second fresh checkout, at a longer path of other names, whose run is killed at KILLS
+    random moments and rerun to the end (checked after every kill); its folder and the context
+    line that names the seed and the moments."""
+    expected_dir, duration, startup = reference
+    directory = tmp_path_factory.mktemp("second_checkout") / "somewhere" / "else"
+    directory.mkdir(parents=True)
+    fresh_checkout(directory)
+    rng = random.Random(SEED)
+    expected_count = len(output_files(expected_dir))
+    delays: list[float] = []
+
+    def context() -> str:
+        return (f"NUWA_KILL_SEED={SEED} NUWA_KILLS={KILLS}: SIGKILL {', '.join(f'{d:.2f}' for d in delays)} s after "
+                f"each run's first job started (uninterrupted run {duration:.1f} s, Snakemake start-up {startup:.2f} s)")
+
+    killed = 0
+    for attempt in range(KILLS):
+        if attempt:
+            _unlock(directory, first=attempt == 1, context=context())
+        # a moment within the work left (estimated from the outputs still missing), so that the
+        # kills spread across the whole run instead of the run ending before them
+        left = 1 - len(output_files(directory)) / expected_count
+        delays.append(rng.uniform(0.2, 1.0) * left * (duration - startup) / (KILLS - attempt))
+        with open(directory / f"snakemake.{attempt}.out", "w") as log:
+            process = _start(directory, log)
+            # counted from this run's first job, not from a fixed start-up: a start-up slowed by
+            # other work on the machine must not leave a whole run to finish before the kill
+            _wait_for_first_job(process, directory / f"snakemake.{attempt}.out")
+            try:
+                process.wait(timeout=delays[-1])
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # Snakemake and all its running jobs
+                process.wait()
+                killed += 1
+        output = (directory / f"snakemake.{attempt}.out").read_text()
+        if process.returncode != -signal.SIGKILL:
+            # the run ended before its moment: it must have completed
+            assert process.returncode == 0, f"{context()}: run {attempt} failed:\n{output}"
+            break
+        deadline = time.monotonic() + 30
+        while _group_alive(process.pid):
+            assert time.monotonic() < deadline, f"{context()}: processes of killed run {attempt} survive"
+            time.sleep(0.05)
+        _check_complete(directory, f"{context()}; after kill {attempt + 1}")
+    print(f"{context()}: {killed} kills landed")
+
+    # rerun until complete (the default profile sets rerun-incomplete)
+    if killed:
+        _unlock(directory, first=killed == 1, context=context())
+    for attempt in range(2):
+        result = subprocess.run(["snakemake", "--cores", "2"], cwd=directory, env=tool_env(), capture_output=True,
+                                text=True, timeout=max(900, 4 * duration))
+        if result.returncode == 0:
+            break
+    assert result.returncode == 0, f"{context()}: the rerun failed:\n{result.stdout}\n{result.stderr}"
+    _check_complete(directory, f"{context()}; after the rerun")
+    return directory, killed, context()
+
+
+@pytest.fixture(scope="module")
+def two_checkouts(reference, killed_and_rerun):
+    """The uninterrupted first checkout and the killed-and-rerun second one."""
+    return reference[0], killed_and_rerun[0]
 
 
 def _wait_for_first_job(process: subprocess.Popen, log: Path) -> None:
@@ -232,7 +293,8 @@ def test_two_checkouts_write_the_same_files_with_the_same_bytes(two_checkouts):
             continue
         if digest(first / name) != digest(second / name):
             different.append(name)
-    assert not different, f"same params and seed, different bytes: {different}"
+    assert not different, (f"same params and seed, different bytes: {different} (the second checkout was killed "
+                           f"{KILLS} times and rerun: NUWA_KILLS=0 reruns these cases without kills)")
 
 
 def _grid_size(directory: Path) -> tuple[int, int, int]:
@@ -286,60 +348,15 @@ def test_netcdf_files_hold_no_paths_or_creation_times(two_checkouts):
                         assert "pytest-" not in value and not value.startswith("/"), (name, key, value)
 
 
-def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_bytes(reference, tmp_path):
-    expected_dir, duration, startup = reference
-    rng = random.Random(SEED)
-    expected_count = len(output_files(expected_dir))
-    delays: list[float] = []
-
-    def context() -> str:
-        return (f"NUWA_KILL_SEED={SEED}: SIGKILL {', '.join(f'{d:.2f}' for d in delays)} s after each run's first "
-                f"job started (uninterrupted run {duration:.1f} s, Snakemake start-up {startup:.2f} s)")
-
-    directory = fresh_checkout(tmp_path)
-    killed = 0
-    for attempt in range(KILLS):
-        if attempt:
-            _unlock(directory, first=attempt == 1, context=context())
-        # a moment within the work left (estimated from the outputs still missing), so that the
-        # kills spread across the whole run instead of the run ending before them
-        left = 1 - len(output_files(directory)) / expected_count
-        delays.append(rng.uniform(0.2, 1.0) * left * (duration - startup) / (KILLS - attempt))
-        with open(directory / f"snakemake.{attempt}.out", "w") as log:
-            process = _start(directory, log)
-            # counted from this run's first job, not from a fixed start-up: a start-up slowed by
-            # other work on the machine must not leave a whole run to finish before the kill
-            _wait_for_first_job(process, directory / f"snakemake.{attempt}.out")
-            try:
-                process.wait(timeout=delays[-1])
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)  # Snakemake and all its running jobs
-                process.wait()
-                killed += 1
-        output = (directory / f"snakemake.{attempt}.out").read_text()
-        if process.returncode != -signal.SIGKILL:
-            # the run ended before its moment: it must have completed
-            assert process.returncode == 0, f"{context()}: run {attempt} failed:\n{output}"
-            break
-        deadline = time.monotonic() + 30
-        while _group_alive(process.pid):
-            assert time.monotonic() < deadline, f"{context()}: processes of killed run {attempt} survive"
-            time.sleep(0.05)
-        _check_complete(directory, f"{context()}; after kill {attempt + 1}")
-    print(f"{context()}: {killed} kills landed")
-    assert killed >= KILLS // 2, f"{context()}: only {killed} kills landed mid-run"
-
-    # rerun until complete (the default profile sets rerun-incomplete)
-    _unlock(directory, first=killed == 1, context=context())
-    for attempt in range(2):
-        result = subprocess.run(["snakemake", "--cores", "2"], cwd=directory, env=tool_env(), capture_output=True,
-                                text=True, timeout=max(900, 4 * duration))
-        if result.returncode == 0:
-            break
-    assert result.returncode == 0, f"{context()}: the rerun failed:\n{result.stdout}\n{result.stderr}"
-    _check_complete(directory, f"{context()}; after the rerun")
-
+def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_bytes(reference, killed_and_rerun):
+    """The kills landed mid-run (every visible file was complete after each: checked by the
+    fixture), and the rerun's files are the uninterrupted run's, byte for byte."""
+    if KILLS == 0:
+        pytest.skip("NUWA_KILLS=0: the second checkout ran uninterrupted")
+    expected_dir = reference[0]
+    directory, killed, context = killed_and_rerun
+    assert killed >= KILLS // 2, f"{context}: only {killed} kills landed mid-run"
     expected, got = output_files(expected_dir), output_files(directory)
-    assert got == expected, f"{context()}: files differ: extra {sorted(got - expected)}, missing {sorted(expected - got)}"
+    assert got == expected, f"{context}: files differ: extra {sorted(got - expected)}, missing {sorted(expected - got)}"
     differ = [name for name in sorted(expected) if _comparable(directory / name) != _comparable(expected_dir / name)]
-    assert not differ, f"{context()}: not byte-identical to the uninterrupted run: {differ}"
+    assert not differ, f"{context}: not byte-identical to the uninterrupted run: {differ}"
