@@ -1,7 +1,10 @@
 import hashlib
+import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,80 @@ def pytest_collection_modifyitems(config, items):
         return (1 if item.path in slow_files else 2), 0
 
     items.sort(key=rank)  # a stable sort keeps each file's tests, and the rest, in order
+
+
+def fresh_checkout(directory: Path, params_text: str | None = None) -> Path:
+    """The working tree's files under version control (uncommitted edits and new files included)
+    in ``directory``, with the tiny params (or ``params_text``). Its profiles/default (a link to
+    workflow/profiles/default, which sets rerun-incomplete) is what a user's rerun after a kill
+    picks up."""
+    # tracked files and new ones not ignored: what the next commit would hold
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        source, target = REPO / name, directory / name
+        if not source.exists() and not source.is_symlink():
+            continue  # deleted in the working tree
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(source.readlink())
+        else:
+            shutil.copy2(source, target)
+    (directory / "params.yaml").write_text(TINY_PARAMS.read_text() if params_text is None else params_text)
+    assert (directory / "profiles" / "default" / "config.yaml").is_file(), "profiles/default missing"
+    return directory
+
+
+def start_snakemake(directory: Path, log) -> subprocess.Popen:
+    """`snakemake --cores 2` in its own process group (a kill reaches its jobs too)."""
+    return subprocess.Popen(["snakemake", "--cores", "2"], cwd=directory, env=tool_env(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def uninterrupted_run(directory: Path) -> tuple[float, float]:
+    """Run the workflow to the end; its duration and Snakemake's start-up time (until the first
+    job's log folder appears)."""
+    started = time.monotonic()
+    startup = None
+    with open(directory / "snakemake.out", "w") as log:
+        process = start_snakemake(directory, log)
+        while process.poll() is None:
+            if startup is None and (directory / "logs").exists():
+                startup = time.monotonic() - started
+            time.sleep(0.02)
+    duration = time.monotonic() - started
+    assert process.returncode == 0, (directory / "snakemake.out").read_text()
+    return duration, startup or 0.0
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_tiny_run(tmp_path_factory) -> tuple[Path, float, float]:
+    """One uninterrupted `snakemake --cores 2` of the tiny config in a fresh checkout, built once
+    for the whole suite: under pytest-xdist the first worker to ask builds it (under a file lock,
+    in the temporary folder the workers share) and the others wait for it and reuse it. Read
+    only: a test that changes a run works on a copy (:func:`copy_run`). Its folder, duration and
+    Snakemake's start-up time."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above each worker's own
+    directory, done = shared / "uninterrupted_tiny_run", shared / "uninterrupted_tiny_run.json"
+    with FileLock(str(shared / "uninterrupted_tiny_run.lock")):
+        if not done.exists():  # not built, or a build that failed: (re)build it
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            duration, startup = uninterrupted_run(fresh_checkout(directory))
+            done.write_text(json.dumps({"duration": duration, "startup": startup}))
+    timing = json.loads(done.read_text())
+    return directory, timing["duration"], timing["startup"]
+
+
+def copy_run(source: Path, directory: Path) -> Path:
+    """A copy of a finished workflow folder, modification times included, that Snakemake finds
+    up to date (rules, params and inputs are recorded relative to the folder)."""
+    shutil.copytree(source, directory, symlinks=True)
+    return directory
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from conftest import REPO, digest, make_workdir, output_files, tool_env
+from conftest import REPO, copy_run, digest, make_workdir, output_files, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,10 @@ def snakemake_jobs(dry_run_output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def snakemake_run(tmp_path_factory):
-    directory = make_workdir(tmp_path_factory.mktemp("snakemake"))
-    run(["snakemake", "--cores", "2"], directory)
-    return directory
+def snakemake_run(uninterrupted_tiny_run, tmp_path_factory):
+    """The tiny config run by `snakemake --cores 2` in a fresh checkout: a copy of the suite's
+    shared run (tests here change params and run more jobs in it)."""
+    return copy_run(uninterrupted_tiny_run[0], tmp_path_factory.mktemp("snakemake") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Same params, same bytes: in two fresh checkouts (determinism), the second of which is killed
 at random moments and rerun (crashes and kills). The first checkout's uninterrupted run of the
 tiny workflow is the reference of both, and the second checkout's killed-and-rerun run is
-compared with it once, so the suite pays for two runs, not three.
+compared with it once. The first run is the suite's shared one (conftest.py's
+`uninterrupted_tiny_run`, which test_workflow.py copies), so this file pays for one run of its own.
 
 Determinism. Each "checkout" is a copy of the working tree's tracked files (`git ls-files`: the
 Snakefile, rules, profiles, dvc.yaml, ...) with the tiny params; the `nuwa` package both run is
@@ -39,7 +40,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -52,7 +52,7 @@ import torch
 import xarray as xr
 import yaml
 
-from conftest import REPO, TINY_PARAMS, digest, output_files, tool_env
+from conftest import REPO, digest, fresh_checkout, output_files, start_snakemake, tool_env, uninterrupted_run
 
 pytestmark = pytest.mark.slow
 
@@ -77,11 +77,6 @@ def _params() -> dict | None:
     return params
 
 
-def _start(directory: Path, log) -> subprocess.Popen:
-    return subprocess.Popen(["snakemake", "--cores", "2"], cwd=directory, env=tool_env(), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def _group_alive(pgid: int) -> list[int]:
     alive = []
     for process in psutil.process_iter(["pid", "status"]):
@@ -93,51 +88,21 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
-def fresh_checkout(directory: Path) -> Path:
-    """The working tree's files under version control (uncommitted edits and new files included)
-    in ``directory``, with the tiny params (or $NUWA_RELIABILITY_PARAMS). Its profiles/default
-    (a link to workflow/profiles/default, which sets rerun-incomplete) is what a user's rerun
-    after a kill picks up."""
-    # tracked files and new ones not ignored: what the next commit would hold
-    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        source, target = REPO / name, directory / name
-        if not source.exists() and not source.is_symlink():
-            continue  # deleted in the working tree
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            target.symlink_to(source.readlink())
-        else:
-            shutil.copy2(source, target)
+def _checkout(directory: Path) -> Path:
+    """A fresh checkout with the tiny params, or $NUWA_RELIABILITY_PARAMS."""
     params = _params()
-    text = TINY_PARAMS.read_text() if params is None else yaml.safe_dump(params, sort_keys=False)
-    (directory / "params.yaml").write_text(text)
-    assert (directory / "profiles" / "default" / "config.yaml").is_file(), "profiles/default missing"
-    return directory
-
-
-def _uninterrupted(directory: Path) -> tuple[float, float]:
-    """Run the workflow to the end; its duration and Snakemake's start-up time (until the first
-    job's log folder appears), over which the kill moments are spread."""
-    started = time.monotonic()
-    startup = None
-    with open(directory / "snakemake.out", "w") as log:
-        process = _start(directory, log)
-        while process.poll() is None:
-            if startup is None and (directory / "logs").exists():
-                startup = time.monotonic() - started
-            time.sleep(0.02)
-    duration = time.monotonic() - started
-    assert process.returncode == 0, (directory / "snakemake.out").read_text()
-    return duration, startup or 0.0
+    return fresh_checkout(directory, None if params is None else yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run, alone (its duration times the kills), in a first fresh checkout."""
-    directory = fresh_checkout(tmp_path_factory.mktemp("first"))
-    duration, startup = _uninterrupted(directory)
+def reference(request, tmp_path_factory):
+    """The uninterrupted run, alone (its duration times the kills), in a first fresh checkout:
+    on the tiny config, the suite's shared one (conftest's `uninterrupted_tiny_run`, which
+    test_workflow.py copies)."""
+    if _params() is None:
+        return request.getfixturevalue("uninterrupted_tiny_run")
+    directory = _checkout(tmp_path_factory.mktemp("first"))
+    duration, startup = uninterrupted_run(directory)
     return directory, duration, startup
 
 
@@ -149,7 +114,7 @@ def killed_and_rerun(reference, tmp_path_factory):
     expected_dir, duration, startup = reference
     directory = tmp_path_factory.mktemp("second_checkout") / "somewhere" / "else"
     directory.mkdir(parents=True)
-    fresh_checkout(directory)
+    _checkout(directory)
     rng = random.Random(SEED)
     expected_count = len(output_files(expected_dir))
     delays: list[float] = []
@@ -167,7 +132,7 @@ def killed_and_rerun(reference, tmp_path_factory):
         left = 1 - len(output_files(directory)) / expected_count
         delays.append(rng.uniform(0.2, 1.0) * left * (duration - startup) / (KILLS - attempt))
         with open(directory / f"snakemake.{attempt}.out", "w") as log:
-            process = _start(directory, log)
+            process = start_snakemake(directory, log)
             # counted from this run's first job, not from a fixed start-up: a start-up slowed by
             # other work on the machine must not leave a whole run to finish before the kill
             _wait_for_first_job(process, directory / f"snakemake.{attempt}.out")
