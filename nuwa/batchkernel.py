@@ -77,7 +77,7 @@ def assemble(bank, normalised: np.ndarray, rows: np.ndarray, starts: np.ndarray,
     with ``mean``/``std`` (float32, per channel)."""
     from nuwa.io import DataFileError
 
-    descriptor, offset, row_bytes = (bank._fd, bank.offset, bank.row_bytes) if bank is not None else (-1, 0, 0)
+    descriptor, offset, row_bytes = (bank.fileno(), bank.offset, bank.row_bytes) if bank is not None else (-1, 0, 0)
     failed = _assemble(descriptor, offset, row_bytes, normalised, rows, starts, originals, input_frames, output_frames,
                        mean, std, inputs, targets)
     if failed >= 0:

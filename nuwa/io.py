@@ -234,6 +234,12 @@ class NetCDFRows:
     def contiguous(self) -> bool:
         return self.offset is not None
 
+    def fileno(self) -> int:
+        """The descriptor the rows are read from with ``pread`` (a contiguous variable, open)."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: {self.variable} is not read by descriptor (chunked, or closed)")
+        return self._fd
+
     def __len__(self) -> int:
         return self.shape[0]
 
