@@ -18,23 +18,34 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = REPO / "tests" / "data" / "tiny_params.yaml"
 
 
-# the files that take minutes, longest first (seconds in a whole `make test` run, two workers,
-# 2026-12-04: 233, 159, 136, 142; the last two trade places from run to run)
-LONGEST_FILES = ("test_workflow.py", "test_same_bytes.py", "test_dvc_queue.py", "test_slurm.py")
+# Files in the order workers take them (seconds each in a whole `make test` run, two workers,
+# 2026-12-04): longest first, so that no long file starts last and runs alone while the other
+# worker idles. The first builds the suite's shared tiny run (`uninterrupted_tiny_run`), which
+# the third and fourth use: the second needs none, so the other worker does not wait for it.
+FILE_ORDER = (
+    "test_workflow.py",  # 241
+    "test_dvc_queue.py",  # 121
+    "test_same_bytes.py",  # 136
+    "test_slurm.py",  # 101
+    "test_hostile_params.py",  # 46
+    "test_concurrency.py",  # 32
+    "test_bench.py",  # 30
+    "test_resources.py",  # 27
+    "test_backbones.py",  # 26
+    "test_ingest_memory.py",  # 25
+    "test_train_kill.py",  # 22
+    "test_ddp.py",  # 21
+)
 
 
 def pytest_collection_modifyitems(config, items):
-    """The longest files first, then the other files holding end-to-end (`slow`) tests, then the
-    rest in collection order: `--dist loadfile --no-loadscope-reorder` (``make test``) hands
-    workers whole files in this order, so the minutes-long files start at once instead of ending
-    the run on one worker while the other idles (xdist's own order, by number of tests per file,
-    started the one-test DVC queue and Slurm files last)."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-
-    def rank(item) -> tuple[int, int]:
-        if item.path.name in LONGEST_FILES:
-            return 0, LONGEST_FILES.index(item.path.name)
-        return (1 if item.path in slow_files else 2), 0
+    """The files of FILE_ORDER first, in its order, then the rest in collection order:
+    `--dist loadfile --no-loadscope-reorder` (``make test``) hands workers whole files in this
+    order (xdist's own order, by number of tests per file, started the one-test DVC queue and
+    Slurm files last)."""
+    def rank(item) -> int:
+        name = item.path.name
+        return FILE_ORDER.index(name) if name in FILE_ORDER else len(FILE_ORDER)
 
     items.sort(key=rank)  # a stable sort keeps each file's tests, and the rest, in order
 
