@@ -152,9 +152,12 @@ def dask_scheduler(scheduler: str | None, threads: int = 1) -> Iterator[object]:
 
     if scheduler == "local":
         # silence_logs: a reader's error is re-raised here and reported in one line; the
-        # worker's own "Compute Failed" traceback would only repeat it
+        # worker's own "Compute Failed" traceback would only repeat it. No dashboard, and the
+        # scheduler's HTTP server (which it starts anyway) on a free port rather than 8787:
+        # ingest jobs running at once would each warn that 8787 is taken
         with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False,
-                          dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
+                          dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
+                          silence_logs=logging.CRITICAL) as cluster, \
                 Client(cluster) as client:
             yield client
         return

@@ -81,6 +81,9 @@ def test_ingest_on_an_existing_dask_cluster_and_a_local_one(tmp_path):
             out = tmp_path / f"out_{len(results)}.nc"
             result = ingest_cli(path, out)
             assert result.returncode == 0, result.stderr
+            # this test's cluster holds port 8787 (dask's default) if it was free: a job's own
+            # cluster takes a free port instead of warning that 8787 is in use
+            assert "already in use" not in result.stderr, result.stderr
             results[scheduler] = xr.open_dataset(out).load()
         # the external cluster ran the work (the other two runs never contact it)
         assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.task_prefixes)) > 0
