@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -159,6 +160,23 @@ def output_files(directory: Path) -> set[str]:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+TIMED_COLUMN = "seconds"  # wall clock in history.csv (train and pretrain): the only timing field
+
+
+def comparable(path: Path) -> str:
+    """What two runs of the same params must agree on: the file's digest; for a history.csv,
+    its text without the wall-clock column."""
+    if path.name == "history.csv":
+        import pandas as pd
+
+        frame = pd.read_csv(path)
+        assert TIMED_COLUMN in frame.columns, f"{path}: expected a {TIMED_COLUMN!r} column"
+        buffer = io.StringIO()
+        frame.drop(columns=TIMED_COLUMN).to_csv(buffer, index=False)
+        return buffer.getvalue()
+    return digest(path)
 
 
 def cli_fails_cleanly(argv: list[str], capsys, culprit: Path, *phrases: str, out: Path | None = None) -> str:

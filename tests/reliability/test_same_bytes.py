@@ -35,7 +35,6 @@ the default one, ~8 min uninterrupted here):
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -52,7 +51,7 @@ import torch
 import xarray as xr
 import yaml
 
-from conftest import REPO, digest, fresh_checkout, output_files, start_snakemake, tool_env, uninterrupted_run
+from conftest import REPO, comparable, digest, fresh_checkout, output_files, start_snakemake, tool_env, uninterrupted_run
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +60,6 @@ KILLS = int(os.environ.get("NUWA_KILLS", "10"))
 SEED = int(os.environ.get("NUWA_KILL_SEED", "7031"))
 PNG_END = b"IEND\xaeB`\x82"
 TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
-TIMED_COLUMN = "seconds"  # wall clock in history.csv (train and pretrain): the only timing field
 
 
 def _params() -> dict | None:
@@ -234,16 +232,6 @@ def _check_complete(directory: Path, context: str) -> None:
                                      f"({type(exc).__name__}: {exc})") from None
 
 
-def _comparable(path: Path) -> str:
-    if path.name == "history.csv":
-        frame = pd.read_csv(path)
-        assert TIMED_COLUMN in frame.columns, f"{path}: expected a {TIMED_COLUMN!r} column"
-        buffer = io.StringIO()
-        frame.drop(columns=TIMED_COLUMN).to_csv(buffer, index=False)
-        return buffer.getvalue()
-    return digest(path)
-
-
 def test_two_checkouts_write_the_same_files_with_the_same_bytes(two_checkouts):
     first, second = two_checkouts
     files = output_files(first)
@@ -289,7 +277,7 @@ def test_histories_agree_apart_from_wall_clock_seconds(two_checkouts):
     runs, datasets, _ = _grid_size(first)
     assert len(names) == runs + datasets  # training runs and upstream ViTs: 7 in the tiny config
     for name in names:
-        assert _comparable(first / name) == _comparable(second / name), name
+        assert comparable(first / name) == comparable(second / name), name
 
 
 def test_netcdf_files_hold_no_paths_or_creation_times(two_checkouts):
@@ -323,5 +311,5 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_bytes(refe
     assert killed >= KILLS // 2, f"{context}: only {killed} kills landed mid-run"
     expected, got = output_files(expected_dir), output_files(directory)
     assert got == expected, f"{context}: files differ: extra {sorted(got - expected)}, missing {sorted(expected - got)}"
-    differ = [name for name in sorted(expected) if _comparable(directory / name) != _comparable(expected_dir / name)]
+    differ = [name for name in sorted(expected) if comparable(directory / name) != comparable(expected_dir / name)]
     assert not differ, f"{context}: not byte-identical to the uninterrupted run: {differ}"
