@@ -1,9 +1,9 @@
 """One training batch assembled in a single compiled call that holds no GIL (numba, ``nogil``).
 
-:meth:`nuwa.train.TrainingPool.batch` builds a batch with a few numpy calls per row (a copy
+:meth:`nuwa.loader.TrainingPool.batch` builds a batch with a few numpy calls per row (a copy
 from the normalised series, a positioned read of a bank row, its normalisation, the target
 copy). On a GPU the training step is bound by Python launching kernels, and the loader runs on
-a thread beside it (:class:`nuwa.train.BatchStream`): each of those calls hands the GIL back
+a thread beside it (:class:`nuwa.loader.BatchStream`): each of those calls hands the GIL back
 and forth with the step, which costs the step more than the copying itself (``nuwa bench
 loader``'s training and contention cases). Here the whole batch -- bank rows read with ``pread`` straight into
 the batch, normalised in place, original windows and targets copied -- is one call that never

@@ -41,14 +41,14 @@ def inputs(tmp_path_factory):
     common = ["--params", str(TINY_PARAMS), "--dataset", "moving_glyphs", "--threads", "1"]
     assert cli.main(["ingest", *common, "--out", str(directory / "data.nc")]) == 0
     for variant in ("ori", "random"):
-        assert cli.main(["bank", *common, "--variant", variant, "--data", str(directory / "data.nc"),
+        assert cli.main(["bank", *common, "--variant", variant, "--seed", "0", "--data", str(directory / "data.nc"),
                          "--out", str(directory / f"bank_{variant}.nc")]) == 0
     return directory
 
 
 def train_arguments(directory, backbone, variant, out_dir, params=TINY_PARAMS):
     return ["train", "--params", str(params), "--dataset", "moving_glyphs", "--backbone", backbone,
-            "--variant", variant, "--threads", "1", "--device", "cpu", "--data", str(directory / "data.nc"),
+            "--variant", variant, "--seed", "0", "--threads", "1", "--device", "cpu", "--data", str(directory / "data.nc"),
             "--bank", str(directory / f"bank_{variant}.nc"), "--out-dir", str(out_dir)]
 
 

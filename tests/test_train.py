@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_PARAMS
+import nuwa.loader as loader_module
 import nuwa.train as train_module
 from nuwa.ingest import ingest
 from nuwa.io import write_netcdf
@@ -73,8 +74,8 @@ def test_a_checkpoint_holds_everything_a_resumed_run_draws_from(tiny_params, tin
                      train_config=dict(tiny_params["train"], steps=4, checkpoint_every=2), seed=0)
     train_module.train_cell(tiny_series, checkpoint_path=checkpoint, **arguments)
     saved = load_checkpoint(checkpoint)  # weights_only: tensors and plain containers
-    assert set(saved) == {"model", "optimiser", "scheduler", "generator", "row_generator", "rng", "world_size",
-                          "state"}
+    assert set(saved) == {"model", "optimiser", "scheduler", "generator", "rows", "rng", "world_size", "state"}
+    assert set(saved["rows"]) == {"originals", "bank"}
     assert saved["world_size"] == 1 and len(saved["rng"]) == 1
     assert set(saved["rng"][0]) == {"torch", "numpy", "python"}  # and "cuda" on a GPU
     assert set(saved["state"]) == {"step", "history", "best_val", "best_step", "best_state", "seconds"}
@@ -120,28 +121,22 @@ def bank_files(tiny_params, tiny_series, tmp_path):
     import xarray as xr
 
     from nuwa import cli
-    from nuwa.bank import bank_dataset, generate_bank
-    from nuwa.seeding import numpy_rng
     from nuwa.windows import select_dataset
 
     data = tmp_path / "glyphs.nc"  # written by tiny_series
     common = ["--params", str(TINY_PARAMS), "--dataset", "moving_glyphs", "--threads", "1", "--data", str(data)]
-    assert cli.main(["bank", *common, "--variant", "random", "--out", str(tmp_path / "bank.nc")]) == 0
-    assert cli.main(["bank", *common, "--variant", "ori", "--out", str(tmp_path / "ori.nc")]) == 0
-    config = tiny_params["datasets"]["moving_glyphs"]
-    train = select_dataset(tiny_series, config, "train")
-    settings = dict(tiny_params["bank"], **tiny_params["variants"]["random"])
-    settings.pop("method")
-    bank = generate_bank(train.inputs(train.starts), train.starts, method="random", settings=settings,
-                         patch_size=config["patch_size"], rng=numpy_rng(0, "bank", "moving_glyphs", "random"), desc="")
-    write_netcdf(bank_dataset(bank, channels=["0"], units="1", method="random", settings=settings,
-                              patch_size=config["patch_size"], dataset_name="moving_glyphs", variant="random"),
-                 tmp_path / "bank_chunked.nc")
+    assert cli.main(["bank", *common, "--variant", "random", "--seed", "0", "--out", str(tmp_path / "bank.nc")]) == 0
+    assert cli.main(["bank", *common, "--variant", "ori", "--seed", "0", "--out", str(tmp_path / "ori.nc")]) == 0
+    train = select_dataset(tiny_series, tiny_params["datasets"]["moving_glyphs"], "train")
     with xr.open_dataset(tmp_path / "bank.nc") as written:
-        values, sources = written["augmented"].values, written["source_index"].values
-    assert values.tobytes() == bank["augmented"].tobytes()  # `nuwa bank` streams the in-memory bank's values
+        written = written.load()
+    values, sources, copies = (written[name].values for name in ("augmented", "source_index", "copy"))
+    # the same values as banks were stored before: zlib-compressed chunks of a few rows
+    written.to_netcdf(tmp_path / "bank_chunked.nc", engine="netcdf4",
+                      encoding={"augmented": {"zlib": True, "complevel": 4, "contiguous": False,
+                                              "chunksizes": (4, *values.shape[1:])}})
     return {"contiguous": tmp_path / "bank.nc", "chunked": tmp_path / "bank_chunked.nc", "ori": tmp_path / "ori.nc",
-            "values": values, "sources": sources, "train": train}
+            "values": values, "sources": sources, "copies": copies, "train": train}
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "chunked", "array"])
@@ -161,7 +156,7 @@ def test_lazy_pool_batches_equal_the_eager_pool_byte_for_byte(bank_files, layout
     with (contextlib.nullcontext(bank_files["values"].copy()) if layout == "array"
           else NetCDFRows(bank_files[layout], "augmented")) as rows:
         assert layout == "array" or rows.contiguous == (layout == "contiguous")
-        lazy = train_module.TrainingPool(train, rows, bank_files["sources"])
+        lazy = loader_module.TrainingPool(train, rows, bank_files["sources"])
         assert len(lazy) == len(eager) == 2 * len(train)
         n = len(train)
         generator = torch.Generator().manual_seed(0)
@@ -191,8 +186,8 @@ def test_batches_built_without_the_gil_equal_the_numpy_path_byte_for_byte(bank_f
         pytest.skip("no pread in the C library here")
     train = bank_files["train"]
     with NetCDFRows(bank_files["contiguous"], "augmented") as rows:
-        pool = (train_module.TrainingPool(train, rows, bank_files["sources"]) if bank == "contiguous"
-                else train_module.TrainingPool(train))
+        pool = (loader_module.TrainingPool(train, rows, bank_files["sources"]) if bank == "contiguous"
+                else loader_module.TrainingPool(train))
         assert pool._compiled_batches()
         n = len(train)
         generator = torch.Generator().manual_seed(3)
@@ -204,7 +199,7 @@ def test_batches_built_without_the_gil_equal_the_numpy_path_byte_for_byte(bank_f
                 assert got.shape == want.shape and got.dtype == torch.float32
                 assert got.numpy().tobytes() == want.numpy().tobytes()
     with NetCDFRows(bank_files["chunked"], "augmented") as rows:
-        assert not train_module.TrainingPool(train, rows, bank_files["sources"])._compiled_batches()
+        assert not loader_module.TrainingPool(train, rows, bank_files["sources"])._compiled_batches()
 
 
 def test_a_bank_file_cut_short_is_an_error_naming_it_on_the_compiled_path(bank_files, tmp_path):
@@ -219,7 +214,7 @@ def test_a_bank_file_cut_short_is_an_error_naming_it_on_the_compiled_path(bank_f
     copy = tmp_path / "bank_copy.nc"
     shutil.copy(bank_files["contiguous"], copy)
     with NetCDFRows(copy, "augmented") as rows:
-        pool = train_module.TrainingPool(train, rows, bank_files["sources"])
+        pool = loader_module.TrainingPool(train, rows, bank_files["sources"])
         last = len(pool) - 1
         with open(copy, "r+b") as handle:  # the file shrinks under the open reader
             handle.truncate(rows.offset + (len(rows) - 1) * rows.row_bytes + 10)
@@ -232,7 +227,8 @@ def test_training_from_the_bank_file_gives_the_eager_pool_metrics(tiny_params, t
 
     arguments = dict(dataset_name="moving_glyphs", dataset_config=tiny_params["datasets"]["moving_glyphs"],
                      backbone_name="simvp", backbone_config=tiny_params["backbones"]["simvp"], variant="random",
-                     train_config=dict(tiny_params["train"], steps=4), seed=0, bank_sources=bank_files["sources"])
+                     train_config=dict(tiny_params["train"], steps=4), seed=0, bank_sources=bank_files["sources"],
+                     bank_copies=bank_files["copies"], mix_fraction=0.5)
     with NetCDFRows(bank_files["contiguous"], "augmented") as rows:
         _, history, metrics, _ = train_module.train_cell(tiny_series, bank_inputs=rows, **arguments)
     monkeypatch.setattr(train_module, "TrainingPool", EagerPool)
@@ -250,7 +246,7 @@ def test_an_empty_bank_file_adds_nothing_to_the_pool(bank_files):
     train = bank_files["train"]
     with NetCDFRows(bank_files["ori"], "augmented") as rows:
         assert len(rows) == 0 and rows[np.zeros(0, dtype=np.int64)].shape == (0, *rows.shape[1:])
-        pool = train_module.TrainingPool(train, rows, np.zeros(0, dtype=np.int64))
+        pool = loader_module.TrainingPool(train, rows, np.zeros(0, dtype=np.int64))
         assert len(pool) == len(train)
         inputs, _ = pool.batch(torch.tensor([0, len(train) - 1]))
         assert inputs.shape == (2, train.input_frames, 1, 16, 16)
@@ -264,11 +260,11 @@ def test_a_stale_bank_is_refused_with_a_clear_error(bank_files):
         sources = bank_files["sources"].copy()
         sources[3] = int(train.starts.max()) + 1000  # not a training window
         with pytest.raises(ValueError, match="source window is not a training window .*stale"):
-            train_module.TrainingPool(train, rows, sources)
+            loader_module.TrainingPool(train, rows, sources)
         with pytest.raises(ValueError, match="do not match this dataset's training windows.*stale"):
-            train_module.TrainingPool(train, rows, bank_files["sources"][:-1])
+            loader_module.TrainingPool(train, rows, bank_files["sources"][:-1])
     with pytest.raises(ValueError, match="do not match this dataset's training windows"):
-        train_module.TrainingPool(train, bank_files["values"][:, :, :, :8], bank_files["sources"])
+        loader_module.TrainingPool(train, bank_files["values"][:, :, :, :8], bank_files["sources"])
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -276,7 +272,7 @@ def test_a_stale_bank_is_refused_with_a_clear_error(bank_files):
 def test_the_read_ahead_stream_gives_next_batchs_batches_and_resumes_from_its_state(bank_files, device):
     """The prefetching stream hands out exactly the serial loader's batches, in order, also for a
     process's share of each batch (on a GPU: built in pinned memory, copied on a side stream); a
-    stream started from `generator_state()` (what a checkpoint saves, one batch having been read
+    stream started from `rows_state()` (what a checkpoint saves, one batch having been read
     ahead) continues with the next batch not yet handed out."""
     from nuwa.io import NetCDFRows
 
@@ -284,23 +280,116 @@ def test_the_read_ahead_stream_gives_next_batchs_batches_and_resumes_from_its_st
         assert tensor.device.type == device
         return tensor.cpu().numpy().tobytes()
 
+    def sampler(pool):
+        return loader_module.PairedRows.seeded(pool, 7, "stream", bank_copies=bank_files["copies"], mix_fraction=0.5)
+
     train = bank_files["train"]
     with NetCDFRows(bank_files["contiguous"], "augmented") as rows:
-        pool = train_module.TrainingPool(train, rows, bank_files["sources"])
+        pool = loader_module.TrainingPool(train, rows, bank_files["sources"])
         for my_rows in (slice(None), slice(2, 4)):
-            serial_generator = torch.Generator().manual_seed(7)
-            serial = [train_module.next_batch(pool, serial_generator, 6, my_rows) for _ in range(8)]
-            generator = torch.Generator().manual_seed(7)
-            with train_module.BatchStream(pool, generator, 6, my_rows, device) as stream:
+            serial_rows = sampler(pool)
+            serial = [loader_module.next_batch(pool, serial_rows, 6, my_rows) for _ in range(8)]
+            with loader_module.BatchStream(pool, sampler(pool), 6, my_rows, device) as stream:
                 for step in range(8):
                     if step == 5:
-                        saved = stream.generator_state()
+                        saved = stream.rows_state()
                     inputs, targets = next(stream)
                     assert host_bytes(inputs) == serial[step][0].numpy().tobytes(), step
                     assert host_bytes(targets) == serial[step][1].numpy().tobytes(), step
-            resumed_generator = torch.Generator()
-            resumed_generator.set_state(saved)
-            with train_module.BatchStream(pool, resumed_generator, 6, my_rows, device, prefetch=False) as resumed:
+            resumed_rows = loader_module.PairedRows.seeded(pool, 99, "other", bank_copies=bank_files["copies"],
+                                                           mix_fraction=0.5)
+            resumed_rows.set_state(saved)
+            with loader_module.BatchStream(pool, resumed_rows, 6, my_rows, device, prefetch=False) as resumed:
                 for step in range(5, 8):
                     inputs, _ = next(resumed)
                     assert host_bytes(inputs) == serial[step][0].numpy().tobytes(), step
+
+
+def cell_arguments(tiny_params, **train):
+    return dict(dataset_name="moving_glyphs", dataset_config=tiny_params["datasets"]["moving_glyphs"],
+                backbone_name="simvp", backbone_config=tiny_params["backbones"]["simvp"], variant="nuwa",
+                train_config=dict(tiny_params["train"], **train), seed=0)
+
+
+def test_a_nan_training_loss_stops_the_cell_naming_stage_cell_and_step(tiny_params, tiny_series, tmp_path,
+                                                                      monkeypatch):
+    from nuwa.errors import DivergedError
+
+    real_loss, calls = train_module.training_loss, {"n": 0}
+
+    def poisoned_loss(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train_module, "training_loss", poisoned_loss)
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(DivergedError, match=r"^train moving_glyphs/simvp/nuwa/seed0: training loss is nan at step 5 "
+                                            r"\(diverged\); nothing written$"):
+        train_module.train_cell(tiny_series, checkpoint_path=checkpoint, **cell_arguments(tiny_params, steps=8))
+    assert issubclass(DivergedError, ValueError)  # the CLI prints it as one line, exit 2
+
+
+def test_a_huge_learning_rate_diverges_with_a_clear_error(tiny_params, tiny_series):
+    from nuwa.errors import DivergedError
+
+    with pytest.raises(DivergedError, match=r"train moving_glyphs/simvp/nuwa/seed0: (training|validation) loss is "
+                                            r"(nan|inf) at step \d+ \(diverged\)"):
+        train_module.train_cell(tiny_series, **cell_arguments(tiny_params, steps=40, learning_rate=1e6, eval_every=1))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_validation_loss_never_picks_the_untrained_model(tiny_params, tiny_series, monkeypatch, value):
+    """Before, NaN < inf was false: no step was ever best, the untrained weights were evaluated with
+    best_step 0 and metrics.json held Infinity."""
+    from nuwa.errors import DivergedError
+
+    monkeypatch.setattr(train_module, "validation_loss", lambda *args, **kwargs: value)
+    with pytest.raises(DivergedError, match=rf"train moving_glyphs/simvp/nuwa/seed0: validation loss is {value} "
+                                            r"at step 3 \(diverged\); nothing written"):
+        train_module.train_cell(tiny_series, **cell_arguments(tiny_params, steps=6, eval_every=3))
+    monkeypatch.undo()
+    metrics = train_module.train_cell(tiny_series, **cell_arguments(tiny_params, steps=6, eval_every=3))[2]
+    assert metrics["best_step"] in (3, 6) and np.isfinite(metrics["best_val_loss"])
+
+
+def test_validation_windows_span_the_whole_split():
+    chosen = train_module.validation_windows(100, 8)
+    assert len(chosen) == 8 and chosen[0] == 0 and chosen[-1] == 99
+    assert np.all(np.diff(chosen) > 0) and np.all(np.diff(chosen) >= 13)  # spread, not the split's start
+    np.testing.assert_array_equal(train_module.validation_windows(5, 8), np.arange(5))
+    np.testing.assert_array_equal(train_module.validation_windows(8, 8), np.arange(8))
+    assert len(train_module.validation_windows(9, 8)) == 8
+    np.testing.assert_array_equal(train_module.validation_windows(100, 8), chosen)  # the same for every cell
+
+
+def test_validation_scores_the_spread_subset(tiny_params, tiny_series):
+    from nuwa.windows import select_dataset
+
+    val = select_dataset(tiny_series, tiny_params["datasets"]["moving_glyphs"], "val")
+    batch_size, batches = 2, 2
+    assert len(val) > batch_size * batches  # the tiny split is larger than the budget
+    chosen = train_module.validation_windows(len(val), batch_size * batches)
+    assert chosen[0] == 0 and chosen[-1] == len(val) - 1
+
+    class Zero(torch.nn.Module):
+        def forward(self, inputs):
+            return torch.zeros(inputs.shape[0], val.output_frames, *inputs.shape[2:])
+
+    targets = torch.stack([val[int(i)][2] for i in chosen])
+    expected = float(torch.sum(targets ** 2)) / targets.numel()
+    assert train_module.validation_loss(Zero(), val, batch_size, batches) == pytest.approx(expected, rel=1e-6)
+
+
+def test_model_payload_is_what_model_pt_holds(tiny_params, tmp_path):
+    from nuwa.io import load_checkpoint, save_checkpoint
+
+    backbone = tiny_params["backbones"]["simvp"]
+    model = train_module.build_model(backbone, tiny_params["datasets"]["moving_glyphs"], 1)
+    payload = train_module.model_payload(model, backbone, "moving_glyphs", "nuwa", 2)
+    assert set(payload) == {"state_dict", "backbone", "dataset", "variant", "seed"}
+    assert (payload["dataset"], payload["variant"], payload["seed"]) == ("moving_glyphs", "nuwa", 2)
+    assert payload["backbone"] == backbone and payload["backbone"] is not backbone
+    save_checkpoint(payload, tmp_path / "model.pt")
+    loaded = load_checkpoint(tmp_path / "model.pt")
+    assert all(torch.equal(loaded["state_dict"][k], v) for k, v in model.state_dict().items())

@@ -33,7 +33,7 @@ def inputs(tmp_path_factory):
     data, bank = directory / "data.nc", directory / "bank.nc"
     common = ["--params", str(TINY_PARAMS), "--dataset", "moving_glyphs", "--threads", "1"]
     assert cli.main(["ingest", *common, "--out", str(data)]) == 0
-    assert cli.main(["bank", *common, "--variant", "ori", "--data", str(data), "--out", str(bank)]) == 0
+    assert cli.main(["bank", *common, "--variant", "ori", "--seed", "0", "--data", str(data), "--out", str(bank)]) == 0
     return data, bank
 
 
@@ -46,7 +46,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(inputs, tmp_path
     data, bank = inputs
 
     def command(out_dir):
-        return ["nuwa", "train", *common, "--backbone", "simvp", "--variant", "ori", "--device", "cpu",
+        return ["nuwa", "train", *common, "--backbone", "simvp", "--variant", "ori", "--seed", "0", "--device", "cpu",
                 "--data", str(data), "--bank", str(bank), "--out-dir", str(out_dir)]
 
     reference = tmp_path / "uninterrupted"
@@ -106,7 +106,7 @@ def test_a_checkpoint_resumes_under_torchrun(inputs, tmp_path, monkeypatch):
     """Interrupted in one process after the checkpoint of step 3 of 6, finished by two (gloo)."""
     data, bank = inputs
     arguments = ["train", "--params", str(TINY_PARAMS), "--dataset", "moving_glyphs", "--backbone", "convlstm",
-                 "--variant", "ori", "--threads", "1", "--device", "cpu", "--data", str(data), "--bank", str(bank)]
+                 "--variant", "ori", "--seed", "0", "--threads", "1", "--device", "cpu", "--data", str(data), "--bank", str(bank)]
     reference, out = tmp_path / "uninterrupted", tmp_path / "resumed"
     assert cli.main([*arguments, "--out-dir", str(reference)]) == 0
 

@@ -8,9 +8,10 @@ drawn at random instead of computed by an upstream ViT: the bank's values do not
 is read). It then times, on ``--device``:
 
 * ``serial``: the loader of a +Nuwa cell read without overlap -- a
-  :class:`nuwa.train.TrainingPool` over the original training windows plus the bank file, read
-  per batch (:class:`nuwa.io.NetCDFRows`), ``--batch-size`` rows drawn at random by
-  :func:`nuwa.train.next_batch`, inputs and targets normalised and moved to the device -- in
+  :class:`nuwa.loader.TrainingPool` over the original training windows plus the bank file, read
+  per batch (:class:`nuwa.io.NetCDFRows`), ``--batch-size`` rows drawn by
+  :func:`nuwa.loader.next_batch` (:class:`nuwa.loader.PairedRows`, ``--mix-fraction`` of them
+  from the bank), inputs and targets normalised and moved to the device -- in
   samples per second, against one training step of SimVP (``create_backbone("simvp",
   size="small")``) on a batch of the same size and shape (forward, MSE loss
   (:func:`nuwa.methods.training_loss`), backward, Adam step, the loss read back as
@@ -20,7 +21,7 @@ is read). It then times, on ``--device``:
   the page cache (``posix_fadvise(DONTNEED)``, untimed) before each timed batch, so that every
   bank row is read from the disk (Linux only; no row elsewhere).
 * ``training``: what loading costs the training loop of :func:`nuwa.train.train_cell`, which
-  reads batch k + 1 on a thread while step k runs (:class:`nuwa.train.BatchStream`; on a GPU
+  reads batch k + 1 on a thread while step k runs (:class:`nuwa.loader.BatchStream`; on a GPU
   into page-locked memory, in one call that holds no GIL, copied on a side stream):
   ``--loop-steps`` steps of that loop against
   as many steps on one batch already on the device, alternated ``--rounds`` times, the best of
@@ -74,6 +75,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--keep", help="build the dataset and bank in this folder and keep them (default: a "
                                        "temporary folder)")
+    parser.add_argument("--mix-fraction", type=float, default=0.5,
+                        help="share of each batch drawn from the bank (default 0.5, as params.yaml bank)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -84,7 +87,7 @@ def run(args, progress) -> list[dict]:
     return benchmark(batch_size=args.batch_size, frames=args.frames, size=args.size, windows=args.bank_windows,
                      batches=args.batches, cold_batches=args.cold_batches, min_seconds=args.min_seconds,
                      loop_steps=args.loop_steps, rounds=args.rounds, python_ops=args.python_ops, device=device,
-                     keep=args.keep, seed=args.seed, progress=progress)
+                     keep=args.keep, seed=args.seed, mix_fraction=args.mix_fraction, progress=progress)
 
 
 def build_inputs(folder, *, frames: int, size: int, windows: int, seed: int):
@@ -116,7 +119,7 @@ def build_inputs(folder, *, frames: int, size: int, windows: int, seed: int):
                 "exclude_causal_neighbours": True, "chunk_size": 256}
     write_bank(bank, LazyWindows(lambda a, b: train.inputs(starts[a:b]), (len(starts), frames, 1, size, size)),
                starts, method="saliency", settings=settings, patch_size=config["patch_size"],
-               rng=np.random.default_rng(seed + 1), importance=importance, channels=["0"], units="1",
+               seed=seed, importance=importance, channels=["0"], units="1", std=series.std,
                dataset_name="loader", variant="nuwa", desc="")
     return data, bank, config
 
@@ -161,9 +164,10 @@ def _drop_from_page_cache(path) -> bool:
     return True
 
 
-def loader_seconds(pool, batch_size: int, batches: int, device: str, generator, before_batch=None) -> float:
-    """Seconds per batch of the training loader: rows drawn, read, normalised, moved to the device."""
-    from nuwa.train import next_batch
+def loader_seconds(pool, batch_size: int, batches: int, device: str, rows, before_batch=None) -> float:
+    """Seconds per batch of the training loader: rows drawn (``rows``, a :class:`nuwa.loader.PairedRows`),
+    read, normalised, moved to the device."""
+    from nuwa.loader import next_batch
 
     total = 0.0
     for _ in range(batches):
@@ -171,7 +175,7 @@ def loader_seconds(pool, batch_size: int, batches: int, device: str, generator, 
             before_batch()
         _synchronise(device)
         started = time.perf_counter()
-        inputs, targets = next_batch(pool, generator, batch_size)
+        inputs, targets = next_batch(pool, rows, batch_size)
         inputs, targets = inputs.to(device), targets.to(device)
         _synchronise(device)
         total += time.perf_counter() - started
@@ -216,14 +220,14 @@ def step_seconds(step, inputs, targets, device: str, min_seconds: float) -> floa
     return (time.perf_counter() - started) / steps
 
 
-def training_loop_seconds(step, pool, batch_size: int, device: str, generator, loop_steps: int,
+def training_loop_seconds(step, pool, batch_size: int, device: str, rows, loop_steps: int,
                           rounds: int) -> tuple[float, float, float]:
     """(loop, steps alone, waiting) seconds per step: the training loop with its read-ahead
     loader against the same steps on one resident batch, alternated ``rounds`` times (best kept)."""
-    from nuwa.train import BatchStream
+    from nuwa.loader import BatchStream
 
     best = {"loop": float("inf"), "alone": float("inf"), "wait": float("inf")}
-    with BatchStream(pool, generator, batch_size, device=device) as stream:
+    with BatchStream(pool, rows, batch_size, device=device) as stream:
         resident = next(stream)
         for _ in range(2):  # warm-up
             step(*next(stream))
@@ -247,13 +251,13 @@ def training_loop_seconds(step, pool, batch_size: int, device: str, generator, l
     return best["loop"] / loop_steps, best["alone"] / loop_steps, best["wait"] / loop_steps
 
 
-def contention_seconds(pool, batch_size: int, nogil: bool, python_ops: int, steps: int = 40,
+def contention_seconds(pool, rows, batch_size: int, nogil: bool, python_ops: int, steps: int = 40,
                        rounds: int = 8) -> tuple[float, float]:
     """(stand-in step alone, with the read-ahead loader beside it) in seconds, best of ``rounds``
     alternated rounds: the step is ``python_ops`` tiny torch operations (bound by Python)."""
     import torch
 
-    from nuwa.train import BatchStream
+    from nuwa.loader import BatchStream
 
     def python_bound_step(batch) -> None:
         total = torch.zeros(4)
@@ -269,7 +273,7 @@ def contention_seconds(pool, batch_size: int, nogil: bool, python_ops: int, step
     resident = pool.batch(torch.arange(batch_size) % len(pool))
     alone, beside = float("inf"), float("inf")
     # the host loader, with the batch builder under test (the GPU's is the nogil one)
-    with BatchStream(pool, torch.Generator().manual_seed(0), batch_size, nogil=nogil) as stream:
+    with BatchStream(pool, rows, batch_size, nogil=nogil) as stream:
         timed(stream)  # warm-up: threads, compilation
         for _ in range(rounds):
             alone = min(alone, timed(iter(lambda: resident, None)))
@@ -280,7 +284,7 @@ def contention_seconds(pool, batch_size: int, nogil: bool, python_ops: int, step
 def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: int = 2048, batches: int = 200,
               cold_batches: int = 50, min_seconds: float = 2.0, loop_steps: int = 10, rounds: int = 2,
               python_ops: int = 400, device: str = "cpu", keep: str | None = None, seed: int = 0,
-              progress=None) -> list[dict]:
+              mix_fraction: float = 0.5, progress=None) -> list[dict]:
     import contextlib
     import tempfile
     from pathlib import Path
@@ -288,7 +292,7 @@ def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: i
     import torch
 
     from nuwa.io import NetCDFRows, open_netcdf
-    from nuwa.train import TrainingPool
+    from nuwa.loader import PairedRows, TrainingPool
     from nuwa.windows import load_series, select_dataset
 
     say = progress or (lambda line: None)
@@ -309,16 +313,18 @@ def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: i
         train = select_dataset(series, config, "train")
         _ = train.normalised  # the normalised series: in memory for training whatever the pool
         bank = stack.enter_context(NetCDFRows(bank_path, "augmented"))
-        with open_netcdf(bank_path, variables=("augmented", "source_index"), load=False) as handle:
+        with open_netcdf(bank_path, variables=("augmented", "source_index", "copy"), load=False) as handle:
             bank_sources = handle["source_index"].values  # as `nuwa train` reads them
+            bank_copies = handle["copy"].values
         pool = TrainingPool(train, bank, bank_sources)
+        rows = PairedRows.seeded(pool, seed, "bench", bank_copies=bank_copies, mix_fraction=mix_fraction)
         generator = torch.Generator().manual_seed(seed)
-        loader_seconds(pool, batch_size, 5, device, generator)  # warm-up
-        warm = loader_seconds(pool, batch_size, batches, device, generator)
+        loader_seconds(pool, batch_size, 5, device, rows)  # warm-up
+        warm = loader_seconds(pool, batch_size, batches, device, rows)
         say(f"loader (warm page cache): {1e3 * warm:.2f} ms per batch of {batch_size}")
         cold = None
         if cold_batches > 0 and _drop_from_page_cache(bank_path):
-            cold = loader_seconds(pool, batch_size, cold_batches, device, generator,
+            cold = loader_seconds(pool, batch_size, cold_batches, device, rows,
                                   before_batch=lambda: _drop_from_page_cache(bank_path))
             say(f"loader (bank dropped from the page cache before each batch): {1e3 * cold:.2f} ms per batch")
 
@@ -342,13 +348,13 @@ def benchmark(batch_size: int = 16, frames: int = 10, size: int = 64, windows: i
         contention = {}
         if python_ops > 0:
             for builder, nogil in (("numpy", False), ("nogil", True)):
-                alone_here, beside = contention_seconds(pool, batch_size, nogil, python_ops)
+                alone_here, beside = contention_seconds(pool, rows, batch_size, nogil, python_ops)
                 contention[builder] = (alone_here, max(beside - alone_here, 1e-9))
                 say(f"python-bound step ({python_ops} tiny torch ops) {1e3 * alone_here:.3f} ms alone, "
                     f"+{1e3 * (beside - alone_here):.3f} ms with the loader beside it ({builder} batches)")
         loop = None
         if loop_steps > 0:
-            loop, alone, waited = training_loop_seconds(train_step, pool, batch_size, device, generator, loop_steps,
+            loop, alone, waited = training_loop_seconds(train_step, pool, batch_size, device, rows, loop_steps,
                                                         rounds)
             visible = max(loop - alone, waited, 1e-9)
             say(f"training loop with the read-ahead loader: {1e3 * loop:.2f} ms per step, steps alone "

@@ -1,0 +1,313 @@
+"""The training loader: the pool of original windows and bank rows, the paired row sampler,
+and the read-ahead batch stream that :func:`nuwa.train.train_cell` trains on.
+
+**Paired design.** For one (dataset, backbone, seed), every variant (Ori, +Nuwa, random, ...)
+draws the same sequence of original training windows, and the same batch positions are
+replaced by bank rows: :class:`PairedRows` draws each step's ``B`` original window positions
+from an "original rows" generator, then, from a "bank rows" generator of its own, a uniform
+``u`` and a copy number ``c`` per position; a position with ``u < mix_fraction`` becomes the bank
+row that holds augmented copy ``c`` of *the same* window. Both generators are seeded without
+the variant's name and both are drawn every step whatever the variant, so Ori trains on exactly
+the original windows of each step, +Nuwa and random replace the same positions of them, and
+only the augmentation differs between the two. ``mix_fraction`` 0, or an empty bank: Ori's
+batches.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from nuwa.io import DataFileError
+from nuwa.seeding import torch_generator
+from nuwa.windows import WindowDataset
+
+
+class TrainingPool:
+    """Original training windows plus (optionally) bank samples, as one indexable pool.
+
+    Rows ``0..len(train)-1`` are the training windows, in ``train.starts`` order; the bank's rows
+    follow. Nothing is copied up front: :meth:`batch` copies the inputs of its rows, the
+    originals from the normalised series and the bank's from ``bank_inputs`` -- any object
+    whose ``bank_inputs[indices]`` gives those rows (N, T, C, H, W) in physical units: the bank
+    file, read row by row (:class:`nuwa.io.NetCDFRows`), or an array -- normalised per batch
+    with the arithmetic of :meth:`SeriesData.normalise` (element by element: the same bits as
+    normalising the whole bank at once). Which rows each batch takes is :class:`PairedRows`'s draw.
+    """
+
+    def __init__(self, train: WindowDataset, bank_inputs=None, bank_sources: np.ndarray | None = None):
+        self.train = train
+        self.starts = np.asarray(train.starts)
+        self.window_shape = (train.input_frames, *train.series.field.shape[1:])
+        self.bank = None
+        sources = self.starts
+        if bank_inputs is not None and len(bank_inputs):
+            bank_sources = np.asarray(bank_sources)
+            where = f"{bank_inputs.path}: " if hasattr(bank_inputs, "path") else ""
+            if tuple(bank_inputs.shape[1:]) != self.window_shape or bank_sources.shape != (len(bank_inputs),):
+                raise ValueError(f"{where}bank windows {tuple(bank_inputs.shape)} with {bank_sources.shape[0]} source "
+                                 f"index(es) do not match this dataset's training windows {self.window_shape}; "
+                                 "the bank is stale or from another dataset")
+            unknown = np.setdiff1d(bank_sources, train.starts)
+            if unknown.size:
+                raise ValueError(f"{where}bank holds {unknown.size} sample(s) whose source window is not a training "
+                                 f"window (first: {int(unknown[0])}); the bank is stale or from another dataset")
+            check_finite_rows(bank_inputs, where or "bank: ")
+            self.bank = bank_inputs
+            sources = np.concatenate([sources, bank_sources])
+        self.sources = sources
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def batch(self, rows: torch.Tensor, pin_memory: bool = False,
+              nogil: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of the pool's ``rows``, normalised, in the order given.
+
+        Row by row: a window is a contiguous block of the normalised series (one copy), a bank
+        row one positioned read from the bank file into the batch, normalised there.
+        ``pin_memory``: the batch is built in page-locked memory (for an asynchronous GPU copy).
+        ``nogil``: the whole batch in one compiled call that holds no GIL
+        (:mod:`nuwa.batchkernel`; the same bytes) where it can be (a contiguous bank file, or
+        none, and float32 statistics), for a loader thread beside a Python-bound step.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        train, originals = self.train, len(self.starts)
+        normalised = train.normalised.numpy()
+        t_in, t_out = train.input_frames, train.output_frames
+        input_batch = torch.empty((len(rows), *self.window_shape), dtype=torch.float32, pin_memory=pin_memory)
+        target_batch = torch.empty((len(rows), t_out, *self.window_shape[1:]), dtype=torch.float32,
+                                   pin_memory=pin_memory)
+        inputs, targets = input_batch.numpy(), target_batch.numpy()
+        if nogil and self._compiled_batches():
+            from nuwa import batchkernel
+
+            batchkernel.assemble(self.bank, normalised, rows, self.sources[rows], originals, t_in, t_out,
+                                 train.series.mean, train.series.std, inputs, targets)
+            return input_batch, target_batch
+        bank = [(position, row - originals) for position, row in enumerate(rows.tolist()) if row >= originals]
+        if bank:
+            if hasattr(self.bank, "read_into"):
+                for position, row in bank:
+                    self.bank.read_into(row, inputs[position])
+            else:
+                positions, bank_rows = map(list, zip(*bank))
+                inputs[positions] = np.asarray(self.bank[np.asarray(bank_rows)])
+        for position, (row, start) in enumerate(zip(rows.tolist(), self.sources[rows].tolist())):
+            if row < originals:
+                inputs[position] = normalised[start:start + t_in]
+            else:
+                train.series.normalise(inputs[position], out=inputs[position])
+            targets[position] = normalised[start + t_in:start + t_in + t_out]
+        return input_batch, target_batch
+
+    def _compiled_batches(self) -> bool:
+        """Whether :mod:`nuwa.batchkernel` can build this pool's batches."""
+        series = self.train.series
+        bank_ok = self.bank is None or (getattr(self.bank, "contiguous", False) and self.bank.dtype == np.float32)
+        if not (bank_ok and series.mean.dtype == series.std.dtype == np.float32):
+            return False
+        from nuwa import batchkernel
+
+        return batchkernel.available()
+
+
+def check_finite_rows(rows, where: str, block_bytes: int = 8 * 2**20) -> None:
+    """Every row of ``rows`` (the bank file's rows or an array) finite, read ``block_bytes`` at a
+    time before training starts: a NaN or Inf in the bank is an error naming the file and the
+    row, not a silently poisoned run (one sequential pass over the bank; memory one block)."""
+    row_bytes = max(1, int(np.prod(rows.shape[1:], dtype=np.int64)) * 4)
+    step = max(1, block_bytes // row_bytes)
+    for start in range(0, len(rows), step):
+        block = np.asarray(rows[np.arange(start, min(start + step, len(rows)))])
+        finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            raise DataFileError(f"{where}augmented window {row} holds non-finite values (NaN or Inf); "
+                                "rerun the bank stage")
+
+
+class PairedRows:
+    """The pool rows of each training batch, paired across variants (see the module's docstring).
+
+    ``originals``: the generator of the original window positions (``0..len(pool.train)-1``, the
+    pool's first rows); ``bank``: the generator of the bank draws (a uniform and a copy number per
+    batch position, drawn every step whether or not the pool has a bank). ``bank_copies``: the copy
+    number of each bank row (the bank file's ``copy`` variable, in bank row order); with
+    ``pool.sources`` (the bank rows' source windows) it gives the row holding copy ``c`` of window
+    ``p``, whatever the bank's row order. Needed when ``mix_fraction > 0`` and the bank is not
+    empty; every (window, copy) pair for copies ``0..max(copy)`` must be there, once.
+    """
+
+    def __init__(self, pool, bank_copies: np.ndarray | None = None, mix_fraction: float = 0.0, *,
+                 originals: torch.Generator, bank: torch.Generator):
+        mix_fraction = float(mix_fraction)
+        if not 0.0 <= mix_fraction <= 1.0:  # also refuses NaN
+            raise ValueError(f"bank.mix_fraction {mix_fraction!r}: expected a number in [0, 1] (the share of "
+                             "a batch taken from the bank)")
+        self.pool, self.mix_fraction = pool, mix_fraction
+        self.original_generator, self.bank_generator = originals, bank
+        starts = np.asarray(pool.train.starts)
+        self.originals = len(starts)
+        bank_sources = np.asarray(pool.sources)[self.originals:]
+        self.copy_rows = None  # (window position, copy) -> pool row; None: Ori's batches
+        if len(bank_sources) and (mix_fraction > 0 or bank_copies is not None):
+            table = copy_row_table(starts, bank_sources, bank_copies, getattr(getattr(pool, "bank", None), "path", None))
+            if mix_fraction > 0:
+                self.copy_rows = torch.from_numpy(table)
+
+    @classmethod
+    def seeded(cls, pool, seed: int, *names: str | int, bank_copies: np.ndarray | None = None,
+               mix_fraction: float = 0.0) -> PairedRows:
+        """Both generators seeded from (``seed``, ``names``): give names that leave out the
+        variant (e.g. the dataset and backbone) for batches paired across variants."""
+        return cls(pool, bank_copies, mix_fraction, originals=torch_generator(seed, "train-rows", *names),
+                   bank=torch_generator(seed, "train-bank-rows", *names))
+
+    def draw(self, batch_size: int) -> torch.Tensor:
+        """The pool rows (int64) of the next batch of ``batch_size``; every process draws them all."""
+        positions = torch.randint(self.originals, (batch_size,), generator=self.original_generator)
+        # drawn whatever the variant and the mix, so that neither stream ever shifts
+        uniform, copy_draw = torch.rand((2, batch_size), dtype=torch.float64, generator=self.bank_generator)
+        if self.copy_rows is None:
+            return positions
+        copies = self.copy_rows.shape[1]
+        copy = torch.clamp((copy_draw * copies).long(), max=copies - 1)
+        mixed = uniform < self.mix_fraction
+        rows = positions.clone()
+        rows[mixed] = self.copy_rows[positions[mixed], copy[mixed]]
+        return rows
+
+    def get_state(self) -> dict:
+        return {"originals": self.original_generator.get_state(), "bank": self.bank_generator.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.original_generator.set_state(state["originals"])
+        self.bank_generator.set_state(state["bank"])
+
+
+def copy_row_table(starts: np.ndarray, bank_sources: np.ndarray, bank_copies: np.ndarray | None,
+                   path=None) -> np.ndarray:
+    """(windows, copies) int64 table: entry [p, c] is the pool row (``len(starts)`` + bank row) that
+    holds augmented copy ``c`` of the window starting at ``starts[p]``. Built from the bank's
+    ``source_index`` and ``copy`` arrays (no row order assumed); a missing or repeated pair is an error."""
+    where = f"{path}: " if path is not None else "bank: "
+    if bank_copies is None:
+        raise ValueError(f"{where}the copy number of each bank row (the bank file's 'copy' variable, train_cell's "
+                         "bank_copies) is needed to mix bank rows into the batches")
+    copies = np.asarray(bank_copies)
+    if copies.shape != bank_sources.shape:
+        raise DataFileError(f"{where}{copies.size} copy number(s) for {bank_sources.size} bank row(s); the bank is "
+                            "stale or damaged, rerun the bank stage")
+    if copies.size and (not np.issubdtype(copies.dtype, np.integer) or copies.min() < 0):
+        raise DataFileError(f"{where}variable 'copy' must hold integers >= 0; rerun the bank stage")
+    starts = np.asarray(starts)
+    order = np.argsort(starts, kind="stable")
+    found = np.searchsorted(starts[order], bank_sources)
+    found = np.minimum(found, len(starts) - 1)
+    if not np.array_equal(starts[order][found], bank_sources):
+        unknown = bank_sources[starts[order][found] != bank_sources]
+        raise DataFileError(f"{where}bank holds {unknown.size} sample(s) whose source window is not a training "
+                            f"window (first: {int(unknown[0])}); the bank is stale or from another dataset")
+    positions = order[found]
+    count = int(copies.max()) + 1
+    table = np.full((len(starts), count), -1, dtype=np.int64)
+    keys = positions.astype(np.int64) * count + copies
+    unique, first, seen = np.unique(keys, return_index=True, return_counts=True)
+    if (seen > 1).any():
+        key = int(unique[np.flatnonzero(seen > 1)[0]])
+        raise DataFileError(f"{where}bank holds copy {key % count} of the window starting at "
+                            f"{int(starts[key // count])} more than once; rerun the bank stage")
+    table[positions, copies] = len(starts) + np.arange(len(bank_sources))
+    missing = np.argwhere(table < 0)
+    if missing.size:
+        window, copy = (int(v) for v in missing[0])
+        raise DataFileError(f"{where}bank lacks {len(missing)} (window, copy) pair(s) of copies 0..{count - 1} "
+                            f"(first: copy {copy} of the window starting at {int(starts[window])}); every training "
+                            "window needs every copy; rerun the bank stage")
+    return table
+
+
+def next_batch(pool: TrainingPool, rows: PairedRows, batch_size: int,
+               my_rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch: ``batch_size`` rows drawn by ``rows`` (the same draws in every process);
+    this process's ``my_rows`` of them read."""
+    return pool.batch(rows.draw(batch_size)[my_rows])
+
+
+class BatchStream:
+    """The batches of :func:`next_batch`, in the same order, each read while the step before runs.
+
+    Rows are drawn here, in the training loop's thread, by ``rows`` (:class:`PairedRows`, whose
+    generators are streams of their own, so that drawing a batch one step early moves no other
+    draw); a background thread reads the next batch from the pool while the current step runs.
+    On a GPU that batch is built in page-locked memory, in one call that holds no GIL
+    (:mod:`nuwa.batchkernel`: the step, bound by Python launching kernels, would otherwise trade
+    the GIL with the loader's numpy calls), and copied on a side CUDA stream, which the step's
+    stream waits for, so a step waits neither for the host's copies nor for the transfer
+    (``nuwa bench loader``). :meth:`rows_state` is the sampler's state before the first batch not
+    yet handed out: a checkpoint saves it, and the resumed run draws that batch again.
+    ``prefetch=False`` reads each batch when it is asked for (the serial loader). ``nogil``
+    chooses the batch builder (default: the compiled one exactly when reading ahead beside a GPU step).
+    """
+
+    def __init__(self, pool: TrainingPool, rows: PairedRows, batch_size: int,
+                 my_rows: slice = slice(None), device: torch.device | str = "cpu", prefetch: bool = True,
+                 nogil: bool | None = None):
+        self.pool, self.rows, self.batch_size, self.my_rows = pool, rows, batch_size, my_rows
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        # beside a GPU step (bound by Python launching kernels) the batch is built without the GIL
+        self.nogil = (self.cuda and prefetch) if nogil is None else nogil
+        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="nuwa-batches") if prefetch else None
+        self.pending = None  # (sampler state before the draw, rows, the read in flight or None)
+
+    def _request(self):
+        state = self.rows.get_state()
+        rows = self.rows.draw(self.batch_size)[self.my_rows]
+        return state, rows, (self.reader.submit(self._read, rows) if self.reader else None)
+
+    def _read(self, rows: torch.Tensor):
+        inputs, targets = self.pool.batch(rows, pin_memory=self.cuda, nogil=self.nogil)
+        if not self.cuda:
+            return inputs.to(self.device), targets.to(self.device), None
+        with torch.cuda.stream(self.copy_stream):
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self.copy_stream)
+        return inputs, targets, ready
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pending is None:
+            self.pending = self._request()
+        _, rows, read = self.pending
+        inputs, targets, ready = read.result() if read is not None else self._read(rows)
+        self.pending = self._request() if self.reader else None
+        if ready is not None:  # the step's stream waits for the copy; the allocator learns who uses the memory
+            step_stream = torch.cuda.current_stream(self.device)
+            step_stream.wait_event(ready)
+            inputs.record_stream(step_stream)
+            targets.record_stream(step_stream)
+        return inputs, targets
+
+    def rows_state(self) -> dict:
+        return self.pending[0] if self.pending is not None else self.rows.get_state()
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
