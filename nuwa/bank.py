@@ -1,7 +1,7 @@
 """Stage 4, bank: DistriXplorer interventions on environmental patches, as NetCDF.
 
-For each training window and copy, each input step ``t`` is intervened with probability
-``G(t) = exp(-(t - T)² / (2σ²))`` (``T`` = last input step). In an intervened step every
+For each training window and copy, each input step ``t`` is sampled with probability
+``G(t) = exp(-(t - T)² / (2σ²))`` (``T`` = last input step). In a sampled step every
 environmental patch ``z_j^t`` becomes ``λ·spatial + (1-λ)·temporal`` with ``λ ~ U(0, 1)``:
 
 * spatial: its 8 neighbours at step ``t`` (clipped at the border; causal neighbours left out
@@ -12,38 +12,56 @@ environmental patch ``z_j^t`` becomes ``λ·spatial + (1-λ)·temporal`` with ``
 
 Causal patches are never changed. Neighbours and history are read from the original window.
 
-The random draws (:func:`draw_interventions`: which steps, the neighbour weights, λ) are
-separate from the arithmetic (:func:`apply_interventions`), so that the compiled kernel and
-the plain per-patch loop of :mod:`nuwa.bench.bank` consume the same draws and can be compared
-bit for bit. The kernel (numba) makes one pass over the windows: it streams each step to the
-output with non-temporal stores (as memcpy does: no read of the destination) and recomputes
-only the intervened environmental patches, in float32 with the operation order of the
-numpy formulation this module had before (pairwise sum of the 8 weights, neighbours added in
-``NEIGHBOUR_OFFSETS`` order, history in ``k`` order, no fused multiply-add), so the bank is
-bit-identical to that formulation's for the same seed (finite inputs).
+Random draws. Every draw of a bank row comes from a stream of its own, keyed by (run seed,
+dataset, copy, the window's source index): :class:`WindowStreams`, numpy's counter-based
+Philox generator with a 128-bit key from :func:`nuwa.seeding.seed_sequence` of (seed, purpose,
+dataset) and its counter set to ``(0, source_index, copy, 0)`` for each window (windows never
+share counters: a window draws far fewer than 2⁶⁴ blocks). So a bank's bytes depend neither on
+``chunk_size`` nor on how the windows are split into blocks. The intervention draws (purpose
+``"bank"``: sampled steps, neighbour weights, λ) carry no variant name: the +Nuwa bank and the
+random control of one seed draw the same ones and differ only in where they intervene (the
+mask). The control's mask comes from its own stream (purpose ``"random-mask"``). Per window, in
+this order (:func:`draw_interventions`): ``T`` float64 uniforms (step ``t`` sampled where
+``u < G(t)``); then, for the ``k`` sampled steps only, ``k·Py·Px·8`` float32 uniforms (the raw
+neighbour weights, step-major, ``NEIGHBOUR_OFFSETS`` order last) and ``k·Py·Px`` float32
+uniforms (λ). Weights and λ are drawn for every patch of a sampled step, causal or not, so the
+draws do not depend on the data or the mask. Steps not sampled hold zeros (never read).
 
-:func:`write_bank` streams a bank to NetCDF chunk by chunk, so that its peak memory does not
-grow with the number of windows; :func:`generate_bank` builds the same bank in memory. The
-file's ``augmented`` is contiguous and uncompressed, for training to read rows per batch.
+The draws (:func:`draw_interventions`, :func:`window_draws`) are separate from the arithmetic
+(:func:`apply_interventions`, the compiled kernel of :mod:`nuwa.bank_kernel`), so that the
+kernel and the plain per-patch loop of :mod:`nuwa.bench.bank` consume the same draws and can be
+compared bit for bit.
+
+:func:`write_bank` is the one path that builds a bank: it streams it to NetCDF block by block
+(peak memory does not grow with the number of windows). Beside ``augmented`` it stores what
+happened to the bytes (``sampled``: drawn by ``G(t)``; ``intervened``: the step's bytes differ
+from the original window; ``changed``: the patch's bytes differ; all from the kernel's output
+against its input) and the bank's perturbation strength as global attributes
+(``changed_cell_fraction``, ``mean_abs_change_std``, and ``seed``). The file's ``augmented`` is
+contiguous and uncompressed, for training to read rows per batch.
 """
 
 from __future__ import annotations
 
-import copy as _copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from llvmlite import ir as llvm_ir
-from numba import njit, types
-from numba.extending import intrinsic
 
+from nuwa.bank_kernel import NEIGHBOUR_DX, NEIGHBOUR_DY, NEIGHBOUR_OFFSETS, _compare, _intervene
 from nuwa.progress import progress
 from nuwa.saliency import causal_mask, environment_count
+from nuwa.seeding import seed_sequence
 
-NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+__all__ = ["BANK_CONTIGUOUS", "NEIGHBOUR_OFFSETS", "Draws", "LazyWindows", "WindowStreams", "apply_interventions",
+           "bank_dataset", "compare_to_original", "distrixplorer", "draw_interventions", "empty_bank_dataset",
+           "from_patches", "gaussian_step_probability", "history_weights", "load_importance", "random_causal_mask",
+           "random_masks", "temporal_terms", "to_patches", "window_draws", "write_bank"]
+
+INTERVENTION_STREAM = "bank"  # purpose of the intervention draws' streams (no variant name: shared by variants)
+MASK_STREAM = "random-mask"  # purpose of the random control's mask streams
 
 
 def to_patches(frames: np.ndarray, patch_size: int) -> np.ndarray:
@@ -74,307 +92,121 @@ def history_weights(frames: int, history: int, history_decay: float) -> np.ndarr
     return np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
 
 
-def random_causal_mask(rng: np.random.Generator, shape: tuple[int, int, int, int], environment_ratio: float) -> np.ndarray:
-    """The control: ⌊ρ·L⌋ environmental patches per step chosen uniformly at random."""
-    n, t, gy, gx = shape
-    return causal_mask(rng.random((n, t, gy * gx)), environment_ratio).reshape(shape)
-
-
-WRITE_CHUNK_CACHE_BYTES = 4 * 2**20  # HDF5 chunk cache while write_bank writes (netCDF's default: 64 MiB)
-# bank variables stored contiguous and uncompressed: training reads a batch's rows straight from the file
-BANK_CONTIGUOUS = ("augmented",)
-NEIGHBOUR_DY = np.array([dy for dy, _ in NEIGHBOUR_OFFSETS], dtype=np.int64)
-NEIGHBOUR_DX = np.array([dx for _, dx in NEIGHBOUR_OFFSETS], dtype=np.int64)
-
-
-@dataclass
-class Draws:
-    """The random part of one DistriXplorer copy of N windows (T steps, Py x Px patches).
-
-    ``weights`` and ``mix`` are drawn for every patch, intervened or not, so that the random
-    stream (and hence every later draw) does not depend on the data or the masks.
-    """
-
-    intervened: np.ndarray  # (N, T) bool: step sampled by G(t)
-    weights: np.ndarray  # (N, T, Py, Px, 8) float32 ~ U(0, 1): raw neighbour weights, NEIGHBOUR_OFFSETS order
-    mix: np.ndarray  # (N, T, Py, Px) float32 ~ U(0, 1): lambda
-
-    def rows(self, rows: slice) -> Draws:
-        return Draws(self.intervened[rows], self.weights[rows], self.mix[rows])
-
-
-def draw_interventions(rng: np.random.Generator, shape: tuple[int, int, int, int], sigma: float) -> Draws:
-    """Draw, in this fixed order: intervened steps, neighbour weights, lambda. ``shape`` = (N, T, Py, Px)."""
-    n, t, gy, gx = shape
-    intervened = rng.random((n, t)) < gaussian_step_probability(t, sigma)[None, :]
-    weights = rng.random((n, t, gy, gx, len(NEIGHBOUR_OFFSETS)), dtype=np.float32)
-    mix = rng.random((n, t, gy, gx), dtype=np.float32)
-    return Draws(intervened, weights, mix)
-
-
 def temporal_terms(frames: int, history: int, history_decay: float) -> tuple[np.ndarray, np.ndarray]:
     """float32 (T, K) history weights and (T,) bool: step has a temporal term."""
     step_weights = history_weights(frames, history, history_decay).astype(np.float32)
     return step_weights, step_weights.sum(axis=1) > 0
 
 
-STREAM_LANES = 8  # floats per non-temporal vector store (32 bytes)
+WRITE_CHUNK_CACHE_BYTES = 4 * 2**20  # HDF5 chunk cache while write_bank writes (netCDF's default: 64 MiB)
+# bank variables stored contiguous and uncompressed: training reads a batch's rows straight from the file
+BANK_CONTIGUOUS = ("augmented",)
 
 
-@intrinsic
-def _stream_store(typingctx, dst, dst_index, src, src_index):  # pragma: no cover - compiled
-    """dst[dst_index:+8] = src[src_index:+8] with one non-temporal (cache-bypassing) store.
+# -- random draws ---------------------------------------------------------------------------------
 
-    ``dst[dst_index]`` must be 32-byte aligned; ``src`` needs only float alignment. LLVM lowers
-    it to ``vmovntps``/``movntps`` on x86 (``stnp`` on ARM), the store glibc's memcpy uses for
-    large copies: it writes memory without first reading the destination lines into cache.
+class WindowStreams:
+    """Counter-based random streams of one (seed, purpose, dataset), one per (copy, source window).
+
+    ``streams.at(copy, source_index)`` returns a generator positioned at the start of that
+    window's stream: numpy's Philox (key: 128 bits of :func:`nuwa.seeding.seed_sequence` of
+    (seed, purpose, dataset)), counter ``(0, source_index, copy, 0)``. Setting the counter costs
+    about 2 µs, against about 20 µs for a generator seeded through a SeedSequence per window.
+    The returned generator is shared: it is valid until the next call of :meth:`at`.
     """
-    sig = types.void(dst, types.intp, src, types.intp)
 
-    def codegen(context, builder, signature, args):
-        dst_array = context.make_array(signature.args[0])(context, builder, args[0])
-        src_array = context.make_array(signature.args[2])(context, builder, args[2])
-        vector = llvm_ir.VectorType(llvm_ir.FloatType(), STREAM_LANES)
-        source = builder.bitcast(builder.gep(src_array.data, [args[3]]), vector.as_pointer())
-        target = builder.bitcast(builder.gep(dst_array.data, [args[1]]), vector.as_pointer())
-        store = builder.store(builder.load(source, align=4), target, align=4 * STREAM_LANES)
-        store.set_metadata("nontemporal", builder.module.add_metadata([llvm_ir.IntType(32)(1)]))
-        return context.get_dummy_value()
+    def __init__(self, seed: int, purpose: str, dataset: str):
+        self.key = seed_sequence(int(seed), purpose, dataset).generate_state(2, np.uint64)
+        self.bit_generator = np.random.Philox(key=self.key)
+        self.generator = np.random.Generator(self.bit_generator)
+        self._empty = np.zeros(4, dtype=np.uint64)
 
-    return sig, codegen
+    def at(self, copy: int, source_index: int) -> np.random.Generator:
+        copy, source_index = int(copy), int(source_index)
+        if copy < 0 or source_index < 0:
+            raise ValueError(f"copy {copy} and source index {source_index} must be >= 0")
+        self.bit_generator.state = {
+            "bit_generator": "Philox",
+            "state": {"counter": np.array([0, source_index, copy, 0], dtype=np.uint64), "key": self.key},
+            "buffer": self._empty, "buffer_pos": 4, "has_uint32": 0, "uinteger": 0,
+        }
+        return self.generator
 
 
-@intrinsic
-def _stream_store_one(typingctx, dst, dst_index, src, src_index):  # pragma: no cover - compiled
-    """dst[dst_index] = src[src_index] with a non-temporal 4-byte store (``movnti`` on x86).
+@dataclass
+class Draws:
+    """The random part of one DistriXplorer copy of N windows (T steps, Py x Px patches).
 
-    For the unaligned ends of a streamed range: a cache line written partly by ordinary and
-    partly by non-temporal stores costs a read and a flush; all-non-temporal lines cost neither.
+    ``weights`` and ``mix`` are drawn for every patch of a sampled step, causal or not, so that
+    the draws do not depend on the data or the masks; steps not sampled hold zeros.
     """
-    sig = types.void(dst, types.intp, src, types.intp)
 
-    def codegen(context, builder, signature, args):
-        dst_array = context.make_array(signature.args[0])(context, builder, args[0])
-        src_array = context.make_array(signature.args[2])(context, builder, args[2])
-        word = llvm_ir.IntType(32)
-        source = builder.bitcast(builder.gep(src_array.data, [args[3]]), word.as_pointer())
-        target = builder.bitcast(builder.gep(dst_array.data, [args[1]]), word.as_pointer())
-        store = builder.store(builder.load(source, align=4), target, align=4)
-        store.set_metadata("nontemporal", builder.module.add_metadata([llvm_ir.IntType(32)(1)]))
-        return context.get_dummy_value()
+    sampled: np.ndarray  # (N, T) bool: step sampled by G(t)
+    weights: np.ndarray  # (N, T, Py, Px, 8) float32 ~ U(0, 1): raw neighbour weights, NEIGHBOUR_OFFSETS order
+    mix: np.ndarray  # (N, T, Py, Px) float32 ~ U(0, 1): lambda
 
-    return sig, codegen
+    @classmethod
+    def zeros(cls, shape: tuple[int, int, int, int]) -> Draws:
+        return cls(np.zeros(shape[:2], dtype=bool), np.zeros((*shape, len(NEIGHBOUR_OFFSETS)), dtype=np.float32),
+                   np.zeros(shape, dtype=np.float32))
 
-
-@intrinsic
-def _get(typingctx, array, index):  # pragma: no cover - compiled
-    """array.flat[index] for a C-contiguous array, without numba's negative-index wrap-around
-    (which turns contiguous loops into gathers); the caller keeps 0 <= index < size."""
-    sig = array.dtype(array, types.intp)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.load(builder.gep(data, [args[1]]))
-
-    return sig, codegen
+    def rows(self, rows: slice) -> Draws:
+        return Draws(self.sampled[rows], self.weights[rows], self.mix[rows])
 
 
-@intrinsic
-def _set(typingctx, array, index, value):  # pragma: no cover - compiled
-    """array.flat[index] = value (C-contiguous, no wrap-around; 0 <= index < size)."""
-    sig = types.void(array, types.intp, array.dtype)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        builder.store(args[2], builder.gep(data, [args[1]]))
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-def _float_vector(context, builder, array_type, array, index):
-    """Pointer to the STREAM_LANES floats array.flat[index:index + STREAM_LANES] (LLVM IR)."""
-    data = context.make_array(array_type)(context, builder, array).data
-    vector = llvm_ir.VectorType(llvm_ir.FloatType(), STREAM_LANES)
-    return builder.bitcast(builder.gep(data, [index]), vector.as_pointer())
+def _draw_window(rng: np.random.Generator, probability: np.ndarray, draws: Draws, row: int) -> None:
+    """One window's draws, in the order of the module's docstring, into row ``row`` (zeros) of ``draws``."""
+    sampled = rng.random(len(probability)) < probability
+    draws.sampled[row] = sampled
+    count = int(np.count_nonzero(sampled))
+    if count:
+        patches = draws.mix[row, 0].size
+        uniforms = rng.random(count * patches * (len(NEIGHBOUR_OFFSETS) + 1), dtype=np.float32)
+        split = count * patches * len(NEIGHBOUR_OFFSETS)
+        draws.weights[row, sampled] = uniforms[:split].reshape(count, *draws.weights.shape[2:])
+        draws.mix[row, sampled] = uniforms[split:].reshape(count, *draws.mix.shape[2:])
 
 
-def _splat(builder, value):
-    vector = llvm_ir.VectorType(llvm_ir.FloatType(), STREAM_LANES)
-    one = builder.insert_element(llvm_ir.Constant(vector, llvm_ir.Undefined), value, llvm_ir.IntType(32)(0))
-    zeros = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), STREAM_LANES), [0] * STREAM_LANES)
-    return builder.shuffle_vector(one, llvm_ir.Constant(vector, llvm_ir.Undefined), zeros)
+def draw_interventions(rng: np.random.Generator, shape: tuple[int, int, int, int], sigma: float) -> Draws:
+    """Draws of N windows from one generator, window after window. ``shape`` = (N, T, Py, Px)."""
+    draws = Draws.zeros(tuple(shape))
+    probability = gaussian_step_probability(shape[1], sigma)
+    for row in range(shape[0]):
+        _draw_window(rng, probability, draws, row)
+    return draws
 
 
-@intrinsic
-def _add_scaled8(typingctx, dst, dst_index, src, src_index, scale):  # pragma: no cover - compiled
-    """dst[i] = dst[i] + scale * src[i] for 8 floats: a multiply, then an add (no fused
-    multiply-add), lane by lane exactly the scalar float32 arithmetic, in one vector."""
-    sig = types.void(dst, types.intp, src, types.intp, types.float32)
-
-    def codegen(context, builder, signature, args):
-        target = _float_vector(context, builder, signature.args[0], args[0], args[1])
-        source = _float_vector(context, builder, signature.args[2], args[2], args[3])
-        product = builder.fmul(_splat(builder, args[4]), builder.load(source, align=4))
-        builder.store(builder.fadd(builder.load(target, align=4), product), target, align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
+def window_draws(streams: WindowStreams, copy: int, source_index: np.ndarray, grid: tuple[int, int, int],
+                 sigma: float) -> Draws:
+    """Draws of copy ``copy`` of the windows ``source_index``, each from its own stream. ``grid`` = (T, Py, Px)."""
+    source_index = np.asarray(source_index)
+    draws = Draws.zeros((len(source_index), *grid))
+    probability = gaussian_step_probability(grid[0], sigma)
+    for row, source in enumerate(source_index.tolist()):
+        _draw_window(streams.at(copy, source), probability, draws, row)
+    return draws
 
 
-@intrinsic
-def _mix8(typingctx, dst, dst_index, first, second, index, weight, rest):  # pragma: no cover - compiled
-    """dst[i] = weight * first[j] + rest * second[j] for 8 floats (j = index + i), unfused."""
-    sig = types.void(dst, types.intp, first, second, types.intp, types.float32, types.float32)
-
-    def codegen(context, builder, signature, args):
-        target = _float_vector(context, builder, signature.args[0], args[0], args[1])
-        a = builder.load(_float_vector(context, builder, signature.args[2], args[2], args[4]), align=4)
-        b = builder.load(_float_vector(context, builder, signature.args[3], args[3], args[4]), align=4)
-        value = builder.fadd(builder.fmul(_splat(builder, args[5]), a), builder.fmul(_splat(builder, args[6]), b))
-        builder.store(value, target, align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
+def random_causal_mask(rng: np.random.Generator, shape: tuple[int, int, int, int],
+                       environment_ratio: float) -> np.ndarray:
+    """The control: ⌊ρ·L⌋ environmental patches per step chosen uniformly at random."""
+    n, t, gy, gx = shape
+    return causal_mask(rng.random((n, t, gy * gx)), environment_ratio).reshape(shape)
 
 
-@intrinsic
-def _store_fence(typingctx):  # pragma: no cover - compiled
-    """Order the non-temporal stores before anything that follows (they are weakly ordered)."""
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
-@njit(cache=True, nogil=True)
-def _stream_copy(dst, dst_start, src, src_start, length):  # pragma: no cover - compiled
-    """dst[dst_start:+length] = src[src_start:+length] (flat float32), streaming where aligned."""
-    address = dst.ctypes.data + 4 * dst_start
-    if address % 4:  # not even float-aligned: plain copy
-        for e in range(length):
-            dst[dst_start + e] = src[src_start + e]
-        return
-    lead = min(((-address) % (4 * STREAM_LANES)) // 4, length)
-    for e in range(lead):
-        _stream_store_one(dst, dst_start + e, src, src_start + e)
-    e = lead
-    while e + STREAM_LANES <= length:
-        _stream_store(dst, dst_start + e, src, src_start + e)
-        e += STREAM_LANES
-    while e < length:
-        _stream_store_one(dst, dst_start + e, src, src_start + e)
-        e += 1
+def random_masks(streams: WindowStreams, copy: int, source_index: np.ndarray, grid: tuple[int, int, int],
+                 environment_ratio: float) -> np.ndarray:
+    """The control's masks (N, T, Py, Px) of copy ``copy``: per window, T·Py·Px float64 uniforms
+    from its own stream, ranked by :func:`nuwa.saliency.causal_mask`."""
+    t, gy, gx = grid
+    source_index = np.asarray(source_index)
+    uniforms = np.empty((len(source_index), t, gy * gx), dtype=np.float64)
+    for row, source in enumerate(source_index.tolist()):
+        streams.at(copy, source).random(out=uniforms[row])
+    return causal_mask(uniforms, environment_ratio).reshape(len(source_index), t, gy, gx)
 
 
-@njit(cache=True, nogil=True)
-def _intervene(x, out, environmental, intervened, weights, mix, step_weights, has_temporal, p, exclude,
-               dys, dxs):  # pragma: no cover - compiled
-    """out = x with the intervened environmental patches replaced; one pass over x.
-
-    A step nobody intervenes on is streamed from x to out; an intervened step is copied into
-    a step buffer (in cache), its patches are replaced there, and the buffer is streamed out.
-    Every float is float32 and every operation is done in the order of the former numpy
-    formulation, so the result is bit-identical to it (for finite inputs; a skipped term
-    there was ``0 * neighbour``, which only matters for Inf/NaN).
-    """
-    n, t, c, h, w = x.shape
-    gy = h // p
-    gx = w // p
-    step_size = c * h * w
-    plane = h * w
-    flat_x = x.reshape(x.size)
-    flat_out = out.reshape(out.size)
-    history = step_weights.shape[1]
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
-    raw = np.empty(8, np.float32)
-    norm = np.empty(8, np.float32)
-    rows = np.empty(8, np.int64)
-    cols = np.empty(8, np.int64)
-    spatial = np.empty(p * p, np.float32)
-    temporal = np.empty(p * p, np.float32)
-    step = np.empty(step_size, np.float32)
-    vector_end = p - p % STREAM_LANES  # pixels of a patch row done 8 at a time
-    for i in range(n):
-        for s in range(t):
-            base = (i * t + s) * step_size
-            if not intervened[i, s]:
-                _stream_copy(flat_out, base, flat_x, base, step_size)
-                continue
-            for e in range(step_size):
-                _set(step, e, _get(flat_x, base + e))
-            has_time = has_temporal[s]
-            depth = min(history, s)
-            for py in range(gy):
-                for px in range(gx):
-                    if not environmental[i, s, py, px]:
-                        continue
-                    for j in range(8):
-                        qy = py + dys[j]
-                        qx = px + dxs[j]
-                        value = zero
-                        if 0 <= qy < gy and 0 <= qx < gx and ((not exclude) or environmental[i, s, qy, qx]):
-                            value = weights[i, s, py, px, j]
-                        raw[j] = value
-                    # numpy's pairwise summation of 8 float32 values
-                    total = ((raw[0] + raw[1]) + (raw[2] + raw[3])) + ((raw[4] + raw[5]) + (raw[6] + raw[7]))
-                    has_space = total > zero
-                    if not (has_space or has_time):
-                        continue
-                    count = 0
-                    if has_space:
-                        for j in range(8):
-                            share = raw[j] / total
-                            if share != zero:  # a zero weight adds +-0: nothing
-                                norm[count] = share
-                                rows[count] = (py + dys[j]) * p
-                                cols[count] = (px + dxs[j]) * p
-                                count += 1
-                    if has_space and has_time:
-                        lam = mix[i, s, py, px]
-                    elif has_space:
-                        lam = one
-                    else:
-                        lam = zero
-                    rest = one - lam
-                    corner = py * p * w + px * p  # the patch's first pixel within a plane
-                    for ch in range(c):
-                        # per pixel: neighbours added in order a = 0.., history in order k = 1..;
-                        # rows of 8 pixels as one vector (LLVM's own vectorisation skips loops
-                        # as short as a patch row)
-                        for e in range(p * p):
-                            _set(spatial, e, zero)
-                            _set(temporal, e, zero)
-                        for a in range(count):
-                            share = norm[a]
-                            source = base + ch * plane + rows[a] * w + cols[a]
-                            for r in range(p):
-                                for col in range(0, vector_end, STREAM_LANES):
-                                    _add_scaled8(spatial, r * p + col, flat_x, source + r * w + col, share)
-                                for col in range(vector_end, p):
-                                    e = r * p + col
-                                    _set(spatial, e, _get(spatial, e) + share * _get(flat_x, source + r * w + col))
-                        for k in range(1, depth + 1):
-                            beta = step_weights[s, k - 1]
-                            source = base - k * step_size + ch * plane + corner
-                            for r in range(p):
-                                for col in range(0, vector_end, STREAM_LANES):
-                                    _add_scaled8(temporal, r * p + col, flat_x, source + r * w + col, beta)
-                                for col in range(vector_end, p):
-                                    e = r * p + col
-                                    _set(temporal, e, _get(temporal, e) + beta * _get(flat_x, source + r * w + col))
-                        for r in range(p):
-                            target = ch * plane + corner + r * w
-                            for col in range(0, vector_end, STREAM_LANES):
-                                _mix8(step, target + col, spatial, temporal, r * p + col, lam, rest)
-                            for col in range(vector_end, p):
-                                e = r * p + col
-                                _set(step, target + col, lam * _get(spatial, e) + rest * _get(temporal, e))
-            _stream_copy(flat_out, base, step, 0, step_size)
-    _store_fence()
-
+# -- the arithmetic -------------------------------------------------------------------------------
 
 def _check_grid(shape: tuple[int, ...], causal_shape: tuple[int, ...], patch_size: int) -> None:
     n, t, _, h, w = shape
@@ -397,7 +229,7 @@ def apply_interventions(inputs: np.ndarray, causal: np.ndarray, draws: Draws, *,
     x = np.require(inputs, dtype=np.float32, requirements=("C", "A", "W"))
     _check_grid(x.shape, causal.shape, patch_size)
     n, t = x.shape[:2]
-    if (draws.intervened.shape != (n, t) or draws.mix.shape != causal.shape
+    if (draws.sampled.shape != (n, t) or draws.mix.shape != causal.shape
             or draws.weights.shape != (*causal.shape, len(NEIGHBOUR_OFFSETS))):
         raise ValueError(f"draws for {draws.mix.shape} do not match the mask {causal.shape}")
     if out is None:
@@ -406,7 +238,7 @@ def apply_interventions(inputs: np.ndarray, causal: np.ndarray, draws: Draws, *,
           or np.may_share_memory(out, x)):
         raise ValueError("out must be a separate aligned C-contiguous float32 array of the inputs' shape")
     step_weights, has_temporal = temporal_terms(t, history, history_decay)
-    _intervene(x, out, np.ascontiguousarray(causal == 0), np.ascontiguousarray(draws.intervened, dtype=bool),
+    _intervene(x, out, np.ascontiguousarray(causal == 0), np.ascontiguousarray(draws.sampled, dtype=bool),
                np.ascontiguousarray(draws.weights, dtype=np.float32), np.ascontiguousarray(draws.mix, dtype=np.float32),
                step_weights, has_temporal, int(patch_size), bool(exclude_causal_neighbours), NEIGHBOUR_DY,
                NEIGHBOUR_DX)
@@ -416,14 +248,35 @@ def apply_interventions(inputs: np.ndarray, causal: np.ndarray, draws: Draws, *,
 def distrixplorer(inputs: np.ndarray, causal: np.ndarray, rng: np.random.Generator, *, patch_size: int,
                   sigma: float, history: int, history_decay: float,
                   exclude_causal_neighbours: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented copy of each window. Returns (augmented (N,T,C,H,W), intervened (N,T) bool)."""
+    """One augmented copy of each window, all drawn from ``rng``.
+
+    Returns (augmented (N,T,C,H,W), sampled (N,T) bool)."""
     n, t, c, h, w = np.shape(inputs)
     _check_grid((n, t, c, h, w), causal.shape, patch_size)
     draws = draw_interventions(rng, causal.shape, sigma)
     augmented = apply_interventions(inputs, causal, draws, patch_size=patch_size, history=history,
                                     history_decay=history_decay, exclude_causal_neighbours=exclude_causal_neighbours)
-    return augmented, draws.intervened
+    return augmented, draws.sampled
 
+
+def compare_to_original(original: np.ndarray, augmented: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """What was done to the bytes: (changed (N, T, Py, Px) int8: 1 where a pixel of the patch
+    differs bit for bit, sums (N, C) float64: Σ |augmented - original| per window and channel),
+    from two float32 (N, T, C, H, W) arrays (one compiled pass, :func:`nuwa.bank_kernel._compare`)."""
+    # writable too: one compiled signature (see apply_interventions)
+    x = np.require(original, dtype=np.float32, requirements=("C", "A", "W"))
+    out = np.require(augmented, dtype=np.float32, requirements=("C", "A", "W"))
+    if x.shape != out.shape:
+        raise ValueError(f"shapes {x.shape} and {out.shape} differ")
+    n, t, c, h, w = x.shape
+    _check_grid(x.shape, (n, t, h // patch_size, w // patch_size), patch_size)
+    changed = np.zeros((n, t, h // patch_size, w // patch_size), dtype=np.int8)
+    sums = np.zeros((n, c), dtype=np.float64)
+    _compare(x, out, int(patch_size), changed, sums)
+    return changed, sums
+
+
+# -- the bank -------------------------------------------------------------------------------------
 
 def _saliency_mask(method: str, importance, shape: tuple[int, int, int, int], ratio: float) -> np.ndarray | None:
     n, t, gy, gx = shape
@@ -437,60 +290,11 @@ def _saliency_mask(method: str, importance, shape: tuple[int, int, int, int], ra
     return None
 
 
-def _bank_chunks(n: int, copies: int, chunk: int) -> list[tuple[int, int, int]]:
-    """(copy, start, stop) in drawing order; bank rows copy*n+start .. copy*n+stop."""
-    return [(copy, start, min(start + chunk, n)) for copy in range(copies) for start in range(0, n, chunk)]
-
-
-def _chunk_draws(rng, mask, start, stop, shape, ratio, sigma) -> tuple[np.ndarray, Draws]:
-    """Mask (drawn first for 'random') and interventions of one chunk, in the bank's drawing order."""
-    t, gy, gx = shape
-    chunk_mask = mask[start:stop] if mask is not None else random_causal_mask(rng, (stop - start, t, gy, gx), ratio)
-    return chunk_mask, draw_interventions(rng, chunk_mask.shape, sigma)
-
-
-def generate_bank(inputs: np.ndarray, source_index: np.ndarray, *, method: str, settings: dict, patch_size: int,
-                  rng: np.random.Generator, importance: np.ndarray | None = None,
-                  desc: str = "bank") -> dict[str, np.ndarray]:
-    """All copies for all windows, in memory. ``inputs`` (N, T, C, H, W) physical units, rows match ``source_index``.
-
-    ``method`` 'saliency' takes the mask from ``importance`` (N, T, Py, Px) at the variant's
-    environment ratio; 'random' draws it. Random numbers are drawn chunk by chunk in a fixed
-    order, so the bank is a function of (params, seed) -- including ``chunk_size``.
-    ``inputs`` may be any object with ``.shape`` whose slices ``inputs[a:b]`` give windows
-    (see :class:`LazyWindows`). :func:`write_bank` writes the same bank without holding it.
-    """
-    n, t, c, h, w = inputs.shape
-    _check_grid((n, t, c, h, w), (n, t, h // patch_size, w // patch_size), patch_size)
-    gy, gx = h // patch_size, w // patch_size
-    ratio = settings["environment_ratio"]
-    mask = _saliency_mask(method, importance, (n, t, gy, gx), ratio)
-    copies, chunk = settings["copies"], settings["chunk_size"]
-    augmented = np.empty((copies * n, t, c, h, w), dtype=np.float32)
-    intervened = np.empty((copies * n, t), dtype=np.int8)
-    masks = np.empty((copies * n, t, gy, gx), dtype=np.int8)
-    for copy, start, stop in progress(_bank_chunks(n, copies, chunk), desc=desc, unit="chunk"):
-        rows = slice(copy * n + start, copy * n + stop)
-        chunk_mask, draws = _chunk_draws(rng, mask, start, stop, (t, gy, gx), ratio, settings["sigma"])
-        apply_interventions(inputs[start:stop], chunk_mask, draws, patch_size=patch_size,
-                            history=settings["history"], history_decay=settings["history_decay"],
-                            exclude_causal_neighbours=settings["exclude_causal_neighbours"], out=augmented[rows])
-        intervened[rows] = draws.intervened
-        masks[rows] = chunk_mask
-    return {
-        "augmented": augmented,
-        "source_index": np.tile(np.asarray(source_index, dtype=np.int64), copies),
-        "copy": np.repeat(np.arange(copies, dtype=np.int32), n),
-        "intervened": intervened,
-        "causal": masks,
-    }
-
-
 class LazyWindows:
     """(N, T, C, H, W) windows fetched on demand: ``fetch(start, stop)`` returns rows start..stop.
 
     ``LazyWindows(lambda a, b: train.inputs(starts[a:b]), (len(starts), T, C, H, W))`` lets
-    :func:`write_bank` read the windows of one chunk at a time.
+    :func:`write_bank` read the windows of one block at a time.
     """
 
     def __init__(self, fetch: Callable[[int, int], np.ndarray], shape: tuple[int, int, int, int, int]):
@@ -503,112 +307,170 @@ class LazyWindows:
         return np.asarray(self.fetch(start, stop), dtype=np.float32)
 
 
-class _StreamedBank:
-    """The bank of :func:`generate_bank`, computed block by block in any order.
+class _BankPass:
+    """The bank of :func:`write_bank`, computed block by block (bank rows ``copy·N + window``).
 
-    A first pass makes every draw in the bank's order, keeping the masks, the intervened
-    flags and the generator's state at the start of each chunk (not the large draws); a
-    block of rows then redraws its chunks from those states and runs the kernel on its rows.
+    A block's draws and masks come from its windows' own streams, so any block of rows can be
+    computed alone, in any order. Each block records, from the kernel's output against its input,
+    the flags and, per row and channel, the sum of ``|augmented - original|``.
     """
 
-    def __init__(self, inputs, *, method, settings, patch_size, rng, importance, progress_bar=None):
+    def __init__(self, inputs, source_index, *, method, settings, patch_size, seed, importance, dataset_name,
+                 std, progress_bar=None):
         n, t, c, h, w = inputs.shape
         _check_grid((n, t, c, h, w), (n, t, h // patch_size, w // patch_size), patch_size)
         self.inputs, self.settings, self.patch_size = inputs, settings, patch_size
+        self.sources = np.asarray(source_index, dtype=np.int64)
+        if self.sources.shape != (n,):
+            raise ValueError(f"source_index has shape {self.sources.shape}, the windows need ({n},)")
+        if (self.sources < 0).any():
+            raise ValueError("source indices must be >= 0")
+        self.std = np.asarray(std, dtype=np.float64).reshape(-1)
+        if self.std.shape != (c,) or not (np.isfinite(self.std).all() and (self.std > 0).all()):
+            raise ValueError(f"std must hold {c} finite positive per-channel values, got {np.asarray(std)!r}")
         self.shape = (settings["copies"] * n, t, c, h, w)
         self.grid = (t, h // patch_size, w // patch_size)
         self.ratio = settings["environment_ratio"]
         self.mask = _saliency_mask(method, importance, (n, *self.grid), self.ratio)
-        self.chunks = _bank_chunks(n, settings["copies"], settings["chunk_size"])
-        self.bit_generator = type(rng.bit_generator)
-        self.states = []
-        self.intervened = np.empty(self.shape[:2], dtype=np.int8)
-        self.masks = np.empty((self.shape[0], *self.grid), dtype=np.int8)
-        for copy, start, stop in self.chunks:
-            self.states.append(_copy.deepcopy(rng.bit_generator.state))
-            chunk_mask, draws = _chunk_draws(rng, self.mask, start, stop, self.grid, self.ratio, settings["sigma"])
-            rows = slice(copy * n + start, copy * n + stop)
-            self.intervened[rows] = draws.intervened
-            self.masks[rows] = chunk_mask
+        self.draw_streams = WindowStreams(seed, INTERVENTION_STREAM, dataset_name)
+        self.mask_streams = WindowStreams(seed, MASK_STREAM, dataset_name) if self.mask is None else None
+        self.sampled = np.zeros(self.shape[:2], dtype=np.int8)
+        self.changed = np.zeros((self.shape[0], *self.grid), dtype=np.int8)
+        self.masks = np.zeros((self.shape[0], *self.grid), dtype=np.int8)
+        self.abs_change = np.zeros((self.shape[0], self.shape[2]), dtype=np.float64)  # (rows, C): Σ |aug - orig|
         self.progress_bar = progress_bar
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
-        n = self.inputs.shape[0]
+        n = len(self.sources)
         out = np.empty((hi - lo, *self.shape[1:]), dtype=np.float32)
-        for (copy, start, stop), state in zip(self.chunks, self.states):
-            first, last = max(lo, copy * n + start), min(hi, copy * n + stop)
-            if first >= last:
-                continue
-            rng = np.random.Generator(self.bit_generator())
-            rng.bit_generator.state = state
-            chunk_mask, draws = _chunk_draws(rng, self.mask, start, stop, self.grid, self.ratio, self.settings["sigma"])
-            within = slice(first - copy * n - start, last - copy * n - start)
-            sources = slice(first - copy * n, last - copy * n)
-            apply_interventions(self.inputs[sources], chunk_mask[within], draws.rows(within),
-                                patch_size=self.patch_size, history=self.settings["history"],
+        for copy in range(lo // n, (hi - 1) // n + 1):
+            first, last = max(lo, copy * n), min(hi, (copy + 1) * n)
+            start, stop = first - copy * n, last - copy * n
+            sources = self.sources[start:stop]
+            x = np.require(self.inputs[start:stop], dtype=np.float32, requirements=("C", "A", "W"))
+            mask = (self.mask[start:stop] if self.mask is not None
+                    else random_masks(self.mask_streams, copy, sources, self.grid, self.ratio))
+            draws = window_draws(self.draw_streams, copy, sources, self.grid, self.settings["sigma"])
+            target = out[first - lo:last - lo]
+            apply_interventions(x, mask, draws, patch_size=self.patch_size, history=self.settings["history"],
                                 history_decay=self.settings["history_decay"],
-                                exclude_causal_neighbours=self.settings["exclude_causal_neighbours"],
-                                out=out[first - lo:last - lo])
+                                exclude_causal_neighbours=self.settings["exclude_causal_neighbours"], out=target)
+            self.sampled[first:last] = draws.sampled
+            self.masks[first:last] = mask
+            self.changed[first:last], self.abs_change[first:last] = compare_to_original(x, target, self.patch_size)
         if self.progress_bar is not None:
             self.progress_bar.update(hi - lo)
         return out
 
+    def strength(self) -> dict:
+        pixels = int(np.prod(self.shape, dtype=np.int64))
+        total = self.abs_change.sum(axis=0)  # per channel, in row order: the same whatever the blocks
+        return {"changed_cell_fraction": float(self.changed.mean()) if self.changed.size else 0.0,
+                "mean_abs_change_std": float((total / self.std).sum() / pixels) if pixels else 0.0}
+
+
+FLAG_VARIABLES = ("sampled", "intervened", "changed", "causal")  # int8, written after the streaming pass
+
+
+def _bank_encoding(dataset: xr.Dataset) -> dict:
+    """:func:`nuwa.io.write_netcdf`'s encoding with ``augmented`` contiguous (when not empty)."""
+    from nuwa.io import netcdf_chunks
+
+    encoding = {}
+    for name, variable in dataset.data_vars.items():
+        if name in BANK_CONTIGUOUS and variable.size:
+            encoding[name] = {"contiguous": True}
+        elif variable.dtype.kind == "f":
+            encoding[name] = {"zlib": True, "complevel": 1, "shuffle": True}
+            if variable.ndim >= 2 and all(variable.shape):
+                encoding[name]["chunksizes"] = netcdf_chunks(variable.shape, variable.dtype.itemsize)
+    return encoding
+
 
 def write_bank(path: str | Path, inputs, source_index: np.ndarray, *, method: str, settings: dict, patch_size: int,
-               rng: np.random.Generator, importance: np.ndarray | None = None, channels, units: str,
-               dataset_name: str, variant: str, desc: str = "bank") -> int:
-    """Write the bank of :func:`generate_bank` (same draws, same values) to NetCDF, streaming.
+               seed: int, importance: np.ndarray | None = None, channels, units: str, std,
+               dataset_name: str, variant: str, desc: str = "bank") -> dict:
+    """Build the bank of (dataset, variant, seed) and write it to NetCDF, streaming.
 
-    ``augmented`` is computed and written in blocks of about ``chunk_size`` rows (a multiple of
-    the ~2 MiB row count of :func:`nuwa.io.netcdf_chunks`), one block at a time on dask's
-    synchronous scheduler (a fixed order: the same bytes on every run), through
-    :func:`nuwa.io.write_netcdf` (atomic). ``augmented`` is stored contiguous and uncompressed
-    (:data:`BANK_CONTIGUOUS`), so that training reads the rows of each batch from the file
-    (:class:`nuwa.io.NetCDFRows`) instead of loading the bank. Peak memory: about two blocks of
-    windows and outputs, and the int8 masks (1/(4·C·p²) of the bank); it does not grow with
-    the windows' pixels. The values equal :func:`generate_bank`'s.
-    ``inputs``: an array or :class:`LazyWindows`. Returns the number of bank rows.
+    ``inputs`` (N, T, C, H, W) physical units (an array or :class:`LazyWindows`), rows matching
+    ``source_index`` (each window's first time step, >= 0). ``method`` 'saliency' takes the mask
+    from ``importance`` (N, T, Py, Px) at ``settings['environment_ratio']``; 'random' draws it.
+    ``seed``: the training run's seed. ``std``: the training split's per-channel std
+    (``SeriesData.std``), the unit of ``mean_abs_change_std``.
+
+    ``augmented`` is computed and written in blocks of about ``settings['chunk_size']`` rows (a
+    multiple of the ~2 MiB row count of :func:`nuwa.io.netcdf_chunks`; a memory knob only: the
+    bytes do not depend on it), one block at a time on dask's synchronous scheduler, into a
+    temporary file (:func:`nuwa.io.atomic_path`). The flags and the strength, known once every
+    block ran, are then written into that file (netCDF4, append mode) before it is renamed into
+    place. ``augmented`` is stored contiguous and uncompressed (:data:`BANK_CONTIGUOUS`), so that
+    training reads the rows of each batch from the file (:class:`nuwa.io.NetCDFRows`). Peak
+    memory: about two blocks of windows and outputs, and the int8 flags and masks; it does not
+    grow with the windows' pixels.
+
+    Returns ``rows`` (bank rows), ``changed_cell_fraction``, ``mean_abs_change_std``,
+    ``sampled_step_fraction``, ``intervened_step_fraction``.
     """
     import dask
     import dask.array as da
     import netCDF4
 
-    from nuwa.io import netcdf_chunks, write_netcdf
+    from nuwa.io import atomic_path, netcdf_chunks
 
-    with progress(total=settings["copies"] * inputs.shape[0], desc=desc, unit="window") as bar:
-        plan = _StreamedBank(inputs, method=method, settings=settings, patch_size=patch_size, rng=rng,
-                             importance=importance, progress_bar=bar)
+    copies = settings["copies"]
+    with progress(total=copies * inputs.shape[0], desc=desc, unit="window") as bar:
+        plan = _BankPass(inputs, source_index, method=method, settings=settings, patch_size=patch_size, seed=seed,
+                         importance=importance, dataset_name=dataset_name, std=std, progress_bar=bar)
         total = plan.shape[0]
         leading = netcdf_chunks(plan.shape, 4)[0] if total else 1
         block = leading * max(1, settings["chunk_size"] // leading)
         bounds = [(lo, min(lo + block, total)) for lo in range(0, total, block)]
-        name = f"nuwa-bank-{dataset_name}-{variant}"
+        name = f"nuwa-bank-{dataset_name}-{variant}-{int(seed)}"
         graph = {(name, b, 0, 0, 0, 0): (plan.rows, lo, hi) for b, (lo, hi) in enumerate(bounds)}
         chunks = (tuple(hi - lo for lo, hi in bounds), *((d,) for d in plan.shape[1:]))
         augmented = (da.Array(graph, name, chunks=chunks, dtype=np.float32) if total
                      else np.zeros(plan.shape, dtype=np.float32))
         n = inputs.shape[0]
+        # flags and strength: placeholders here, their values written once every block ran
         bank = {"augmented": augmented,
-                "source_index": np.tile(np.asarray(source_index, dtype=np.int64), settings["copies"]),
-                "copy": np.repeat(np.arange(settings["copies"], dtype=np.int32), n),
-                "intervened": plan.intervened, "causal": plan.masks}
+                "source_index": np.tile(np.asarray(source_index, dtype=np.int64), copies),
+                "copy": np.repeat(np.arange(copies, dtype=np.int32), n),
+                "sampled": plan.sampled, "intervened": np.zeros_like(plan.sampled), "changed": plan.changed,
+                "causal": plan.masks}
         dataset = bank_dataset(bank, channels=channels, units=units, method=method, settings=settings,
-                               patch_size=patch_size, dataset_name=dataset_name, variant=variant)
+                               patch_size=patch_size, dataset_name=dataset_name, variant=variant, seed=seed,
+                               strength={"changed_cell_fraction": 0.0, "mean_abs_change_std": 0.0})
         # `augmented` is contiguous (no chunk cache); for any chunked variable HDF5 keeps written
         # chunks in its cache until evicted, and netCDF's default cache (64 MiB) would add up to
         # that much on large banks: a small one serves
         cache = netCDF4.get_chunk_cache()
         netCDF4.set_chunk_cache(WRITE_CHUNK_CACHE_BYTES)
         try:
-            with dask.config.set(scheduler="synchronous"):
-                write_netcdf(dataset, path, contiguous=BANK_CONTIGUOUS)
+            with atomic_path(path) as tmp:
+                with dask.config.set(scheduler="synchronous"):
+                    dataset.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_bank_encoding(dataset))
+                strength = plan.strength()
+                intervened = plan.changed.any(axis=(2, 3)).astype(np.int8)
+                flags = dict(zip(FLAG_VARIABLES, (plan.sampled, intervened, plan.changed, plan.masks)))
+                with netCDF4.Dataset(tmp, "a") as handle:
+                    for variable, values in flags.items() if total else ():
+                        handle[variable].set_auto_maskandscale(False)
+                        handle[variable][...] = values
+                    for key, value in strength.items():
+                        handle.setncattr(key, np.float64(value))
         finally:
             netCDF4.set_chunk_cache(*cache)
-    return total
+    return {"rows": int(total), **strength,
+            "sampled_step_fraction": float(plan.sampled.mean()) if total else 0.0,
+            "intervened_step_fraction": float(intervened.mean()) if total else 0.0}
 
 
 def bank_dataset(bank: dict[str, np.ndarray], *, channels, units: str, method: str, settings: dict,
-                 patch_size: int, dataset_name: str, variant: str) -> xr.Dataset:
+                 patch_size: int, dataset_name: str, variant: str, seed: int | None = None,
+                 strength: dict | None = None) -> xr.Dataset:
+    """The bank file's dataset. ``bank``: ``augmented``, ``source_index``, ``copy``, ``causal`` and
+    the flags it has of ``sampled``, ``intervened``, ``changed``. ``seed`` and ``strength``
+    (``changed_cell_fraction``, ``mean_abs_change_std``) become global attributes when given."""
     n, t, c, h, w = bank["augmented"].shape
     gy, gx = h // patch_size, w // patch_size
     attrs = {
@@ -620,25 +482,83 @@ def bank_dataset(bank: dict[str, np.ndarray], *, channels, units: str, method: s
         "patch_size": int(patch_size),
         "environmental_patches_per_step": environment_count(gy * gx, settings["environment_ratio"]),
     }
+    if seed is not None:
+        attrs["seed"] = int(seed)
     for key, value in settings.items():
-        if key != "method":
+        if key not in ("method", "chunk_size"):  # chunk_size: a memory knob, not a property of the bank
             attrs[key] = int(value) if isinstance(value, bool) else value
+    for key, value in (strength or {}).items():
+        attrs[key] = float(value)
+    flag = {"flag_values": np.array([0, 1], dtype=np.int8)}
+    step_dims, patch_dims = ("bank_sample", "step"), ("bank_sample", "step", "patch_y", "patch_x")
+    described = {
+        "sampled": (step_dims, {"long_name": "step was drawn by temporal Gaussian decay sampling G(t)", **flag,
+                                "flag_meanings": "kept sampled"}),
+        "intervened": (step_dims, {"long_name": "the step's bytes differ from the original window's", **flag,
+                                   "flag_meanings": "unchanged changed"}),
+        "changed": (patch_dims, {"long_name": "the patch's bytes differ from the original window's", **flag,
+                                 "flag_meanings": "unchanged changed"}),
+    }
+    variables = {
+        "augmented": (("bank_sample", "step", "channel", "y", "x"), bank["augmented"],
+                      {"long_name": "augmented input window", "units": units}),
+        "source_index": ("bank_sample", bank["source_index"],
+                         {"long_name": "source window: index of its first time step in the processed dataset"}),
+        "copy": ("bank_sample", bank["copy"], {"long_name": "augmented copy number of the source window"}),
+    }
+    for key, (dims, variable_attrs) in described.items():
+        if key in bank:
+            variables[key] = (dims, np.asarray(bank[key], dtype=np.int8), variable_attrs)
+    variables["causal"] = (patch_dims, bank["causal"],
+                           {"long_name": "patch role used for this sample", **flag,
+                            "flag_meanings": "environmental causal"})
     return xr.Dataset(
-        {
-            "augmented": (("bank_sample", "step", "channel", "y", "x"), bank["augmented"],
-                          {"long_name": "augmented input window", "units": units}),
-            "source_index": ("bank_sample", bank["source_index"],
-                             {"long_name": "source window: index of its first time step in the processed dataset"}),
-            "copy": ("bank_sample", bank["copy"], {"long_name": "augmented copy number of the source window"}),
-            "intervened": (("bank_sample", "step"), bank["intervened"],
-                           {"long_name": "step was intervened (temporal Gaussian decay sampling)",
-                            "flag_values": np.array([0, 1], dtype=np.int8), "flag_meanings": "kept intervened"}),
-            "causal": (("bank_sample", "step", "patch_y", "patch_x"), bank["causal"],
-                       {"long_name": "patch role used for this sample", "flag_values": np.array([0, 1], dtype=np.int8),
-                        "flag_meanings": "environmental causal"}),
-        },
+        variables,
         coords={"bank_sample": np.arange(n, dtype=np.int64), "step": np.arange(t, dtype=np.int32),
                 "channel": list(channels), "y": np.arange(h, dtype=np.int32), "x": np.arange(w, dtype=np.int32),
                 "patch_y": np.arange(gy, dtype=np.int32), "patch_x": np.arange(gx, dtype=np.int32)},
         attrs=attrs,
     )
+
+
+def empty_bank_dataset(series, config: dict, dataset_name: str, variant: str, seed: int) -> xr.Dataset:
+    """The bank of a variant with method 'none' (Ori): zero rows, the same variables and
+    attributes as any bank (strength 0.0). Write it with ``contiguous=BANK_CONTIGUOUS``."""
+    t, (c, h, w) = config["input_frames"], series.field.shape[1:]
+    p = config["patch_size"]
+    empty = {"augmented": np.zeros((0, t, c, h, w), np.float32), "source_index": np.zeros(0, np.int64),
+             "copy": np.zeros(0, np.int32), "sampled": np.zeros((0, t), np.int8),
+             "intervened": np.zeros((0, t), np.int8), "changed": np.zeros((0, t, h // p, w // p), np.int8),
+             "causal": np.zeros((0, t, h // p, w // p), np.int8)}
+    return bank_dataset(empty, channels=[str(i) for i in range(c)], units=series.attrs.get("units", "1"),
+                        method="none", settings={"environment_ratio": 0.0}, patch_size=p,
+                        dataset_name=dataset_name, variant=variant, seed=seed,
+                        strength={"changed_cell_fraction": 0.0, "mean_abs_change_std": 0.0})
+
+
+def load_importance(saliency_path: str | Path, source_index: np.ndarray, patches: tuple[int, int, int]) -> np.ndarray:
+    """The saliency file's ``importance`` (N, T, Py, Px) float32, checked against the training
+    windows: its ``sample`` coordinate must equal ``source_index`` and its (step, patch_y,
+    patch_x) shape ``patches``, every value finite. Each failure is a
+    :class:`nuwa.io.DataFileError` naming the file and saying to rerun the saliency stage."""
+    from nuwa.io import DataFileError, check_finite, open_netcdf
+
+    rerun = "rerun the saliency stage"
+    try:
+        saliency = open_netcdf(saliency_path, variables=("importance",),
+                               dims={"importance": ("sample", "step", "patch_y", "patch_x")})
+    except DataFileError as exc:
+        raise DataFileError(f"{exc}; {rerun}") from None
+    samples = saliency["sample"].values if "sample" in saliency.coords else None
+    if samples is None or not np.array_equal(samples, np.asarray(source_index)):
+        raise DataFileError(f"{saliency_path}: its samples are not this dataset's training windows "
+                            f"(stale saliency file?); {rerun}")
+    importance = saliency["importance"].values
+    if importance.shape[1:] != tuple(patches):
+        raise DataFileError(f"{saliency_path}: importance has (step, patch_y, patch_x) = {importance.shape[1:]}, "
+                            f"this dataset's windows need {tuple(patches)} (stale saliency file?); {rerun}")
+    try:
+        check_finite(importance, f"{saliency_path}: variable 'importance'")
+    except DataFileError as exc:
+        raise DataFileError(f"{exc}; {rerun}") from None
+    return np.asarray(importance, dtype=np.float32)

@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
 
-from nuwa.bank import (NEIGHBOUR_OFFSETS, distrixplorer, from_patches, gaussian_step_probability, generate_bank,
-                       history_weights, to_patches)
+from bank_reference import generate_bank, window_generator
+from nuwa.bank import (INTERVENTION_STREAM, MASK_STREAM, NEIGHBOUR_OFFSETS, LazyWindows, WindowStreams, distrixplorer,
+                       empty_bank_dataset, from_patches, gaussian_step_probability, history_weights, load_importance,
+                       random_masks, to_patches, window_draws, write_bank)
+from nuwa.io import DataFileError
+from nuwa.saliency import causal_mask
 
 KNOBS = dict(patch_size=2, sigma=2.0, history=2, history_decay=0.5, exclude_causal_neighbours=True)
 
@@ -111,48 +115,227 @@ def test_intervention_frequency_follows_gaussian_decay():
     assert (np.abs(observed - expected) <= 5 * standard_error + 1e-3).all(), (observed, expected)
 
 
-def test_same_seed_same_bank_different_seed_different():
+SETTINGS = dict(environment_ratio=0.25, copies=2, chunk_size=256, sigma=2.0, history=2, history_decay=0.5,
+                exclude_causal_neighbours=True)
+FLAGS = ("sampled", "intervened", "changed", "causal")
+
+
+def _write(path, x, sources, *, method="random", seed=0, importance=None, std=None, dataset="toy", variant="v",
+           patch_size=2, **settings):
+    std = np.ones(x.shape[2], np.float32) if std is None else std
+    return write_bank(path, LazyWindows(lambda a, b: x[a:b], x.shape), sources, method=method,
+                      settings=dict(SETTINGS, **settings), patch_size=patch_size, seed=seed, importance=importance,
+                      channels=[str(c) for c in range(x.shape[2])], units="1", std=std, dataset_name=dataset,
+                      variant=variant, desc="")
+
+
+def _read(path):
+    import xarray as xr
+
+    with xr.open_dataset(path) as bank:
+        return bank.load()
+
+
+def test_window_draws_depend_on_the_window_and_copy_not_on_the_others_drawn_with_it():
+    streams = WindowStreams(3, INTERVENTION_STREAM, "toy")
+    sources = np.array([0, 5, 9, 12, 40])
+    whole = window_draws(streams, 1, sources, (6, 4, 4), sigma=3.0)
+    part = window_draws(streams, 1, sources[2:4], (6, 4, 4), sigma=3.0)
+    for name in ("sampled", "weights", "mix"):
+        assert getattr(whole, name)[2:4].tobytes() == getattr(part, name).tobytes()
+    other_copy = window_draws(streams, 0, sources, (6, 4, 4), sigma=3.0)
+    assert not np.array_equal(other_copy.mix, whole.mix)
+    # the documented stream: a fresh Philox per window gives the same draws
+    rng = window_generator(3, "bank", "toy", 1, 12)
+    sampled = rng.random(6) < gaussian_step_probability(6, 3.0)
+    assert np.array_equal(whole.sampled[3], sampled)
+    k = int(sampled.sum())
+    np.testing.assert_array_equal(whole.weights[3][sampled].reshape(-1), rng.random(k * 16 * 8, dtype=np.float32))
+    assert not whole.weights[3][~sampled].any() and not whole.mix[3][~sampled].any()
+
+
+def test_bank_bytes_do_not_depend_on_chunk_size(tmp_path):
+    # rows of 4 x 64 x 64 float32 (64 KiB): blocks of 32 rows at chunk_size 32, one block of 80 at 1000,
+    # cutting through the copies (40 windows each) differently
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4, 1, 64, 64)).astype(np.float32)
+    sources = np.arange(40) * 3 + 1
+    banks = {}
+    for chunk in (1, 32, 1000):
+        _write(tmp_path / f"bank{chunk}.nc", x, sources, patch_size=8, chunk_size=chunk)
+        banks[chunk] = _read(tmp_path / f"bank{chunk}.nc")
+    for chunk in (32, 1000):
+        for name in ("augmented", *FLAGS):
+            assert banks[chunk][name].values.tobytes() == banks[1][name].values.tobytes(), (chunk, name)
+        assert banks[chunk].attrs == banks[1].attrs
+    assert (tmp_path / "bank32.nc").read_bytes() == (tmp_path / "bank1000.nc").read_bytes()
+    assert banks[1]["intervened"].values.any()
+
+
+def test_same_seed_same_bank_bytes_different_seed_or_dataset_different(tmp_path):
     rng = np.random.default_rng(5)
     x = _inputs(rng, n=10)
-    importance = rng.random((10, 5, 4, 4)).astype(np.float32)
-    settings = dict(environment_ratio=0.25, copies=2, chunk_size=3, sigma=2.0, history=2, history_decay=0.5,
-                    exclude_causal_neighbours=True)
     sources = np.arange(10) * 3
-    first = generate_bank(x, sources, method="saliency", settings=settings, patch_size=2,
-                          rng=np.random.default_rng(7), importance=importance)
-    second = generate_bank(x, sources, method="saliency", settings=settings, patch_size=2,
-                           rng=np.random.default_rng(7), importance=importance)
-    third = generate_bank(x, sources, method="saliency", settings=settings, patch_size=2,
-                          rng=np.random.default_rng(8), importance=importance)
-    for key in first:
-        assert first[key].tobytes() == second[key].tobytes()
-    assert first["augmented"].tobytes() != third["augmented"].tobytes()
+    for name, seed, dataset in (("a", 7, "toy"), ("b", 7, "toy"), ("c", 8, "toy"), ("d", 7, "other")):
+        _write(tmp_path / f"{name}.nc", x, sources, seed=seed, dataset=dataset)
+    assert (tmp_path / "a.nc").read_bytes() == (tmp_path / "b.nc").read_bytes()
+    first, seed8, other = (_read(tmp_path / f"{name}.nc") for name in "acd")
+    assert first.attrs["seed"] == 7 and seed8.attrs["seed"] == 8
+    for bank in (seed8, other):
+        assert not np.array_equal(first["augmented"].values, bank["augmented"].values)
+        assert not np.array_equal(first["causal"].values, bank["causal"].values)
     np.testing.assert_array_equal(first["source_index"], np.tile(sources, 2))
-    # saliency masks: the same for both copies; random masks: fresh per copy
-    np.testing.assert_array_equal(first["causal"][:10], first["causal"][10:])
-    random_bank = generate_bank(x, sources, method="random", settings=settings, patch_size=2,
-                                rng=np.random.default_rng(7))
-    assert not np.array_equal(random_bank["causal"][:10], random_bank["causal"][10:])
-    assert ((random_bank["causal"] == 0).sum(axis=(2, 3)) == 4).all()  # floor(0.25 * 16)
+    # random masks: fresh per copy, floor(0.25 * 16) environmental patches per step
+    assert not np.array_equal(first["causal"].values[:10], first["causal"].values[10:])
+    assert ((first["causal"].values == 0).sum(axis=(2, 3)) == 4).all()
+    importance = rng.random((10, 5, 4, 4)).astype(np.float32)
+    _write(tmp_path / "s.nc", x, sources, method="saliency", seed=7, importance=importance)
+    salient = _read(tmp_path / "s.nc")  # saliency masks: the same for both copies
+    np.testing.assert_array_equal(salient["causal"].values[:10], salient["causal"].values[10:])
 
 
-def test_same_seed_same_bank_file_bytes(tmp_path):
-    from nuwa.bank import bank_dataset
+def test_saliency_and_random_banks_of_a_seed_share_their_draws(tmp_path):
+    """The +Nuwa and random banks of one seed draw the same steps, weights and lambdas: given the
+    same mask (importance = the random control's own uniforms) they are the same bank."""
+    rng = np.random.default_rng(1)
+    x = _inputs(rng, n=6)
+    sources = np.arange(6) + 2
+    control = WindowStreams(4, MASK_STREAM, "toy")
+    importance = np.stack([window_generator(4, "random-mask", "toy", 0, s).random((5, 16)) for s in sources])
+    importance = importance.reshape(6, 5, 4, 4)
+    np.testing.assert_array_equal(random_masks(control, 0, sources, (5, 4, 4), 0.25),
+                                  causal_mask(importance.reshape(6, 5, 16), 0.25).reshape(6, 5, 4, 4))
+    _write(tmp_path / "random.nc", x, sources, method="random", seed=4, copies=1, variant="random")
+    _write(tmp_path / "nuwa.nc", x, sources, method="saliency", seed=4, copies=1, variant="nuwa",
+           importance=importance)
+    _write(tmp_path / "other.nc", x, sources, method="saliency", seed=4, copies=1, variant="nuwa",
+           importance=rng.random((6, 5, 4, 4)))
+    random_bank, nuwa_bank, other = (_read(tmp_path / f"{n}.nc") for n in ("random", "nuwa", "other"))
+    for name in ("augmented", *FLAGS):
+        assert random_bank[name].values.tobytes() == nuwa_bank[name].values.tobytes(), name
+    # another mask: the same sampled steps, other patches changed
+    np.testing.assert_array_equal(other["sampled"].values, random_bank["sampled"].values)
+    assert not np.array_equal(other["changed"].values, random_bank["changed"].values)
+
+
+def test_intervened_says_whether_the_bytes_changed_not_whether_the_step_was_sampled(tmp_path):
+    # one environmental patch per step (rho = 1/16 of 4 x 4), the centre-ish (1, 1), every
+    # neighbour causal: at step 0 it has no source (no history, causal neighbours excluded) and
+    # stays; later steps take its history. Window 0 is all zeros: mixing changes nothing.
+    rng = np.random.default_rng(2)
+    x = _inputs(rng, n=3)
+    x[0] = 0.0
+    importance = np.ones((3, 5, 4, 4), np.float32)
+    importance[:, :, 1, 1] = 0.0
+    _write(tmp_path / "bank.nc", x, np.arange(3), method="saliency", importance=importance, copies=1,
+           environment_ratio=1 / 16, sigma=1e6)
+    bank = _read(tmp_path / "bank.nc")
+    sampled, intervened, changed = (bank[name].values for name in ("sampled", "intervened", "changed"))
+    assert sampled.dtype == intervened.dtype == changed.dtype == np.int8
+    assert (sampled == 1).all()  # sigma huge: every step drawn
+    assert (intervened[0] == 0).all() and not changed[0].any()  # zeros mixed with zeros
+    assert (intervened[1:, 0] == 0).all() and (intervened[1:, 1:] == 1).all()
+    expected = np.zeros_like(changed)
+    expected[1:, 1:, 1, 1] = 1
+    np.testing.assert_array_equal(changed, expected)
+    # the flags are the bytes: recomputed from the file against the input
+    differ = to_patches(bank["augmented"].values, 2) != to_patches(x, 2)
+    np.testing.assert_array_equal(changed, differ.any(axis=(4, 5, 6)))
+
+
+def test_strength_attributes_equal_a_numpy_computation(tmp_path):
+    rng = np.random.default_rng(3)
+    x = _inputs(rng, n=7)
+    std = np.array([2.0, 0.5], np.float32)
+    result = _write(tmp_path / "bank.nc", x, np.arange(7) * 2, seed=3, std=std, sigma=3.0)
+    bank = _read(tmp_path / "bank.nc")
+    augmented, original = bank["augmented"].values.astype(np.float64), np.tile(x, (2, 1, 1, 1, 1)).astype(np.float64)
+    mean_abs = (np.abs(augmented - original) / std.astype(np.float64)[None, None, :, None, None]).mean()
+    cells = (to_patches(augmented, 2) != to_patches(original, 2)).any(axis=(4, 5, 6))
+    assert 0 < cells.mean() < 1 and mean_abs > 0
+    assert bank.attrs["changed_cell_fraction"] == result["changed_cell_fraction"] == cells.mean()
+    np.testing.assert_allclose([bank.attrs["mean_abs_change_std"], result["mean_abs_change_std"]], mean_abs,
+                               rtol=1e-6)
+    assert result["rows"] == 14 and bank.attrs["seed"] == 3 and "chunk_size" not in bank.attrs
+    np.testing.assert_array_equal(bank["changed"].values, cells)
+    np.testing.assert_array_equal(bank["intervened"].values, cells.any(axis=(2, 3)))
+
+
+def test_empty_banks_have_the_same_variables_and_attributes(tmp_path):
+    from types import SimpleNamespace
+
+    from nuwa.bank import BANK_CONTIGUOUS
     from nuwa.io import write_netcdf
 
-    rng = np.random.default_rng(6)
-    x = _inputs(rng, n=4)
-    settings = dict(environment_ratio=0.25, copies=1, chunk_size=4, sigma=2.0, history=2, history_decay=0.5,
-                    exclude_causal_neighbours=True)
-    paths = []
-    for attempt in range(2):
-        bank = generate_bank(x, np.arange(4), method="random", settings=settings, patch_size=2,
-                             rng=np.random.default_rng(11))
-        dataset = bank_dataset(bank, channels=["a", "b"], units="1", method="random", settings=settings, patch_size=2,
-                               dataset_name="toy", variant="random")
-        paths.append(tmp_path / f"bank{attempt}.nc")
-        write_netcdf(dataset, paths[-1])
-    assert paths[0].read_bytes() == paths[1].read_bytes()
+    x = _inputs(np.random.default_rng(4), n=3)
+    _write(tmp_path / "full.nc", x, np.arange(3))
+    _write(tmp_path / "none.nc", x[:0], np.arange(0))
+    series = SimpleNamespace(field=np.zeros((20, 2, 8, 8), np.float32), attrs={})
+    write_netcdf(empty_bank_dataset(series, {"input_frames": 5, "patch_size": 2}, "toy", "ori", seed=9),
+                 tmp_path / "ori.nc", contiguous=BANK_CONTIGUOUS)
+    full, none, ori = (_read(tmp_path / f"{n}.nc") for n in ("full", "none", "ori"))
+    assert set(full.variables) == set(none.variables) == set(ori.variables)
+    for bank in (none, ori):
+        assert bank.sizes["bank_sample"] == 0
+        assert bank.attrs["changed_cell_fraction"] == bank.attrs["mean_abs_change_std"] == 0.0
+        for name in (*FLAGS, "augmented"):
+            assert bank[name].dims == full[name].dims and bank[name].dtype == full[name].dtype
+    assert ori.attrs["seed"] == 9 and ori.attrs["method"] == "none"
+    assert {"seed", "changed_cell_fraction", "mean_abs_change_std"} <= set(full.attrs)
+
+
+def _saliency_file(path, starts, importance):
+    import xarray as xr
+
+    from nuwa.io import write_netcdf
+
+    dims = ("sample", "step", "patch_y", "patch_x")
+    write_netcdf(xr.Dataset({"importance": (dims, importance)}, coords={"sample": np.asarray(starts)}), path)
+    return path
+
+
+def test_load_importance_returns_the_importance_of_the_training_windows(tmp_path):
+    importance = np.random.default_rng(0).random((4, 5, 2, 3)).astype(np.float32)
+    path = _saliency_file(tmp_path / "saliency.nc", [0, 2, 4, 6], importance)
+    np.testing.assert_array_equal(load_importance(path, np.array([0, 2, 4, 6]), (5, 2, 3)), importance)
+
+
+@pytest.mark.parametrize("problem", ["missing", "no importance", "samples", "shape", "nan"])
+def test_load_importance_refuses_a_stale_or_bad_saliency_file(tmp_path, problem):
+    import xarray as xr
+
+    from nuwa.io import write_netcdf
+
+    importance = np.random.default_rng(0).random((4, 5, 2, 3)).astype(np.float32)
+    starts, patches, path = [0, 2, 4, 6], (5, 2, 3), tmp_path / "saliency.nc"
+    if problem == "no importance":
+        write_netcdf(xr.Dataset({"causal": (("sample",), np.ones(4, np.int8))}, coords={"sample": starts}), path)
+    elif problem != "missing":
+        if problem == "nan":
+            importance[1, 2, 0, 1] = np.nan
+        _saliency_file(path, [0, 2, 4, 7] if problem == "samples" else starts, importance)
+        if problem == "shape":
+            patches = (5, 3, 2)
+    with pytest.raises(DataFileError, match="rerun the saliency stage") as error:
+        load_importance(path, np.array(starts), patches)
+    assert str(path) in str(error.value)
+
+
+def test_streamed_bank_equals_the_reference(tmp_path):
+    rng = np.random.default_rng(8)
+    x = _inputs(rng, n=5)
+    std = np.array([1.5, 3.0], np.float32)
+    for method in ("random", "saliency"):
+        importance = rng.random((5, 5, 4, 4)).astype(np.float32)
+        result = _write(tmp_path / f"{method}.nc", x, np.arange(5) * 4, method=method, seed=2, importance=importance,
+                        std=std)
+        expected = generate_bank(x, np.arange(5) * 4, method=method, settings=SETTINGS, patch_size=2, seed=2,
+                                 dataset_name="toy", importance=importance, std=std)
+        bank = _read(tmp_path / f"{method}.nc")
+        for name in ("augmented", "source_index", "copy", *FLAGS):
+            assert bank[name].values.tobytes() == expected[name].tobytes(), (method, name)
+        assert result["changed_cell_fraction"] == expected["changed_cell_fraction"]
+        np.testing.assert_allclose(result["mean_abs_change_std"], expected["mean_abs_change_std"], rtol=1e-6)
 
 
 def test_nuwa_bank_streams_a_contiguous_bank_with_the_same_bytes_every_time(tmp_path):
@@ -168,7 +351,7 @@ def test_nuwa_bank_streams_a_contiguous_bank_with_the_same_bytes_every_time(tmp_
     assert cli.main(["ingest", *common, "--out", str(tmp_path / "data.nc")]) == 0
     paths = [tmp_path / f"bank{i}.nc" for i in range(2)]
     for path in paths:
-        assert cli.main(["bank", *common, "--variant", "random", "--data", str(tmp_path / "data.nc"),
+        assert cli.main(["bank", *common, "--variant", "random", "--seed", "0", "--data", str(tmp_path / "data.nc"),
                          "--out", str(path)]) == 0
     assert paths[0].read_bytes() == paths[1].read_bytes()
     with h5py.File(paths[0]) as handle:
@@ -177,4 +360,6 @@ def test_nuwa_bank_streams_a_contiguous_bank_with_the_same_bytes_every_time(tmp_
     with xr.open_dataset(paths[0]) as bank:
         assert bank["augmented"].dims == ("bank_sample", "step", "channel", "y", "x")
         assert bank.sizes["bank_sample"] > 0 and np.isfinite(bank["augmented"].values).all()
-        assert bank.attrs["method"] == "random"
+        assert bank.attrs["method"] == "random" and bank.attrs["seed"] == 0
+        assert {"sampled", "intervened", "changed", "causal"} <= set(bank.variables)
+        assert 0 < bank.attrs["changed_cell_fraction"] < 1 and bank.attrs["mean_abs_change_std"] > 0

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from bank_reference import generate_bank
 from conftest import tool_env
-from nuwa.bank import (LazyWindows, apply_interventions, bank_dataset, draw_interventions, generate_bank,
-                       write_bank)
+from nuwa.bank import LazyWindows, apply_interventions, draw_interventions, write_bank
 from nuwa.bench.bank import authors_mixup, patch_loop
 
 
@@ -36,7 +36,7 @@ def test_fast_bank_equals_the_patch_loop_for_the_same_draws(exclude, history, de
     assert changed.any()  # something was intervened
     # nothing outside intervened environmental patches moved
     patches_changed = changed.reshape(n, t, gy, p, gx, p).any(axis=(3, 5))
-    assert not (patches_changed & ((causal == 1) | ~draws.intervened[:, :, None, None])).any()
+    assert not (patches_changed & ((causal == 1) | ~draws.sampled[:, :, None, None])).any()
 
 
 @pytest.mark.parametrize("patch,size", [(8, 16), (16, 32), (5, 10), (12, 24)])
@@ -99,11 +99,12 @@ MEMORY_SCRIPT = textwrap.dedent("""
     settings = dict(environment_ratio=0.25, copies=1, chunk_size=chunk, sigma=2.0, history=2, history_decay=0.5,
                     exclude_causal_neighbours=True)
     write_bank(out, LazyWindows(fetch, (1, *shape[1:])), np.arange(1), method="random", settings=settings,
-               patch_size=8, rng=np.random.default_rng(0), channels=["a"], units="1", dataset_name="toy",
+               patch_size=8, seed=0, channels=["a"], units="1", std=np.ones(1, np.float32), dataset_name="toy",
                variant="random", desc="")  # warm-up: numba, netCDF, dask loaded before the baseline
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     write_bank(out, LazyWindows(fetch, shape), np.arange(windows), method="random", settings=settings, patch_size=8,
-               rng=np.random.default_rng(1), channels=["a"], units="1", dataset_name="toy", variant="random", desc="")
+               seed=1, channels=["a"], units="1", std=np.ones(1, np.float32), dataset_name="toy", variant="random",
+               desc="")
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_growth_mib": (after - before) / 1024, "data_mib": 4 * np.prod(shape) / 2**20}))
 """)
@@ -180,8 +181,8 @@ def test_nuwa_bank_peak_memory_does_not_grow_with_the_dataset(tmp_path):
     Why: the stage holds the processed series whole (load_series; 1x, plus a transient of the
     same order while it is read and checked), and the allocator keeps about one block of freed
     inputs and outputs once a second block ran (see the test above). Holding the bank or the
-    windows it is made from (as generate_bank did) would add 7 chunks each; the margin is well
-    under that. Measured: +36 MiB for +140 MiB of bank (+17.5 MiB of series), margin 75 MiB."""
+    windows it is made from (as the in-memory generate_bank did) would add 7 chunks each; the
+    margin is well under that. Measured: +36 MiB for +140 MiB of bank (+17.5 MiB of series), margin 75 MiB."""
     peaks, series, banks = {}, {}, {}
     for windows in (CLI_CHUNK, 8 * CLI_CHUNK):
         params, length = glyph_params(tmp_path, windows)
@@ -191,7 +192,7 @@ def test_nuwa_bank_peak_memory_does_not_grow_with_the_dataset(tmp_path):
                                 capture_output=True, text=True, env=tool_env(), check=False)
         assert result.returncode == 0, result.stderr
         peaks[windows] = peak_of([sys.executable, "-m", "nuwa", "bank", *common, "--variant", "random",
-                                  "--data", str(data), "--out", str(bank)])
+                                  "--seed", "0", "--data", str(data), "--out", str(bank)])
         series[windows] = length * 64 * 64 * 4
         with xr.open_dataset(bank) as written:
             assert written["augmented"].shape == (windows, CLI_FRAMES[0], 1, 64, 64)
@@ -220,17 +221,21 @@ def test_streamed_bank_file_holds_the_in_memory_bank(tmp_path, method):
     importance = rng.random((23, 4, 8, 8)).astype(np.float32)
     settings = dict(environment_ratio=0.25, copies=2, chunk_size=5, sigma=2.0, history=2, history_decay=0.5,
                     exclude_causal_neighbours=True)
-    # written in blocks of 32 rows (netcdf_chunks: ~2 MiB): blocks cut through the bank's chunks of 5 windows
+    # written in blocks of 32 rows (netcdf_chunks: ~2 MiB): blocks cut through the copies (23 rows each)
     assert netcdf_chunks((46, 4, 1, 64, 64), 4)[0] == 32
-    meta = dict(channels=["a"], units="1", method=method, settings=settings, patch_size=8, dataset_name="toy",
-                variant="v")
-    bank = generate_bank(x, np.arange(23) * 2, method=method, settings=settings, patch_size=8,
-                         rng=np.random.default_rng(9), importance=importance, desc="")
-    expected = bank_dataset(bank, **meta)
+    std = np.array([0.7], np.float32)
+    expected = generate_bank(x, np.arange(23) * 2, method=method, settings=settings, patch_size=8, seed=9,
+                             dataset_name="toy", importance=importance, std=std)
     paths = [tmp_path / f"bank{i}.nc" for i in range(2)]
     for path in paths:
-        write_bank(path, LazyWindows(lambda a, b: x[a:b], x.shape), np.arange(23) * 2, rng=np.random.default_rng(9),
-                   importance=importance, desc="", **meta)
+        result = write_bank(path, LazyWindows(lambda a, b: x[a:b], x.shape), np.arange(23) * 2, method=method,
+                            settings=settings, patch_size=8, seed=9, importance=importance, channels=["a"],
+                            units="1", std=std, dataset_name="toy", variant="v", desc="")
     with xr.open_dataset(paths[0]) as written:
-        assert written.load().identical(expected)
+        for name in ("augmented", "source_index", "copy", "sampled", "intervened", "changed", "causal"):
+            assert written[name].values.tobytes() == expected[name].tobytes(), name
+        assert written.attrs["changed_cell_fraction"] == expected["changed_cell_fraction"] > 0
+        np.testing.assert_allclose(written.attrs["mean_abs_change_std"], expected["mean_abs_change_std"], rtol=1e-6)
+        assert written.attrs["seed"] == 9 and written.attrs["variant"] == "v"
+    assert result["rows"] == 46
     assert paths[0].read_bytes() == paths[1].read_bytes()

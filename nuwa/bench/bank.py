@@ -2,9 +2,11 @@
 
 The measured case is the full method on float32 windows (N, T, C, H, W) with the masks given:
 ``⌊ρ·L⌋`` environmental patches per step, Gaussian step sampling, random spatial weights,
-the temporal decay term and λ, one copy per window -- the random draws
-(:func:`nuwa.bank.draw_interventions`) and the arithmetic (:func:`nuwa.bank.apply_interventions`)
-both timed, on one thread. Throughput is Mpixel/s of input (N·T·C·H·W pixels per second).
+the temporal decay term and λ, one copy per window -- the random draws as the bank makes them
+(:func:`nuwa.bank.window_draws`: each window from its own counter-based stream) and the
+arithmetic (:func:`nuwa.bank.apply_interventions`) both timed, on one thread. Throughput is
+Mpixel/s of input (N·T·C·H·W pixels per second). (What :func:`nuwa.bank.write_bank` adds, the
+comparison of output with input for the flags and the strength, and the file, is not timed.)
 
 References, measured in the same run on the same arrays:
 
@@ -106,7 +108,7 @@ def patch_loop(inputs: np.ndarray, causal: np.ndarray, draws: Draws, *, patch_si
     environmental = causal == 0
     for i in range(n):
         for s in range(t):
-            if not draws.intervened[i, s]:
+            if not draws.sampled[i, s]:
                 continue
             for py in range(gy):
                 for px in range(gx):
@@ -157,7 +159,7 @@ def benchmark(samples: int = 512, frames: int = 10, size: int = 128, patch: int 
               progress=None) -> list[dict]:
     if size % patch:
         raise ValueError(f"--size {size} is not a multiple of --patch {patch}")
-    from nuwa.bank import apply_interventions, draw_interventions
+    from nuwa.bank import INTERVENTION_STREAM, WindowStreams, apply_interventions, window_draws
     from nuwa.saliency import causal_mask
 
     rng = np.random.default_rng(seed)
@@ -166,16 +168,18 @@ def benchmark(samples: int = 512, frames: int = 10, size: int = 128, patch: int 
     importance = rng.random(grid, dtype=np.float32)
     causal = causal_mask(importance.reshape(samples, frames, -1), ratio).reshape(grid)
     out = np.empty_like(inputs)
+    streams = WindowStreams(seed, INTERVENTION_STREAM, "bench")
+    sources = np.arange(samples)
     knobs = dict(patch_size=patch, history=history, history_decay=history_decay,
                  exclude_causal_neighbours=exclude_causal_neighbours)
 
     # ours and the patch loop both draw (steps, weights, lambda) and then compute: the same
     # method from the same inputs; the authors' rule draws nothing
     def ours():
-        apply_interventions(inputs, causal, draw_interventions(rng, grid, sigma), out=out, **knobs)
+        apply_interventions(inputs, causal, window_draws(streams, 0, sources, grid[1:], sigma), out=out, **knobs)
 
     def loop():
-        patch_loop(inputs, causal, draw_interventions(rng, grid, sigma), out=out, **knobs)
+        patch_loop(inputs, causal, window_draws(streams, 0, sources, grid[1:], sigma), out=out, **knobs)
 
     timings = {"ours": _best_time(ours, repeats)}
     if progress:

@@ -138,7 +138,7 @@ def processed(tmp_path_factory):
 
 
 def bank_command(out: str) -> list[str]:
-    return ["nuwa", "bank", "--dataset", "moving_glyphs", "--variant", "random",
+    return ["nuwa", "bank", "--dataset", "moving_glyphs", "--variant", "random", "--seed", "0",
             "--data", "data/processed/moving_glyphs.nc", "--out", out]
 
 
@@ -179,9 +179,9 @@ def test_two_writers_of_one_output_both_finish_and_leave_one_whole_file(processe
 # -- numba's on-disk cache, shared by every process ---------------------------------------------
 
 def _index_entries(cache: Path, function: str) -> list[tuple]:
-    """(signature, data file) of each entry of numba's cache index of nuwa.bank.<function>."""
+    """(signature, data file) of each entry of numba's cache index of nuwa.bank_kernel.<function>."""
     entries = []
-    for index in cache.rglob(f"bank.{function}-*.nbi"):
+    for index in cache.rglob(f"bank_kernel.{function}-*.nbi"):
         with open(index, "rb") as stream:
             pickle.load(stream)  # numba's version
             _, overloads = pickle.loads(stream.read())
@@ -197,7 +197,7 @@ def test_the_kernel_compiles_one_signature_whatever_the_inputs_writability(tmp_p
     env = dict(tool_env(), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     script = """
 import numpy as np
-from nuwa import bank
+from nuwa import bank, bank_kernel
 rng = np.random.default_rng(0)
 x = rng.random((2, 4, 1, 8, 8), dtype=np.float32)
 causal = np.ones((2, 4, 2, 2), dtype=np.int8); causal[:, :, 0, 0] = 0
@@ -207,7 +207,7 @@ writable = bank.apply_interventions(x, causal, draws, **kwargs)
 x.setflags(write=False)
 readonly = bank.apply_interventions(x, causal, draws, **kwargs)
 assert np.array_equal(writable, readonly)
-print(len(bank._intervene.signatures), len(bank._stream_copy.signatures))
+print(len(bank_kernel._intervene.signatures), len(bank_kernel._stream_copy.signatures))
 """
     counts = run(["python", "-c", script], tmp_path, env=env).stdout.split()
     assert counts == ["1", "2"], counts  # _stream_copy: a variable offset and a literal 0
