@@ -1,4 +1,9 @@
-"""Figures: prediction strips (input / truth / Ori / +Nuwa) and saliency overlays."""
+"""Figures: prediction strips (input / truth / Ori / +Nuwa) and saliency overlays.
+
+:func:`mask_figure` is the pure core of ``nuwa show-mask`` and of the saliency figure of
+``nuwa figures``: the saliency file holds importance only, so the environmental patches drawn
+are those a bank actually used (its ``causal`` variable, made with that variant's ratio).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+
+from nuwa.errors import DataFileError  # noqa: E402 (nuwa.io.DataFileError is this class)
+
+ENVIRONMENT_EDGE = "cyan"
 
 
 def prediction_strip(examples: dict[str, xr.Dataset], dataset_name: str, example: int = 0, channel: int = 0):
@@ -39,8 +48,12 @@ def prediction_strip(examples: dict[str, xr.Dataset], dataset_name: str, example
     return figure
 
 
-def saliency_overlay(frames: np.ndarray, importance: np.ndarray, causal: np.ndarray, patch_size: int, title: str = ""):
-    """Input frames (T, H, W) with importance as a heat map and environmental patches outlined."""
+def saliency_overlay(frames: np.ndarray, importance: np.ndarray, causal: np.ndarray | None, patch_size: int,
+                     title: str = "", step_labels: list[str] | None = None):
+    """Input frames (T, H, W) with importance as a heat map and environmental patches outlined.
+
+    ``causal`` (T, Py, Px), 1 causal / 0 environmental, or None: no outlines.
+    """
     steps = frames.shape[0]
     figure, axes = plt.subplots(2, steps, figsize=(1.5 * steps, 3.2), squeeze=False)
     for step in range(steps):
@@ -49,16 +62,83 @@ def saliency_overlay(frames: np.ndarray, importance: np.ndarray, causal: np.ndar
         heat = np.kron(importance[step], np.ones((patch_size, patch_size)))
         bottom.imshow(frames[step], cmap="gray")
         bottom.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-        for (row, col) in np.argwhere(causal[step] == 0):
+        environmental = np.argwhere(causal[step] == 0) if causal is not None else ()
+        for (row, col) in environmental:
             for axis in (top, bottom):
                 axis.add_patch(Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
-                                         fill=False, edgecolor="cyan", linewidth=0.8))
-        top.set_title(f"step {step}", fontsize=8)
+                                         fill=False, edgecolor=ENVIRONMENT_EDGE, linewidth=0.8))
+        top.set_title(step_labels[step] if step_labels else f"step {step}", fontsize=8)
         for axis in (top, bottom):
             axis.set_xticks([])
             axis.set_yticks([])
-    axes[0, 0].set_ylabel("input +\nenvironmental", fontsize=7)
+    axes[0, 0].set_ylabel("input +\nenvironmental" if causal is not None else "input", fontsize=7)
     axes[1, 0].set_ylabel("importance", fontsize=7)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def _source(dataset: xr.Dataset, given: str | None, default: str) -> str:
+    return given or dataset.encoding.get("source") or default
+
+
+def mask_figure(importance: xr.Dataset, series_field: np.ndarray, sample: int, bank: xr.Dataset | None = None,
+                copy: int = 0, title_prefix: str = "", *, channel: int = 0, source: str | None = None,
+                bank_source: str | None = None):
+    """One window's input frames, its importance heat map and, given a bank, the environmental
+    patches that bank used for (``source_index == sample``, ``copy``) outlined in cyan.
+
+    ``importance``: the saliency file (``importance(sample, step, patch_y, patch_x)``, attr
+    ``patch_size``); ``series_field``: the processed field (time, channel, y, x); ``sample``: a
+    window start index (a value of the saliency file's ``sample``, not a position). Without a
+    bank nothing is outlined and the title says so. A sample absent from the saliency file or
+    the bank, or a bank whose patch grid differs, is a :class:`DataFileError` naming the file
+    (``source``/``bank_source``, else the dataset's ``encoding["source"]``) and the valid range.
+    Returns the matplotlib figure (the caller saves and closes it).
+    """
+    source = _source(importance, source, "saliency dataset")
+    sample = int(sample)
+    samples = np.asarray(importance["sample"].values)
+    if samples.size == 0:
+        raise DataFileError(f"{source}: no samples (empty saliency file)")
+    if sample not in samples:
+        raise DataFileError(f"{source}: no sample {sample} (samples are window start indices "
+                            f"{int(samples.min())}..{int(samples.max())})")
+    entry = importance["importance"].sel(sample=sample).values
+    steps = entry.shape[0]
+    field = np.asarray(series_field)
+    if sample + steps > field.shape[0]:
+        raise DataFileError(f"{source}: window t={sample} needs frames {sample}..{sample + steps - 1}, the processed "
+                            f"field has {field.shape[0]} (a saliency file of another dataset?)")
+    frames = field[sample:sample + steps, channel]
+    dataset_name = importance.attrs.get("nuwa_dataset", "")
+    head = f"{title_prefix}{dataset_name}: window t={sample}"
+    causal = labels = None
+    if bank is None:
+        title = f"{head}, importance only (no bank given: no environmental patches outlined)"
+    else:
+        bank_source = _source(bank, bank_source, "bank dataset")
+        sources = np.asarray(bank["source_index"].values)
+        copies = np.asarray(bank["copy"].values)
+        if sources.size == 0:
+            raise DataFileError(f"{bank_source}: the bank has no augmented windows "
+                                f"(method {bank.attrs.get('method', '?')!r}); it holds no mask to draw")
+        rows = np.flatnonzero((sources == sample) & (copies == int(copy)))
+        if rows.size == 0:
+            raise DataFileError(f"{bank_source}: no augmented window for sample {sample} copy {int(copy)} (its samples "
+                                f"are window start indices {int(sources.min())}..{int(sources.max())}, copies "
+                                f"{int(copies.min())}..{int(copies.max())})")
+        row = int(rows[0])
+        causal = np.asarray(bank["causal"].isel(bank_sample=row).values)
+        if causal.shape != entry.shape:
+            raise DataFileError(f"{bank_source}: causal has (step, patch_y, patch_x) = {causal.shape}, the saliency "
+                                f"file {source} has {entry.shape} (a bank of another dataset or patch size?)")
+        if "intervened" in bank.variables:
+            intervened = np.asarray(bank["intervened"].isel(bank_sample=row).values)
+            labels = [f"step {s}" + (" (mixed)" if intervened[s] else "") for s in range(steps)]
+        variant = bank.attrs.get("variant", "?")
+        ratio = bank.attrs.get("environment_ratio")
+        ratio_text = f", environment ratio {float(ratio):g}" if ratio is not None else ""
+        title = f"{head}, bank {variant} copy {int(copy)}{ratio_text} (cyan = environmental)"
+    return saliency_overlay(frames, entry, causal, int(importance.attrs["patch_size"]), title=title,
+                            step_labels=labels)

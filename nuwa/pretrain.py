@@ -2,16 +2,20 @@
 
 Objectives: ``reconstruct`` (the paper: input window -> itself), ``masked`` (a random
 ``mask_ratio`` of patches per frame is hidden and only those are scored) and ``next_frame``
-(frame t -> frame t+1). Only training-split windows are seen.
+(frame t -> frame t+1). Only training-split windows are seen. A non-finite loss at any step
+raises :class:`nuwa.errors.DivergedError` (the stage writes nothing: the CLI writes after the
+core returns), so no diverged model reaches the saliency stage.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import pandas as pd
 import torch
 
+from nuwa.errors import DivergedError
 from nuwa.progress import progress
 from nuwa.seeding import seed_torch, torch_generator
 from nuwa.upstream import UpstreamViT, build_upstream
@@ -19,7 +23,10 @@ from nuwa.windows import SeriesData, select_dataset
 
 
 def pretrain(series: SeriesData, dataset_name: str, dataset_config: dict, config: dict, seed: int):
-    """Train the upstream ViT; returns (model, history DataFrame)."""
+    """Train the upstream ViT; returns (model, history DataFrame).
+
+    Raises :class:`DivergedError` naming the dataset and the step when a loss is NaN or infinite.
+    """
     seed_torch(seed, "pretrain", dataset_name)
     train = select_dataset(series, dataset_config, "train")
     if len(train) == 0:
@@ -37,10 +44,14 @@ def pretrain(series: SeriesData, dataset_name: str, dataset_config: dict, config
         index = torch.as_tensor(starts)[:, None] + torch.arange(frames + 1)[None, :]
         window = train.normalised[index]  # (B, T_in + 1, C, H, W): one extra frame for next_frame
         loss = objective_loss(model, window, config, generator)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergedError(f"pretrain {dataset_name}: loss is {value} at step {step} (diverged); "
+                                "nothing written")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        rows.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started})
+        rows.append({"step": step, "loss": value, "seconds": time.perf_counter() - started})
     model.eval()
     return model, pd.DataFrame(rows)
 

@@ -2,9 +2,13 @@
 
 For layer attention ``α[h, i, j]`` (rows sum to one), the importance of patch ``j`` is its
 column mean ``I_j = 1/(N_heads·L) Σ_h Σ_i α[h, i, j]``, averaged over the chosen layers, then
-min-max normalised per step. The ``⌊ρ·L⌋`` least important patches of each step are
-environmental (``causal = 0``), the rest causal. Batched; each row keeps its window's
-``source_index``, so a shuffled loader cannot pair a mask with another sample.
+min-max normalised per step. The saliency stage writes this importance only: the ratio ``ρ``
+belongs to the bank variant (``bank.environment_ratio``, a variant may override it), and the
+bank stage turns the importance into its mask with :func:`causal_mask`: the ``⌊ρ·L⌋`` least
+important patches of each step are environmental (``causal = 0``), the rest causal. Batched;
+each row keeps its window's ``source_index``, so a shuffled loader cannot pair an importance
+with another sample. A non-finite raw importance (a diverged or corrupt upstream model) is an
+error (:class:`nuwa.errors.DivergedError`), never normalised into zeros.
 
 The importance comes from :meth:`nuwa.upstream.UpstreamViT.column_importance`, which forms each
 chosen layer's weights once, reduces them at once, and stops after the last chosen layer's
@@ -16,11 +20,13 @@ is made, so the bank stage, which reads masks, starts without torch and timm.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
+from nuwa.errors import DivergedError
 from nuwa.progress import progress
 
 if TYPE_CHECKING:
@@ -46,7 +52,13 @@ def normalise_per_step(importance: torch.Tensor) -> torch.Tensor:
 
 
 def environment_count(num_patches: int, environment_ratio: float) -> int:
-    return int(np.floor(environment_ratio * num_patches))
+    """``⌊ρ·L⌋`` for the decimal ``ρ`` the user wrote: exact, not on a float product.
+
+    ``0.29 * 100`` is ``28.999999999999996`` in binary floating point, so ``floor`` of the float
+    product gives 28; the ratio is taken as the decimal of its shortest repr (``0.29`` exactly),
+    whose product with ``L`` is 29.
+    """
+    return int((Fraction(repr(float(environment_ratio))) * int(num_patches)) // 1)
 
 
 def causal_mask(importance: np.ndarray | torch.Tensor, environment_ratio: float) -> np.ndarray | torch.Tensor:
@@ -70,10 +82,15 @@ def causal_mask(importance: np.ndarray | torch.Tensor, environment_ratio: float)
 
 
 def compute_importance(model: UpstreamViT, windows: WindowDataset, layers: list[int], batch_size: int,
-                       shuffle: bool = False, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       dataset_name: str, shuffle: bool = False,
+                       generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Importance (N, T, Py, Px) for every window, rows ordered by source index.
 
     ``shuffle`` exists to prove the alignment: results are placed by each batch's own indices.
+    Each batch's raw importance is checked before it is normalised: a NaN or infinity (an
+    upstream model that diverged, or NaN weights) raises :class:`DivergedError` naming the
+    dataset and the first such window's source index. Only a finite step whose patches are all
+    equally important maps to zeros.
     """
     import torch
 
@@ -84,6 +101,14 @@ def compute_importance(model: UpstreamViT, windows: WindowDataset, layers: list[
     importance = np.full((len(windows), frames, gy, gx), np.nan, dtype=np.float32)
     for starts, inputs, _ in progress(loader, desc="saliency", unit="batch"):
         scores = model.column_importance(inputs, layers)  # (B*T, L), no (B*T, heads, L, L) kept
+        finite = torch.isfinite(scores).reshape(len(starts), -1).all(dim=1)
+        if not bool(finite.all()):
+            bad = int(torch.nonzero(~finite)[0, 0])
+            values = scores.reshape(len(starts), -1)[bad]
+            kind = "nan" if bool(torch.isnan(values).any()) else "infinite"
+            raise DivergedError(f"saliency {dataset_name}: attention importance is {kind} for the window at source "
+                                f"index {int(starts[bad])} (upstream model diverged or its weights are not finite; "
+                                "rerun the pretrain stage); nothing written")
         scores = normalise_per_step(scores).reshape(len(starts), frames, gy, gx)
         rows = [position[int(s)] for s in starts]
         importance[rows] = scores.numpy()
@@ -92,10 +117,10 @@ def compute_importance(model: UpstreamViT, windows: WindowDataset, layers: list[
     return np.asarray(windows.starts), importance
 
 
-def saliency_dataset(source_index: np.ndarray, importance: np.ndarray, environment_ratio: float, patch_size: int,
-                     layers: list[int], depth: int, dataset_name: str) -> xr.Dataset:
-    samples, frames, gy, gx = importance.shape
-    causal = causal_mask(importance.reshape(samples, frames, -1), environment_ratio).reshape(importance.shape)
+def saliency_dataset(source_index: np.ndarray, importance: np.ndarray, patch_size: int, layers: list[int],
+                     depth: int, dataset_name: str) -> xr.Dataset:
+    """The saliency file: ``importance`` only. Masks belong to the banks (each variant's ratio)."""
+    _, frames, gy, gx = importance.shape
     coords = {
         "sample": ("sample", np.asarray(source_index, dtype=np.int64),
                    {"long_name": "source window: index of its first time step in the processed dataset"}),
@@ -108,16 +133,12 @@ def saliency_dataset(source_index: np.ndarray, importance: np.ndarray, environme
         {
             "importance": (dims, importance.astype(np.float32),
                            {"long_name": "attention column importance, min-max normalised per step", "units": "1"}),
-            "causal": (dims, causal, {"long_name": "patch role", "flag_values": np.array([0, 1], dtype=np.int8),
-                                      "flag_meanings": "environmental causal"}),
         },
         coords=coords,
         attrs={
-            "title": f"nuwa saliency masks for {dataset_name}",
+            "title": f"nuwa saliency importance for {dataset_name}",
             "Conventions": "CF-1.10",
             "nuwa_dataset": dataset_name,
-            "environment_ratio": float(environment_ratio),
-            "environmental_patches_per_step": environment_count(gy * gx, environment_ratio),
             "patch_size": int(patch_size),
             "layers": np.asarray(sorted({layer % depth for layer in layers}), dtype=np.int32),
             "split": "train",

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from nuwa.ingest import build_processed
-from nuwa.saliency import causal_mask, column_importance, compute_importance, environment_count, normalise_per_step
+from nuwa.errors import DivergedError
+from nuwa.saliency import (causal_mask, column_importance, compute_importance, environment_count, normalise_per_step,
+                           saliency_dataset)
 from nuwa.upstream import UpstreamViT, _attention_weights
 from nuwa.windows import WindowDataset, load_series
 
@@ -73,6 +75,36 @@ def test_number_of_environmental_patches_is_floor_ratio_times_patches(ratio, pat
             assert row_importance[row_mask == 0].max() <= row_importance[row_mask == 1].min()
 
 
+@pytest.mark.parametrize("ratio,patches,expected", [
+    (0.29, 100, 29), (0.57, 100, 57), (0.58, 100, 58),  # the float product is 28.999..., 56.999..., 57.999...
+    (0.25, 16, 4), (0.5, 9, 4), (0.1, 4, 0), (0.3, 10, 3), (0.7, 10, 7), (0.99, 64, 63), (0.125, 8, 1)])
+def test_environment_count_is_the_floor_of_the_decimal_ratio_written(ratio, patches, expected):
+    assert environment_count(patches, ratio) == expected
+    assert environment_count(patches, np.float64(ratio)) == expected
+    mask = causal_mask(np.random.default_rng(0).random((2, 3, patches)), ratio)
+    assert ((mask == 0).sum(axis=-1) == expected).all()
+
+
+def test_environment_count_differs_from_the_float_product_where_binary_rounds_down():
+    # the cases the exact count exists for: the float product floors one lower
+    for ratio in (0.29, 0.57, 0.58):
+        assert int(np.floor(ratio * 100)) == round(ratio * 100) - 1
+        assert environment_count(100, ratio) == round(ratio * 100)
+
+
+def test_saliency_dataset_holds_importance_only():
+    importance = np.random.default_rng(2).random((3, 2, 4, 4)).astype(np.float32)
+    dataset = saliency_dataset(np.array([0, 2, 4]), importance, patch_size=4, layers=[-1], depth=2,
+                               dataset_name="toy")
+    assert set(dataset.data_vars) == {"importance"}
+    assert "environment_ratio" not in dataset.attrs and "environmental_patches_per_step" not in dataset.attrs
+    assert {"patch_size", "layers", "split", "title", "Conventions", "nuwa_dataset"} <= set(dataset.attrs)
+    assert dataset.attrs["patch_size"] == 4 and list(dataset.attrs["layers"]) == [1]
+    assert dataset.attrs["nuwa_dataset"] == "toy" and dataset.attrs["split"] == "train"
+    np.testing.assert_array_equal(dataset["sample"].values, [0, 2, 4])
+    np.testing.assert_array_equal(dataset["importance"].values, importance)
+
+
 def test_recomputed_attention_reproduces_timm_block_output():
     model = UpstreamViT(frames=2, channels=1, height=8, width=8, patch_size=2, embed_dim=16, depth=2, num_heads=4,
                         mlp_ratio=2.0).eval()
@@ -106,8 +138,9 @@ def test_shuffled_loader_returns_each_mask_to_its_own_sample(tmp_path):
     windows = WindowDataset(series, "train", 3, 2, 1)
     model = UpstreamViT(frames=3, channels=1, height=8, width=8, patch_size=2, embed_dim=16, depth=1, num_heads=2,
                         mlp_ratio=2.0).eval()
-    index_ordered, ordered = compute_importance(model, windows, [-1], batch_size=5)
-    index_shuffled, shuffled = compute_importance(model, windows, [-1], batch_size=5, shuffle=True,
+    index_ordered, ordered = compute_importance(model, windows, [-1], batch_size=5, dataset_name="toy")
+    index_shuffled, shuffled = compute_importance(model, windows, [-1], batch_size=5, dataset_name="toy",
+                                                  shuffle=True,
                                                   generator=torch.Generator().manual_seed(9))
     np.testing.assert_array_equal(index_ordered, windows.starts)
     np.testing.assert_array_equal(index_ordered, index_shuffled)
@@ -121,6 +154,55 @@ def test_shuffled_loader_returns_each_mask_to_its_own_sample(tmp_path):
         np.testing.assert_allclose(ordered[row], alone.numpy(), atol=1e-5)
     # windows differ, so a mispairing would be visible
     assert not np.allclose(ordered[0], ordered[1])
+
+
+def _toy_model() -> UpstreamViT:
+    torch.manual_seed(0)
+    return UpstreamViT(frames=3, channels=1, height=8, width=8, patch_size=2, embed_dim=16, depth=1, num_heads=2,
+                       mlp_ratio=2.0).eval()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_model_weights_make_compute_importance_raise(tmp_path, value):
+    series = _toy_series(tmp_path)
+    windows = WindowDataset(series, "train", 3, 2, 1)
+    model = _toy_model()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(value)
+    with pytest.raises(DivergedError, match=rf"^saliency toy: attention importance is nan for the window at source "
+                                            rf"index {int(windows.starts[0])} \(.*nothing written"):
+        compute_importance(model, windows, [-1], batch_size=5, dataset_name="toy")
+
+
+def test_one_corrupt_window_is_named_by_its_source_index(tmp_path, monkeypatch):
+    series = _toy_series(tmp_path)
+    windows = WindowDataset(series, "train", 3, 2, 1)
+    model = _toy_model()
+    bad = int(windows.starts[7])
+    original = model.column_importance
+    calls = []
+
+    def corrupt(inputs, layers):  # unshuffled batches of 5: row 7 is the second batch's third window
+        scores = original(inputs, layers)
+        calls.append(len(inputs))
+        if len(calls) == 2:
+            scores[2 * 3 + 1, 5] = float("inf")  # its step 1, patch 5
+        return scores
+
+    monkeypatch.setattr(model, "column_importance", corrupt)
+    with pytest.raises(DivergedError, match=rf"saliency toy: attention importance is infinite for the window at "
+                                            rf"source index {bad} "):
+        compute_importance(model, windows, [-1], batch_size=5, dataset_name="toy")
+
+
+def test_finite_equal_importances_still_map_to_zeros(tmp_path, monkeypatch):
+    series = _toy_series(tmp_path)
+    windows = WindowDataset(series, "train", 3, 2, 1)
+    model = _toy_model()
+    monkeypatch.setattr(model, "column_importance", lambda inputs, layers: torch.full((len(inputs) * 3, 16), 0.25))
+    _, importance = compute_importance(model, windows, [-1], batch_size=5, dataset_name="toy")
+    assert importance.shape == (len(windows), 3, 4, 4) and (importance == 0).all()
 
 
 def _sharp_model(depth=3, heads=4, embed=32, seed=0) -> UpstreamViT:
