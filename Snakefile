@@ -1,15 +1,11 @@
 # NuwaDynamics pipeline: params.yaml -> ingest -> pretrain -> saliency -> bank -> train -> tables.
 # Run: snakemake --cores all   (see README.md; the same stages run under `dvc repro`)
+# The stages are defined once, in nuwa/stages.py: rules/stages.smk makes a rule of each, and
+# dvc.yaml is generated from the same table (`nuwa dvc-yaml`).
 
 # params.yaml (configfile) is read and validated in common.smk, before anything else
 include: "workflow/rules/common.smk"
-include: "workflow/rules/validate.smk"
-include: "workflow/rules/ingest.smk"
-include: "workflow/rules/pretrain.smk"
-include: "workflow/rules/saliency.smk"
-include: "workflow/rules/bank.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/tables.smk"
+include: "workflow/rules/stages.smk"
 
 
 rule all:

@@ -19,15 +19,26 @@ from nuwa import grid
 COMMON_HELP = "parameter file (validated against the schema before anything runs)"
 
 
-def _params(args, uses_torch=False):
-    """The validated parameter file; ``uses_torch``: also apply ``--threads`` to torch. Only
-    the stages that compute with torch import it: the others start 2-5 s sooner per job."""
+def _params(args, stage=None, uses_torch=False, **wildcards):
+    """The validated parameter file; with ``stage``, only the keys the stage table declares for
+    that stage's job (:func:`nuwa.stages.declared_params`: reading another key is an error).
+    Names given on the command line are checked against the whole file first. ``uses_torch``:
+    also apply ``--threads`` to torch. Only the stages that compute with torch import it: the
+    others start 2-5 s sooner per job."""
     from nuwa.config import load_params
 
     params = load_params(args.params)
+    for section, name in (("datasets", wildcards.get("dataset")), ("backbones", wildcards.get("backbone")),
+                          ("variants", wildcards.get("variant"))):
+        if name is not None:
+            grid.check_name(params, section, name)
     if uses_torch:
         _torch_threads(args)
-    return params
+    if stage is None:
+        return params
+    from nuwa.stages import declared_params
+
+    return declared_params(params, stage, **wildcards)
 
 
 def _torch_threads(args):
@@ -35,19 +46,6 @@ def _torch_threads(args):
         import torch
 
         torch.set_num_threads(args.threads)
-
-
-def _check_name(params, section, name):
-    if name not in params[section]:
-        from nuwa.config import ParamsError
-
-        raise ParamsError(f"--{section[:-1]} {name!r} is not defined under {section} "
-                          f"(defined: {', '.join(sorted(params[section]))})")
-
-
-def _dataset_config(params, name):
-    _check_name(params, "datasets", name)
-    return params["datasets"][name]
 
 
 def cmd_validate(args):
@@ -64,6 +62,18 @@ def cmd_validate(args):
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps({"params_valid": True}) + "\n")
+
+
+def cmd_dvc_yaml(args):
+    from nuwa.io import write_text
+    from nuwa.stages import dvc_yaml
+
+    text = dvc_yaml()
+    if args.out:
+        write_text(text, args.out)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
 
 
 def dataset_rows(params: dict) -> list[dict]:
@@ -100,12 +110,12 @@ def cmd_ingest(args):
     from nuwa.ingest import DEFAULT_CHUNK_FRAMES, dask_scheduler, ingest
     from nuwa.io import write_netcdf
 
-    params = _params(args)
-    config = _dataset_config(params, args.dataset)
+    params = _params(args, "ingest", dataset=args.dataset)
     out = args.out or grid.PROCESSED.format(dataset=args.dataset)
-    settings = params.get("ingest", {})
+    settings = params.get("ingest") or {}
     with dask_scheduler(settings.get("scheduler", "local"), threads=args.threads or 1):
-        processed = ingest(args.dataset, config, chunk_frames=settings.get("chunk_frames", DEFAULT_CHUNK_FRAMES))
+        processed = ingest(args.dataset, params["datasets"][args.dataset],
+                           chunk_frames=settings.get("chunk_frames", DEFAULT_CHUNK_FRAMES))
         write_netcdf(processed, out)
     print(f"wrote {out}")
 
@@ -115,14 +125,14 @@ def cmd_pretrain(args):
     from nuwa.pretrain import checkpoint, pretrain
     from nuwa.windows import load_series
 
-    params = _params(args, uses_torch=True)
-    config = _dataset_config(params, args.dataset)
+    params = _params(args, "pretrain", uses_torch=True, dataset=args.dataset)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    model, history = pretrain(series, args.dataset, config, params["pretrain"], params["seed"])
+    settings = params["pretrain"]
+    model, history = pretrain(series, args.dataset, params["datasets"][args.dataset], settings, settings["seed"])
     model_out = args.model_out or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
     history_out = args.history_out or grid.UPSTREAM_HISTORY.format(dataset=args.dataset)
     write_csv(history, history_out)
-    save_checkpoint(checkpoint(model, args.dataset, params["pretrain"]), model_out)
+    save_checkpoint(checkpoint(model, args.dataset, settings), model_out)
     print(f"wrote {model_out} (final loss {history['loss'].iloc[-1]:.4g})")
 
 
@@ -132,8 +142,8 @@ def cmd_saliency(args):
     from nuwa.saliency import compute_importance, saliency_dataset
     from nuwa.windows import load_series, select_dataset
 
-    params = _params(args, uses_torch=True)
-    config = _dataset_config(params, args.dataset)
+    params = _params(args, "saliency", uses_torch=True, dataset=args.dataset)
+    config = params["datasets"][args.dataset]
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     model_path = args.model or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
     frames, channels, height, width = config["input_frames"], *series.field.shape[1:]
@@ -142,9 +152,10 @@ def cmd_saliency(args):
                                     "patch_size": config["patch_size"]})
     train = select_dataset(series, config, "train")
     settings = params["saliency"]
-    source_index, importance = compute_importance(model, train, settings["layers"], settings["batch_size"])
-    dataset = saliency_dataset(source_index, importance, settings["environment_ratio"], config["patch_size"],
-                               settings["layers"], len(model.blocks), args.dataset)
+    source_index, importance = compute_importance(model, train, settings["layers"], settings["batch_size"],
+                                                  args.dataset)
+    dataset = saliency_dataset(source_index, importance, config["patch_size"], settings["layers"], len(model.blocks),
+                               args.dataset)
     out = args.out or grid.SALIENCY.format(dataset=args.dataset)
     write_netcdf(dataset, out)
     print(f"wrote {out} ({len(source_index)} training windows)")
@@ -153,73 +164,49 @@ def cmd_saliency(args):
 def cmd_bank(args):
     import numpy as np
 
-    from nuwa.bank import BANK_CONTIGUOUS, LazyWindows, write_bank
-    from nuwa.io import DataFileError, check_finite, open_netcdf, write_netcdf
-    from nuwa.seeding import numpy_rng
+    from nuwa.bank import BANK_CONTIGUOUS, LazyWindows, empty_bank_dataset, load_importance, write_bank
+    from nuwa.io import write_netcdf
     from nuwa.windows import load_series, select_dataset
 
-    params = _params(args)
-    config = _dataset_config(params, args.dataset)
-    _check_name(params, "variants", args.variant)
+    params = _params(args, "bank", dataset=args.dataset, variant=args.variant, seed=args.seed)
+    config = params["datasets"][args.dataset]
     settings = grid.variant_settings(params, args.variant)
     method = settings.pop("method")
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     train = select_dataset(series, config, "train")
     source_index = np.asarray(train.starts)
-    out = args.out or grid.BANK.format(dataset=args.dataset, variant=args.variant)
+    out = args.out or grid.BANK.format(dataset=args.dataset, variant=args.variant, seed=args.seed)
     if method == "none":
         # Ori trains on the original windows: its bank is empty by definition, which keeps
         # the DAG uniform (every variant's training reads its bank) in Snakemake and DVC alike.
-        write_netcdf(empty_bank_dataset(series, config, args.dataset, args.variant), out, contiguous=BANK_CONTIGUOUS)
+        write_netcdf(empty_bank_dataset(series, config, args.dataset, args.variant, args.seed), out,
+                     contiguous=BANK_CONTIGUOUS)
         print(f"wrote {out} (method 'none': no augmented windows)")
         return
     importance = None
     if method == "saliency":
-        saliency_path = args.saliency or grid.SALIENCY.format(dataset=args.dataset)
-        saliency = open_netcdf(saliency_path, variables=("importance", "causal"),
-                               dims={"importance": ("sample", "step", "patch_y", "patch_x")})
-        if not np.array_equal(saliency["sample"].values, source_index):
-            raise DataFileError(f"{saliency_path}: its samples are not this dataset's training windows "
-                                "(stale saliency file?); rerun the saliency stage")
-        importance = saliency["importance"].values
         patches = (config["input_frames"], *(n // config["patch_size"] for n in series.field.shape[2:]))
-        if importance.shape[1:] != patches:
-            raise DataFileError(f"{saliency_path}: importance has (step, patch_y, patch_x) = {importance.shape[1:]}, "
-                                f"this dataset's windows need {patches} (stale saliency file?); rerun the saliency stage")
-        check_finite(importance, f"{saliency_path}: variable 'importance'")
-    rng = numpy_rng(params["seed"], "bank", args.dataset, args.variant)
+        importance = load_importance(args.saliency or grid.SALIENCY.format(dataset=args.dataset), source_index,
+                                     patches)
     # windows fetched chunk by chunk while the bank streams to the file: neither the windows nor
     # the bank are ever whole in memory
     windows = LazyWindows(lambda a, b: train.inputs(source_index[a:b]),
                           (len(source_index), config["input_frames"], *series.field.shape[1:]))
-    rows = write_bank(out, windows, source_index, method=method, settings=settings, patch_size=config["patch_size"],
-                      rng=rng, importance=importance, channels=[str(c) for c in range(series.field.shape[1])],
-                      units=series.attrs.get("units", "1"), dataset_name=args.dataset, variant=args.variant,
-                      desc=f"bank {args.dataset}/{args.variant}")
-    print(f"wrote {out} ({rows} augmented windows)")
-
-
-def empty_bank_dataset(series, config, dataset_name, variant):
-    import numpy as np
-
-    from nuwa.bank import bank_dataset
-
-    t, (c, h, w) = config["input_frames"], series.field.shape[1:]
-    p = config["patch_size"]
-    empty = {"augmented": np.zeros((0, t, c, h, w), np.float32), "source_index": np.zeros(0, np.int64),
-             "copy": np.zeros(0, np.int32), "intervened": np.zeros((0, t), np.int8),
-             "causal": np.zeros((0, t, h // p, w // p), np.int8)}
-    return bank_dataset(empty, channels=[str(i) for i in range(c)], units=series.attrs.get("units", "1"),
-                        method="none", settings={"environment_ratio": 0.0}, patch_size=p,
-                        dataset_name=dataset_name, variant=variant)
+    summary = write_bank(out, windows, source_index, method=method,
+                         settings={**settings, "chunk_size": params["bank"]["chunk_size"]},
+                         patch_size=config["patch_size"], seed=args.seed, importance=importance,
+                         channels=[str(c) for c in range(series.field.shape[1])],
+                         units=series.attrs.get("units", "1"), std=series.std, dataset_name=args.dataset,
+                         variant=args.variant, desc=f"bank {args.dataset}/{args.variant}/seed{args.seed}")
+    print(f"wrote {out} ({summary['rows']} augmented windows; {summary['changed_cell_fraction']:.3f} of the "
+          f"(step, patch) cells changed, mean |change| {summary['mean_abs_change_std']:.3g} training std)")
 
 
 def cmd_train(args):
     """One cell; several processes when launched by torchrun (see nuwa.distributed), rank 0 writing."""
     from nuwa import distributed
 
-    params = _params(args, uses_torch=True)
-    _check_name(params, "backbones", args.backbone)
+    params = _params(args, "train", uses_torch=True, **{axis: getattr(args, axis) for axis in grid.AXES})
     gpus = int(params["backbones"][args.backbone].get("gpus", 1))
     if gpus > 1 and distributed.environment_world_size() == 1 and "LOCAL_RANK" not in os.environ:
         # the cell asks for several GPUs: run this same command under torchrun, one process per
@@ -239,16 +226,12 @@ def cmd_train(args):
 
 def _train(args, params, context):
     from nuwa.evaluate import METRIC_CONVENTIONS, examples_dataset
-    from nuwa.io import (DataFileError, NetCDFRows, load_checkpoint, open_netcdf, save_checkpoint, write_csv,
-                         write_json, write_netcdf)
-    from nuwa.train import train_cell
+    from nuwa.io import DataFileError, NetCDFRows, load_checkpoint, open_netcdf, save_checkpoint, write_csv, \
+        write_json, write_netcdf
+    from nuwa.train import model_payload, train_cell
     from nuwa.windows import load_series
 
-    config = _dataset_config(params, args.dataset)
-    _check_name(params, "backbones", args.backbone)
-    _check_name(params, "variants", args.variant)
-    seed = params["seed"] if args.seed is None else args.seed
-    cell = grid.Cell(args.dataset, args.backbone, args.variant, seed, primary=seed == params["seed"])
+    cell = grid.Cell(*(getattr(args, axis) for axis in grid.AXES))
     out_dir = Path(args.out_dir or cell.run_dir)
     if context.is_main:
         # temporary files of a writer killed mid-write (SIGKILL skips the clean-up of io.atomic_path)
@@ -256,16 +239,23 @@ def _train(args, params, context):
             for partial in out_dir.glob(f".{name}.*.tmp"):
                 partial.unlink(missing_ok=True)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    method = params["variants"][args.variant]["method"]
-    bank_path = args.bank or grid.BANK.format(dataset=args.dataset, variant=args.variant)
-    # the bank's metadata and source indices only: its windows are read per batch, by every process itself
-    with open_netcdf(bank_path, variables=("augmented", "source_index"), load=False,
+    settings = grid.variant_settings(params, args.variant, grid.TRAIN_KNOBS)
+    method = settings["method"]
+    bank_path = args.bank or grid.BANK.format(dataset=args.dataset, variant=args.variant, seed=args.seed)
+    # the bank's metadata, sources and copies only: its windows are read per batch, by every process itself
+    with open_netcdf(bank_path, variables=("augmented", "source_index", "copy"), load=False,
                      dims={"augmented": ("bank_sample", "step", "channel", "y", "x"),
-                           "source_index": ("bank_sample",)}) as bank:
+                           "source_index": ("bank_sample",), "copy": ("bank_sample",)}) as bank:
         if bank.attrs.get("method") != method:
             raise DataFileError(f"{bank_path}: bank made with method {bank.attrs.get('method')!r}, but variant "
                                 f"{args.variant!r} has method {method!r}; rerun the bank stage")
-        bank_sources = bank["source_index"].values
+        if int(bank.attrs.get("seed", -1)) != args.seed:
+            raise DataFileError(f"{bank_path}: bank made for seed {bank.attrs.get('seed')!r}, this run has seed "
+                                f"{args.seed}; rerun the bank stage")
+        bank_sources, bank_copies = bank["source_index"].values, bank["copy"].values
+        # how strongly the bank perturbs, beside every result (tables): the mean change is in training-std units
+        strength = {"bank_changed_cell_fraction": float(bank.attrs["changed_cell_fraction"]),
+                    "bank_mean_abs_change": float(bank.attrs["mean_abs_change_std"])}
     upstream = upstream_path = None
     if params["backbones"][args.backbone].get("init_from_upstream"):
         upstream_path = args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
@@ -273,19 +263,21 @@ def _train(args, params, context):
     checkpoint_path = out_dir / "checkpoint.pt"
     with NetCDFRows(bank_path, "augmented") as bank_inputs:
         model, history, metrics, examples = train_cell(
-            series, dataset_name=args.dataset, dataset_config=config, backbone_name=args.backbone,
-            backbone_config=params["backbones"][args.backbone], variant=args.variant, train_config=params["train"],
-            seed=seed, bank_inputs=bank_inputs, bank_sources=bank_sources, checkpoint_path=checkpoint_path,
-            upstream=upstream, upstream_source=upstream_path, context=context)
+            series, dataset_name=args.dataset, dataset_config=params["datasets"][args.dataset],
+            backbone_name=args.backbone, backbone_config=params["backbones"][args.backbone], variant=args.variant,
+            train_config=params["train"], mix_fraction=settings["mix_fraction"], seed=args.seed,
+            bank_inputs=bank_inputs, bank_sources=bank_sources, bank_copies=bank_copies,
+            checkpoint_path=checkpoint_path, upstream=upstream, upstream_source=upstream_path, context=context)
     if not context.is_main:
         return
     metrics.update({"dataset": args.dataset, "backbone": args.backbone, "variant": args.variant, "method": method,
-                    "split": "test", "conventions": METRIC_CONVENTIONS})
+                    **strength, "split": "test", "conventions": METRIC_CONVENTIONS})
     write_csv(history, out_dir / "history.csv")
     write_netcdf(examples_dataset(examples, series, {"dataset": args.dataset, "backbone": args.backbone,
-                                                     "variant": args.variant, "seed": seed}), out_dir / "examples.nc")
-    save_checkpoint({"state_dict": model.state_dict(), "backbone": dict(params["backbones"][args.backbone]),
-                     "dataset": args.dataset, "variant": args.variant, "seed": seed}, out_dir / "model.pt")
+                                                     "variant": args.variant, "seed": args.seed}),
+                 out_dir / "examples.nc")
+    save_checkpoint(model_payload(model, params["backbones"][args.backbone], args.dataset, args.variant, args.seed),
+                    out_dir / "model.pt")
     # metrics.json last: its presence marks a finished run
     write_json(metrics, out_dir / "metrics.json")
     checkpoint_path.unlink(missing_ok=True)
@@ -297,8 +289,8 @@ def cmd_baseline(args):
     from nuwa.io import write_json
     from nuwa.windows import load_series, select_dataset
 
-    params = _params(args, uses_torch=True)
-    config = _dataset_config(params, args.dataset)
+    params = _params(args, "baseline", uses_torch=True, dataset=args.dataset)
+    config = params["datasets"][args.dataset]
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     test = select_dataset(series, config, "test")
     metrics, _ = evaluate_forecaster(lambda x: persistence(x, config["output_frames"]), test, config["csi_thresholds"])
@@ -314,12 +306,12 @@ def cmd_tables(args):
     from nuwa.metrics import METRIC_CONVENTIONS
     from nuwa.tables import summarise, to_markdown
 
-    params = _params(args)
+    params = _params(args, "tables")
     records = []
     for cell in grid.train_cells(params):
         metrics = read_json(cell.file("metrics.json"))
-        records.append({"dataset": cell.dataset, "backbone": cell.backbone, "variant": cell.variant,
-                        "seed": cell.seed, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        records.append({**{axis: getattr(cell, axis) for axis in grid.AXES},
+                        **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in grid.AXES}})
     baselines = {d: read_json(grid.BASELINE.format(dataset=d)) for d in params["grid"]["datasets"]}
     methods = {name: entry["method"] for name, entry in params["variants"].items()}
     summary = summarise(records, baselines, methods)
@@ -334,65 +326,48 @@ def cmd_figures(args):
     from nuwa.figures import prediction_strip
     from nuwa.io import open_netcdf, save_figure
 
-    params = _params(args)
-    backbone = params["figures"]["backbone"]
+    params = _params(args, "figures", dataset=args.dataset)
+    backbone, seed = params["figures"]["backbone"], grid.first_seed(params)
     examples = {}
     for variant in params["grid"]["variants"]:
-        path = grid.Cell(args.dataset, backbone, variant, params["seed"], True).file("examples.nc")
+        path = grid.Cell(args.dataset, backbone, variant, seed).file("examples.nc")
         examples[variant] = open_netcdf(path, variables=("inputs", "truth", "prediction"))
-    figure = prediction_strip(examples, f"{args.dataset} ({backbone})")
+    figure = prediction_strip(examples, f"{args.dataset} ({backbone}, seed {seed})")
     save_figure(figure, args.out_predictions or grid.PREDICTION_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
+    # the saliency figure outlines the mask a bank used: the first saliency variant's, if any
+    saliency_variants = [v for v in params["grid"]["variants"] if params["variants"][v]["method"] == "saliency"]
+    bank = (grid.BANK.format(dataset=args.dataset, variant=saliency_variants[0], seed=seed)
+            if saliency_variants else None)
     out = args.out_saliency or grid.SALIENCY_FIGURE.format(dataset=args.dataset)
-    show_mask(grid.SALIENCY.format(dataset=args.dataset), 0, out, data=grid.PROCESSED.format(dataset=args.dataset),
-              by_position=True)
+    show_mask(grid.SALIENCY.format(dataset=args.dataset), None, out, data=grid.PROCESSED.format(dataset=args.dataset),
+              bank=bank)
     print(f"wrote figures for {args.dataset}")
 
 
-def show_mask(saliency_path, sample, out, data=None, by_position=False):
+def show_mask(saliency_path, sample, out, data=None, bank=None, copy=0):
+    """Write the PNG of one window (``sample``: its start index; None: the first training window)
+    with its importance and, from ``bank``, the environmental patches that bank used."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    from nuwa.figures import saliency_overlay
-    from nuwa.io import DataFileError, open_netcdf, save_figure
+    from nuwa.figures import mask_figure
+    from nuwa.io import open_netcdf, save_figure
     from nuwa.windows import load_series
 
-    saliency = open_netcdf(saliency_path, variables=("importance", "causal"))
-    dataset_name = saliency.attrs.get("nuwa_dataset", "")
-    data = data or grid.PROCESSED.format(dataset=dataset_name)
-    series = load_series(data)
-    samples = saliency["sample"].values
-    if by_position:
-        sample = int(samples[sample])
-    if sample not in samples:
-        raise DataFileError(f"{saliency_path}: no sample {sample} (samples are window start indices "
-                            f"{int(samples.min())}..{int(samples.max())})")
-    entry = saliency.sel(sample=sample)
-    steps = entry.sizes["step"]
-    frames = series.field[sample:sample + steps, 0]
-    figure = saliency_overlay(frames, entry["importance"].values, entry["causal"].values,
-                              int(saliency.attrs["patch_size"]),
-                              title=f"{dataset_name}: window t={sample}, environment ratio "
-                                    f"{saliency.attrs['environment_ratio']:g} (cyan = environmental)")
+    saliency = open_netcdf(saliency_path, variables=("importance",))
+    data = data or grid.PROCESSED.format(dataset=saliency.attrs.get("nuwa_dataset", ""))
+    bank_data = open_netcdf(bank, variables=("causal", "source_index", "copy")) if bank else None
+    sample = int(saliency["sample"].values[0]) if sample is None else sample
+    figure = mask_figure(saliency, load_series(data).field, sample, bank=bank_data, copy=copy, source=str(saliency_path),
+                         bank_source=str(bank) if bank else None)
     save_figure(figure, out, dpi=110)
     plt.close(figure)
-    return np.asarray(frames)
 
 
 def cmd_show_mask(args):
     out = args.out or f"mask_{Path(args.saliency).stem}_{args.sample}.png"
-    show_mask(args.saliency, args.sample, out, data=args.data)
+    show_mask(args.saliency, args.sample, out, data=args.data, bank=args.bank, copy=args.copy)
     print(f"wrote {out}")
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers T,C,H,W, got {text!r}") from None
-    if len(values) != 4 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected four positive integers T,C,H,W, got {text!r}")
-    return values
 
 
 def cmd_backbones(args):
@@ -438,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = add("validate", cmd_validate, "check params.yaml and print the size of the grid", dataset=False)
     c.add_argument("--out", help=f"on success also write this file (DVC's first stage: {grid.PARAMS_OK})")
+    c = sub.add_parser("dvc-yaml", help="print (or --out: write) dvc.yaml, generated from the stage table",
+                       description="dvc.yaml generated from nuwa/stages.py (the table Snakemake's rules read too)")
+    c.set_defaults(func=cmd_dvc_yaml)
+    c.add_argument("--out", help="write it here (e.g. dvc.yaml) instead of printing it")
     add("datasets", cmd_datasets, "list params.yaml's datasets and registered kinds, and whether source files are "
         "present (exit 1 if a grid dataset's files are missing)", dataset=False)
     c = add("ingest", cmd_ingest, "generate or read a dataset into data/processed/{dataset}.nc")
@@ -446,19 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data")
     c.add_argument("--model-out")
     c.add_argument("--history-out")
-    c = add("saliency", cmd_saliency, "attention importance and causal/environmental masks of every training window")
+    c = add("saliency", cmd_saliency, "attention importance of every patch of every training window (the bank variants turn it into masks)")
     c.add_argument("--data")
     c.add_argument("--model")
     c.add_argument("--out")
-    c = add("bank", cmd_bank, "DistriXplorer bank of augmented training windows for one variant")
+    c = add("bank", cmd_bank, "DistriXplorer bank of augmented training windows for one variant and seed")
     c.add_argument("--variant", required=True)
+    c.add_argument("--seed", type=int, required=True, help="the training seed the bank is drawn for")
     c.add_argument("--data")
     c.add_argument("--saliency")
     c.add_argument("--out")
     c = add("train", cmd_train, "train one backbone for one variant and seed; evaluate once on the test split")
-    c.add_argument("--backbone", required=True)
-    c.add_argument("--variant", required=True)
-    c.add_argument("--seed", type=int, help="training seed (default: params seed)")
+    for axis, spec in grid.AXES.items():  # one option per grid axis (--dataset comes with every stage)
+        if axis != "dataset":
+            c.add_argument(f"--{axis}", type=spec.type, required=True, help=f"a value of {spec.values}")
     c.add_argument("--data")
     c.add_argument("--bank")
     c.add_argument("--upstream", help="upstream ViT model.pt, read when the backbone entry sets init_from_upstream")
@@ -475,12 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("figures", cmd_figures, "prediction strip and saliency overlay for one dataset")
     c.add_argument("--out-predictions")
     c.add_argument("--out-saliency")
+    from nuwa.bench.backbones import parse_shape
+
     c = sub.add_parser("backbones", help="CSV name,params,flops of every registered backbone",
                        description="CSV (name,params,flops) of every registered backbone at a size and input "
                                    "shape; FLOPs from torch's FLOP counter, one sample, one forward pass")
     c.set_defaults(func=cmd_backbones)
     c.add_argument("--size", choices=("small", "reference"), default="small")
-    c.add_argument("--in-shape", type=_shape, default=(4, 2, 32, 32), help="T,C,H,W (default 4,2,32,32: TaxiBJ)")
+    c.add_argument("--in-shape", type=parse_shape, default=(4, 2, 32, 32), help="T,C,H,W (default 4,2,32,32: TaxiBJ)")
     c.add_argument("--out-frames", type=int, default=4)
     c.add_argument("--scale", type=int, default=1, help="spatial upsampling factor of the output")
     c.add_argument("--threads", type=int)
@@ -508,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_show_mask)
     c.add_argument("saliency", help="results/saliency/{dataset}.nc")
     c.add_argument("--sample", type=int, required=True, help="window start index (the file's 'sample' coordinate)")
+    c.add_argument("--bank", help="results/bank/{dataset}/{variant}/seed{N}.nc: outline the environmental patches "
+                                  "this bank used (default: importance only)")
+    c.add_argument("--copy", type=int, default=0, help="which augmented copy of the window (default 0)")
     c.add_argument("--data", help="processed dataset (default: data/processed/<dataset in the file>.nc)")
     c.add_argument("--out", help="PNG path (default: mask_<file>_<sample>.png)")
     return parser

@@ -191,6 +191,8 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     unusable = _unusable_value(params)
     if unusable:
         raise ParamsError(f"{source}: {unusable}")
+    for message in _moved_keys(params):
+        raise ParamsError(f"{source}: {message}")
     validator = _Validator(load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     if errors:
@@ -205,6 +207,26 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
         raise ParamsError(f"{source}: {message}")
 
 
+# Keys of the layout before seeds became one grid axis (see README, 'Migrating from replicate_seeds'):
+# a file written for it is refused with what to write instead, not with a bare 'unknown key'.
+MOVED_KEYS = (
+    (("seed",), "moved: the training seeds are grid.seeds (e.g. seed: 0 with replicate_seeds: [1, 2] "
+                "becomes grid.seeds: [0, 1, 2]) and the upstream ViT's seed is pretrain.seed"),
+    (("grid", "replicate_seeds"), "moved: list every training seed in grid.seeds (the old `seed` first)"),
+    (("saliency", "environment_ratio"), "moved: the environment ratio belongs to the bank variants: set "
+                                        "bank.environment_ratio (the default) or variants.<name>.environment_ratio"),
+)
+
+
+def _moved_keys(params: dict):
+    for path, message in MOVED_KEYS:
+        value = params
+        for part in path[:-1]:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, dict) and path[-1] in value:
+            yield f"{_dotted(path)}: {message}"
+
+
 def _cross_checks(params: dict):
     """Checks that need more than one key, or the registries. Yields messages."""
     from nuwa.backbones import backbone_kinds
@@ -216,10 +238,6 @@ def _cross_checks(params: dict):
             if name not in params[section]:
                 yield (f"grid.{grid_key}: {name!r} has no entry under {section} "
                        f"(defined: {', '.join(sorted(params[section]))})")
-    replicate_seeds = grid.get("replicate_seeds", [])
-    if params["seed"] in replicate_seeds:
-        yield (f"grid.replicate_seeds: {params['seed']} is the primary seed (key 'seed'); "
-               "replicate seeds must differ from it")
     kinds = dataset_kinds()
     for name, entry in params["datasets"].items():
         key = f"datasets.{name}"

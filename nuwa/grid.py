@@ -1,13 +1,39 @@
 """The grid of jobs and their files, derived from params.yaml in this one place.
 
-Snakemake (workflow/rules/common.smk) and DVC (dvc.yaml's matrix over the same grid lists)
-build the same jobs; the CLI and the rules both take each job's parameters from
-:func:`stage_params`, so a value a job does not read never makes it rerun.
+The grid's axes are :data:`AXES`: each names the params list it runs over, the type of its
+values and its folder in a run's path. Training cells are the product of all of them; the
+stage table (:mod:`nuwa.stages`) says which axes each stage runs over, and both Snakemake
+(wildcards) and DVC (``matrix:``) take them from there. **Adding a grid axis is one entry in
+AXES** (plus its list in the schema and params.yaml, and the code that uses its value): the run
+folder, the Snakemake wildcards, the DVC matrix, :class:`Cell` and the `nuwa train --<axis>`
+options all follow from it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
+from itertools import product
+
+from nuwa.config import ParamsError
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of the grid: ``values`` is the dotted params key of its list."""
+
+    values: str
+    type: type
+    folder: str  # this axis' part of a run's folder, a format string of the axis name
+    pattern: str  # the Snakemake wildcard constraint (values are validated names or integers)
+
+
+NAME_PATTERN = "[a-z][a-z0-9_]*"
+AXES = {
+    "dataset": Axis("grid.datasets", str, "{dataset}", NAME_PATTERN),
+    "backbone": Axis("grid.backbones", str, "{backbone}", NAME_PATTERN),
+    "variant": Axis("grid.variants", str, "{variant}", NAME_PATTERN),
+    "seed": Axis("grid.seeds", int, "seed{seed}", r"\d+"),
+}
 
 # File contract (later stages and external checks rely on these paths).
 PARAMS_OK = "results/params_ok.json"  # DVC's validate stage; every other stage depends on it
@@ -15,9 +41,8 @@ PROCESSED = "data/processed/{dataset}.nc"
 UPSTREAM_MODEL = "results/upstream/{dataset}/model.pt"
 UPSTREAM_HISTORY = "results/upstream/{dataset}/history.csv"
 SALIENCY = "results/saliency/{dataset}.nc"
-BANK = "results/bank/{dataset}/{variant}.nc"
-RUN_DIR = "results/runs/{dataset}/{backbone}/{variant}"
-REPLICATE_DIR = RUN_DIR + "/seed{seed}"
+BANK = "results/bank/{dataset}/{variant}/seed{seed}.nc"  # one bank per training seed: its draws are the seed's
+RUN_DIR = "results/runs/" + "/".join(axis.folder for axis in AXES.values())
 RUN_FILES = ("model.pt", "history.csv", "metrics.json", "examples.nc")
 BASELINE = "results/baselines/{dataset}/persistence.json"
 SUMMARY_CSV = "results/tables/summary.csv"
@@ -26,61 +51,18 @@ PREDICTION_FIGURE = "results/figures/{dataset}_predictions.png"
 SALIENCY_FIGURE = "results/figures/{dataset}_saliency.png"
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One training run: a backbone trained on one dataset with one variant and seed."""
-
-    dataset: str
-    backbone: str
-    variant: str
-    seed: int
-    primary: bool  # trained with params['seed']; replicates live in a seed{N}/ subfolder
-
-    @property
-    def run_dir(self) -> str:
-        template = RUN_DIR if self.primary else REPLICATE_DIR
-        return template.format(dataset=self.dataset, backbone=self.backbone, variant=self.variant, seed=self.seed)
-
-    def file(self, name: str) -> str:
-        return f"{self.run_dir}/{name}"
+def _run_dir(cell) -> str:
+    return RUN_DIR.format(**{axis: getattr(cell, axis) for axis in AXES})
 
 
-def train_cells(params: dict) -> list[Cell]:
-    grid = params["grid"]
-    seeds = [(params["seed"], True)] + [(s, False) for s in grid["replicate_seeds"]]
-    return [Cell(d, b, v, s, primary)
-            for d in grid["datasets"] for b in grid["backbones"] for v in grid["variants"]
-            for s, primary in seeds]
+def _file(cell, name: str) -> str:
+    return f"{cell.run_dir}/{name}"
 
 
-def variant_settings(params: dict, variant: str) -> dict:
-    """A variant's entry with the bank defaults filled in (a variant may override any knob)."""
-    entry = params["variants"][variant]
-    if entry["method"] == "none":
-        return dict(entry)
-    return {**params["bank"], "environment_ratio": params["saliency"]["environment_ratio"], **entry}
-
-
-# The params keys each stage reads. DVC's dvc.yaml lists the same keys (a test checks it).
-STAGE_PARAM_KEYS = {
-    "ingest": ("datasets.{dataset}",),
-    "pretrain": ("seed", "datasets.{dataset}", "pretrain"),
-    "saliency": ("datasets.{dataset}", "saliency"),
-    "bank": ("seed", "datasets.{dataset}", "saliency.environment_ratio", "bank", "variants.{variant}"),
-    "train": ("seed", "datasets.{dataset}", "backbones.{backbone}", "variants.{variant}", "train"),
-    "baseline": ("datasets.{dataset}",),
-    "tables": ("seed", "grid", "variants"),
-    "figures": ("seed", "grid.variants", "figures"),
-}
-# A variant with method 'none' has an empty bank that reads none of the bank knobs.
-EMPTY_BANK_PARAM_KEYS = ("variants.{variant}",)
-
-
-def stage_param_keys(stage: str, params: dict | None = None, **wildcards) -> list[str]:
-    keys = STAGE_PARAM_KEYS[stage]
-    if stage == "bank" and params is not None and params["variants"][wildcards["variant"]]["method"] == "none":
-        keys = EMPTY_BANK_PARAM_KEYS
-    return [key.format(**wildcards) for key in keys]
+# One training run: a backbone trained on one dataset with one variant and seed (one field per axis).
+Cell = make_dataclass("Cell", [(axis, spec.type) for axis, spec in AXES.items()], frozen=True,
+                      namespace={"run_dir": property(_run_dir), "file": _file,
+                                 "__doc__": "One training run: one value of every grid axis (nuwa.grid.AXES)."})
 
 
 def lookup(params: dict, dotted: str):
@@ -90,6 +72,35 @@ def lookup(params: dict, dotted: str):
     return value
 
 
-def stage_params(params: dict, stage: str, **wildcards) -> dict:
-    """The slice of params a stage reads, keyed by dotted path (stable JSON for Snakemake)."""
-    return {key: lookup(params, key) for key in stage_param_keys(stage, params, **wildcards)}
+def axis_values(params: dict, axis: str) -> list:
+    return list(lookup(params, AXES[axis].values))
+
+
+def train_cells(params: dict) -> list:
+    """Every training run, in the order of the axes and of their lists."""
+    return [Cell(*values) for values in product(*(axis_values(params, axis) for axis in AXES))]
+
+
+# A variant's knobs, each with its default in `bank`: the variant owns them (one owner per value).
+BANK_KNOBS = ("environment_ratio", "copies", "sigma", "history", "history_decay", "exclude_causal_neighbours")
+TRAIN_KNOBS = ("mix_fraction",)
+
+
+def variant_settings(params: dict, variant: str, knobs=BANK_KNOBS) -> dict:
+    """A variant's method and ``knobs``, each the variant's own value or else ``bank``'s default."""
+    entry = params["variants"][variant]
+    if entry["method"] == "none":
+        return {"method": "none", **{knob: 0.0 for knob in knobs if knob in ("environment_ratio", "mix_fraction")}}
+    return {"method": entry["method"], **{knob: entry[knob] if knob in entry else params["bank"][knob]
+                                          for knob in knobs}}
+
+
+def first_seed(params: dict) -> int:
+    """The seed whose runs the figures show."""
+    return axis_values(params, "seed")[0]
+
+
+def check_name(params: dict, section: str, name: str) -> None:
+    if name not in params[section]:
+        raise ParamsError(f"--{section[:-1]} {name!r} is not defined under {section} "
+                          f"(defined: {', '.join(sorted(params[section]))})")

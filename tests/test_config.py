@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 
@@ -23,13 +24,17 @@ def _set(params, dotted, value):
 BAD = [
     ("grid.backbones", ["simvp", "no_such_net"], "no_such_net"),
     ("grid.datasets", ["moving_glyphs", "nowhere"], "nowhere"),
-    ("saliency.environment_ratio", 1.5, "saliency.environment_ratio"),
-    ("saliency.environment_ratio", 0.0, "saliency.environment_ratio"),
+    ("bank.environment_ratio", 1.5, "bank.environment_ratio"),
+    ("bank.environment_ratio", 0.0, "bank.environment_ratio"),
+    ("bank.mix_fraction", 1.5, "bank.mix_fraction"),
+    ("variants.nuwa.mix_fraction", -0.1, "variants.nuwa.mix_fraction"),
     ("variants.nuwa.environment_ratio", -0.2, "variants.nuwa.environment_ratio"),
     ("datasets.moving_glyphs.patch_size", 5, "patch_size"),
     ("train.steps", 0, "train.steps"),
     ("train.steps", "many", "train.steps"),
-    ("seed", 1.5, "seed"),
+    ("grid.seeds", [1.5], "grid.seeds"),
+    ("grid.seeds", [], "grid.seeds"),
+    ("pretrain.seed", -1, "pretrain.seed"),
     ("grid.variants", [], "grid.variants"),
     ("grid.backbones", ["simvp", "simvp"], "grid.backbones"),
     ("pretrain.objective", "denoise", "denoise"),
@@ -50,7 +55,19 @@ def test_bad_values_are_named(tiny_params, key, value, expected):
 def test_typo_key_is_named_with_the_allowed_keys(tiny_params):
     tiny_params["saliency"]["enviroment_ratio"] = 0.3
     with pytest.raises(ParamsError, match=r"saliency: unknown key 'enviroment_ratio' \(allowed: batch_size, "
-                                          r"environment_ratio, layers\)"):
+                                          r"layers\)"):
+        validate_params(tiny_params)
+
+
+@pytest.mark.parametrize("key,value,phrase", [
+    ("seed", 0, "seed: moved: the training seeds are grid.seeds"),
+    ("grid.replicate_seeds", [1, 2], "grid.replicate_seeds: moved: list every training seed in grid.seeds"),
+    ("saliency.environment_ratio", 0.25, "saliency.environment_ratio: moved: the environment ratio belongs to the "
+                                         "bank variants"),
+])
+def test_keys_of_the_old_layout_say_where_they_moved(tiny_params, key, value, phrase):
+    _set(tiny_params, key, value)
+    with pytest.raises(ParamsError, match=re.escape(phrase)):
         validate_params(tiny_params)
 
 
@@ -86,9 +103,9 @@ def test_missing_file_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_cli_snakemake_and_dvc_give_the_same_error(tmp_path, tiny_params):
-    tiny_params["saliency"]["environment_ratio"] = 1.5
+    tiny_params["bank"]["environment_ratio"] = 1.5
     directory = make_workdir(tmp_path, tiny_params)
-    expected = "saliency.environment_ratio: 1.5 is out of range (allowed: > 0 and < 1)"
+    expected = "bank.environment_ratio: 1.5 is out of range (allowed: > 0 and < 1)"
     cli = subprocess.run(["nuwa", "validate"], cwd=directory, env=tool_env(), capture_output=True, text=True)
     assert cli.returncode == 2 and expected in cli.stderr
     smk = subprocess.run(["snakemake", "--cores", "1"], cwd=directory, env=tool_env(), capture_output=True, text=True)

@@ -130,7 +130,8 @@ def test_cli_errors_name_the_culprit_and_write_nothing(tmp_path):
     assert result.returncode == 2
     assert "data/processed/moving_glyphs.nc: not a readable NetCDF file" in result.stderr
     assert not (directory / "results").exists()
-    result = subprocess.run(["nuwa", "train", "--dataset", "moving_glyphs", "--backbone", "resnet", "--variant", "ori"],
+    result = subprocess.run(["nuwa", "train", "--dataset", "moving_glyphs", "--backbone", "resnet", "--variant", "ori",
+                             "--seed", "0"],
                             cwd=directory, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "'resnet' is not defined under backbones" in result.stderr
     result = subprocess.run(["nuwa", "ingest", "--dataset", "nowhere"], cwd=directory, env=env,

@@ -69,7 +69,8 @@ def test_default_config_dry_run_plans_the_whole_grid():
         if not present:
             pytest.skip(f"default grid dataset {name}: source {source} absent from this checkout's surroundings")
     result = run(["snakemake", "--dry-run", "--cores", "2"], REPO)
-    cells = len(params["grid"]["datasets"]) * len(params["grid"]["backbones"]) * len(params["grid"]["variants"])
+    cells = (len(params["grid"]["datasets"]) * len(params["grid"]["backbones"]) * len(params["grid"]["variants"])
+             * len(params["grid"]["seeds"]))
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
     if not counts.get("train"):  # outputs may already exist from a real run in the checkout
         pytest.skip("the checkout already holds trained cells; dry run has nothing to plan")
@@ -84,12 +85,12 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
         assert f"results/upstream/{dataset}/model.pt" in files
         assert f"results/upstream/{dataset}/history.csv" in files
         assert f"results/saliency/{dataset}.nc" in files
-        for variant in ("nuwa", "random"):
-            assert f"results/bank/{dataset}/{variant}.nc" in files
+        for variant in params["grid"]["variants"]:
+            assert f"results/bank/{dataset}/{variant}/seed0.nc" in files
         for backbone in params["grid"]["backbones"]:
             for variant in params["grid"]["variants"]:
-                for name in ("model.pt", "history.csv", "metrics.json"):
-                    assert f"results/runs/{dataset}/{backbone}/{variant}/{name}" in files
+                for name in ("model.pt", "history.csv", "metrics.json", "examples.nc"):
+                    assert f"results/runs/{dataset}/{backbone}/{variant}/seed0/{name}" in files
         assert f"results/figures/{dataset}_predictions.png" in files
         assert f"results/figures/{dataset}_saliency.png" in files
     summary = (snakemake_run / "results/tables/summary.csv").read_text()
@@ -98,7 +99,12 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
     saliency = xr.open_dataset(snakemake_run / "results/saliency/moving_glyphs.nc")
     assert saliency["importance"].dims == ("sample", "step", "patch_y", "patch_x")
     assert saliency["importance"].dtype == "float32"
-    assert set(saliency.attrs) >= {"environment_ratio", "patch_size", "layers"}
+    assert set(saliency.attrs) >= {"patch_size", "layers"}
+    # the ratio has one owner, the bank variant: the saliency file holds importance only
+    assert "causal" not in saliency and "environment_ratio" not in saliency.attrs
+    bank = xr.open_dataset(snakemake_run / "results/bank/moving_glyphs/nuwa/seed0.nc")
+    assert bank.attrs["environment_ratio"] == params["bank"]["environment_ratio"] and bank.attrs["seed"] == 0
+    assert 0 < bank.attrs["changed_cell_fraction"] < 1 and bank.attrs["mean_abs_change_std"] > 0
     assert not list(snakemake_run.rglob("*.tmp")), "a temporary file survived"
 
 
@@ -107,16 +113,19 @@ def test_show_mask_writes_a_png_of_a_window(snakemake_run):
     run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", str(sample), "--out", "mask.png"],
         snakemake_run)
     assert (snakemake_run / "mask.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", str(sample), "--out", "bank.png",
+         "--bank", "results/bank/moving_glyphs/nuwa/seed0.nc"], snakemake_run)
+    assert (snakemake_run / "bank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", "99999"], snakemake_run,
                   check=False)
-    assert missing.returncode == 2 and "no sample 99999" in missing.stderr
+    assert missing.returncode == 2 and "99999" in missing.stderr and "moving_glyphs.nc" in missing.stderr
 
 
 @pytest.mark.parametrize("argv", [
     ["validate"],
     ["ingest", "--dataset", "moving_glyphs", "--out", "{tmp}/processed.nc"],
-    ["bank", "--dataset", "moving_glyphs", "--variant", "nuwa", "--out", "{tmp}/bank.nc"],
-    ["bank", "--dataset", "moving_glyphs", "--variant", "random", "--out", "{tmp}/bank.nc"],
+    ["bank", "--dataset", "moving_glyphs", "--variant", "nuwa", "--seed", "0", "--out", "{tmp}/bank.nc"],
+    ["bank", "--dataset", "moving_glyphs", "--variant", "random", "--seed", "0", "--out", "{tmp}/bank.nc"],
     ["tables", "--out-csv", "{tmp}/summary.csv", "--out-md", "{tmp}/summary.md"],
     ["figures", "--dataset", "moving_glyphs", "--out-predictions", "{tmp}/p.png", "--out-saliency", "{tmp}/s.png"],
 ], ids=lambda argv: "-".join(argv[:4:3]))
@@ -137,8 +146,8 @@ def test_stages_that_compute_without_torch_start_without_it(snakemake_run, tmp_p
 def test_snakemake_and_dvc_build_the_same_files_with_the_same_bytes(snakemake_run, dvc_run):
     assert output_files(snakemake_run) == output_files(dvc_run)
     for relative in ("data/processed/moving_glyphs.nc", "results/saliency/moving_glyphs.nc",
-                     "results/bank/moving_glyphs/nuwa.nc", "results/bank/moving_glyphs/random.nc",
-                     "results/runs/moving_glyphs/simvp/nuwa/metrics.json", "results/tables/summary.csv"):
+                     "results/bank/moving_glyphs/nuwa/seed0.nc", "results/bank/moving_glyphs/random/seed0.nc",
+                     "results/runs/moving_glyphs/simvp/nuwa/seed0/metrics.json", "results/tables/summary.csv"):
         assert digest(snakemake_run / relative) == digest(dvc_run / relative), relative
 
 
@@ -174,8 +183,9 @@ def test_snakemake_reruns_only_the_cells_a_change_touches(snakemake_run):
         _edit_params(snakemake_run, lambda p: p["variants"]["random"].update(environment_ratio=0.5))
         jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
         trains = {j for j in jobs if j.startswith("train[")}
-        assert trains == {f"train[dataset=moving_glyphs, backbone={b}, variant=random]" for b in ("simvp", "convlstm")}
-        assert "bank[dataset=moving_glyphs, variant=random]" in jobs
+        assert trains == {f"train[dataset=moving_glyphs, backbone={b}, variant=random, seed=0]"
+                          for b in ("simvp", "convlstm")}
+        assert "bank[dataset=moving_glyphs, variant=random, seed=0]" in jobs
         assert not any("ori" in j or "nuwa" in j for j in jobs), jobs
         assert not any(j.startswith(("pretrain", "saliency", "ingest")) for j in jobs)
 
@@ -186,8 +196,26 @@ def test_snakemake_reruns_only_the_cells_a_change_touches(snakemake_run):
                                               p["grid"]["variants"].append("nuwa_r50")))
         jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
         trains = {j for j in jobs if j.startswith("train[")}
-        assert trains == {f"train[dataset=moving_glyphs, backbone={b}, variant=nuwa_r50]" for b in ("simvp", "convlstm")}
-        assert {j for j in jobs if j.startswith("bank[")} == {"bank[dataset=moving_glyphs, variant=nuwa_r50]"}
+        assert trains == {f"train[dataset=moving_glyphs, backbone={b}, variant=nuwa_r50, seed=0]"
+                          for b in ("simvp", "convlstm")}
+        assert {j for j in jobs if j.startswith("bank[")} == {"bank[dataset=moving_glyphs, variant=nuwa_r50, seed=0]"}
+
+        # bank.chunk_size bounds memory and never changes the bytes: it reruns no stage (only the
+        # check of the whole file, `validate`, whose marker no stage reads under Snakemake)
+        (snakemake_run / "params.yaml").write_text(original)
+        _edit_params(snakemake_run, lambda p: p["bank"].update(chunk_size=3))
+        assert snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout) <= {"validate",
+                                                                                                        "all"}
+
+        # a second seed is one more value on one axis: its banks and cells, nothing else
+        (snakemake_run / "params.yaml").write_text(original)
+        _edit_params(snakemake_run, lambda p: p["grid"]["seeds"].append(7))
+        jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
+        assert {j for j in jobs if j.startswith(("train[", "bank["))} == (
+            {f"train[dataset=moving_glyphs, backbone={b}, variant={v}, seed=7]"
+             for b in ("simvp", "convlstm") for v in ("ori", "nuwa", "random")}
+            | {f"bank[dataset=moving_glyphs, variant={v}, seed=7]" for v in ("ori", "nuwa", "random")})
+        assert not any(j.startswith(("pretrain", "saliency", "ingest")) for j in jobs)
     finally:
         (snakemake_run / "params.yaml").write_text(original)
 
@@ -199,23 +227,41 @@ def test_dvc_reruns_only_the_cells_a_change_touches(dvc_run):
     result = run(["dvc", "repro"], dvc_run)
     ran = set(re.findall(r"Running stage '([^']+)'", result.stdout))
     trains = {s for s in ran if s.startswith("train@")}
-    assert trains == {"train@moving_glyphs-simvp-random", "train@moving_glyphs-convlstm-random"}, ran
+    assert trains == {"train@moving_glyphs-simvp-random-0", "train@moving_glyphs-convlstm-random-0"}, ran
     assert not any(s.startswith(("pretrain", "saliency", "ingest")) for s in ran), ran
     after = {p: digest(dvc_run / p) for p in output_files(dvc_run) if p.endswith("metrics.json")}
     changed = {p for p in before if before[p] != after[p]}
-    assert changed == {f"results/runs/moving_glyphs/{b}/random/metrics.json" for b in ("simvp", "convlstm")}
+    assert changed == {f"results/runs/moving_glyphs/{b}/random/seed0/metrics.json" for b in ("simvp", "convlstm")}
 
 
-def test_dvc_stage_params_match_the_grid_module():
-    """dvc.yaml lists, per stage, the params keys that nuwa.grid says the stage reads."""
-    from nuwa import grid
+def test_dvc_yaml_is_the_one_generated_from_the_stage_table():
+    """dvc.yaml is generated from nuwa/stages.py (the table Snakemake's rules read): regenerating
+    it gives the committed bytes, so the two tools cannot drift apart."""
+    generated = run(["nuwa", "dvc-yaml"], REPO).stdout
+    assert generated == (REPO / "dvc.yaml").read_text(), "dvc.yaml is stale: run `nuwa dvc-yaml --out dvc.yaml`"
+    from nuwa.stages import STAGES, stage_param_keys
 
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    wildcards = {"dataset": "${item.dataset}", "backbone": "${item.backbone}", "variant": "${item.variant}"}
-    for stage in ("ingest", "pretrain", "saliency", "bank", "train", "baseline", "tables", "figures"):
-        declared = stages[stage]["params"]
-        assert declared == grid.stage_param_keys(stage, **wildcards), stage
-    assert stages["train_replicate"]["params"] == stages["train"]["params"]
+    stages = yaml.safe_load(generated)["stages"]
+    assert set(stages) == set(STAGES)
+    wildcards = {axis: "${item.%s}" % axis for axis in ("dataset", "backbone", "variant", "seed")}
+    for name in STAGES:
+        if name != "validate":
+            assert stages[name]["params"] == stage_param_keys(name, **wildcards), name
+    assert stages["train"]["matrix"]["seed"] == "${grid.seeds}" and "${item.seed}" in stages["train"]["cmd"]
+
+
+def test_snakemake_rules_run_the_stage_table_commands():
+    """Each rule's shell command is the stage table's command plus Snakemake's own options: the
+    same command DVC runs, with its placeholders."""
+    dry = run(["snakemake", "--dry-run", "--printshellcmds", "--cores", "2", "--configfile",
+               str(REPO / "tests/data/tiny_params.yaml")], REPO).stdout
+    dvc_stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    item = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": "0"}
+    for name in ("ingest", "pretrain", "saliency", "bank", "train", "tables", "figures"):
+        command = dvc_stages[name]["cmd"]
+        for axis, value in item.items():
+            command = command.replace("${item.%s}" % axis, value)
+        assert command in dry, name
 
 
 def test_vit_cell_starts_from_the_upstream_weights(snakemake_run):
@@ -232,19 +278,20 @@ def test_vit_cell_starts_from_the_upstream_weights(snakemake_run):
             params["grid"]["backbones"].append("vit")
 
         _edit_params(snakemake_run, add_vit)
-        target = "results/runs/moving_glyphs/vit/ori/metrics.json"
+        target = "results/runs/moving_glyphs/vit/ori/seed0/metrics.json"
         dry = run(["snakemake", "--dry-run", "--cores", "1", target], snakemake_run).stdout
         inputs = [line for line in dry.splitlines() if line.strip().startswith("input:")]
         assert any("results/upstream/moving_glyphs/model.pt" in line for line in inputs), dry
         run(["snakemake", "--cores", "1", target], snakemake_run)
         metrics = json.loads((snakemake_run / target).read_text())
         assert metrics["upstream_tensors_loaded"] > 0
-        log = (snakemake_run / "logs/train/moving_glyphs/vit/ori.log").read_text()
+        log = (snakemake_run / "logs/train/moving_glyphs/vit/ori/seed0.log").read_text()
         assert "Traceback" not in log
         # a backbone that cannot take the weights says so
         _edit_params(snakemake_run, lambda p: p["backbones"]["simvp"].update(init_from_upstream=True))
         failed = run(["nuwa", "train", "--dataset", "moving_glyphs", "--backbone", "simvp", "--variant", "ori",
-                      "--out-dir", "elsewhere"], snakemake_run, check=False)
+                      "--seed", "0", "--bank", "results/bank/moving_glyphs/ori/seed0.nc", "--out-dir", "elsewhere"],
+                     snakemake_run, check=False)
         assert failed.returncode == 2 and "cannot start from the upstream ViT's weights" in failed.stderr
     finally:
         (snakemake_run / "params.yaml").write_text(original)
@@ -271,10 +318,10 @@ def test_radar_pipeline_end_to_end(tmp_path):
     assert processed["missing_fraction"].dims == ("time",)
     assert 0 < float(processed["missing_fraction"].max()) < 0.05
     assert str(processed["time"].values[1] - processed["time"].values[0]) == "300000000000 nanoseconds"
-    bank = xr.open_dataset(directory / "results/bank/radar_knmi/nuwa.nc")
+    bank = xr.open_dataset(directory / "results/bank/radar_knmi/nuwa/seed0.nc")
     assert bank.sizes["bank_sample"] == 44  # one copy per training window
     for variant in ("ori", "nuwa"):
-        metrics = json.loads((directory / f"results/runs/radar_knmi/simvp/{variant}/metrics.json").read_text())
+        metrics = json.loads((directory / f"results/runs/radar_knmi/simvp/{variant}/seed0/metrics.json").read_text())
         assert metrics["mse"] >= 0 and "csi" in json.dumps(metrics)
     summary = (directory / "results/tables/summary.csv").read_text()
     assert "radar_knmi" in summary and "persistence" in summary
@@ -307,12 +354,12 @@ def test_a_multi_gpu_cell_runs_under_torchrun(tmp_path):
     params = yaml.safe_load((REPO / "tests/data/tiny_params.yaml").read_text())
     params["backbones"]["simvp"]["gpus"] = 2
     directory = make_workdir(tmp_path, params)
-    target = "results/runs/moving_glyphs/simvp/ori/metrics.json"
+    target = "results/runs/moving_glyphs/simvp/ori/seed0/metrics.json"
     dry = run(["snakemake", "--dry-run", "--cores", "2", target], directory).stdout
     train_job = dry[dry.index("rule train:"):]
     assert "gpu=2" in train_job.split("\n\n")[0], train_job
     run(["snakemake", "--cores", "2", target], directory)
     metrics = json.loads((directory / target).read_text())
     assert metrics["world_size"] == 2 and metrics["backend"] == "gloo"
-    log = (directory / "logs/train/moving_glyphs/simvp/ori.log").read_text()
+    log = (directory / "logs/train/moving_glyphs/simvp/ori/seed0.log").read_text()
     assert "running under torchrun" in log

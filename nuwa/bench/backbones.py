@@ -84,16 +84,27 @@ OPENSTL_DEFAULTS = {"sizes": OPENSTL_SIZE, "in_shape": OPENSTL_SHAPE, "out_frame
                     "batch_size": OPENSTL_BATCH}
 
 
-def add_arguments(parser) -> None:
+def parse_shape(text: str) -> tuple[int, ...]:
+    """argparse type of `--in-shape T,C,H,W` (here and in `nuwa backbones`)."""
     import argparse
 
-    from nuwa.cli import _shape
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers T,C,H,W, got {text!r}") from None
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected four positive integers T,C,H,W, got {text!r}")
+    return values
+
+
+def add_arguments(parser) -> None:
+    import argparse
 
     parser.add_argument("--sizes", help="backbone sizes, comma-separated (default: small; with --openstl: reference). "
                                         "small,reference also times the published configurations (minutes on a CPU)")
     parser.add_argument("--backbones", help="comma-separated subset (default: every registered backbone; with "
                                             "--openstl: those OpenSTL publishes a TaxiBJ FPS for)")
-    parser.add_argument("--in-shape", type=_shape, help="T,C,H,W (default 10,1,32,32; with --openstl 4,2,32,32)")
+    parser.add_argument("--in-shape", type=parse_shape, help="T,C,H,W (default 10,1,32,32; with --openstl 4,2,32,32)")
     parser.add_argument("--out-frames", type=int, help="default 10; with --openstl 4")
     parser.add_argument("--batch-size", type=int, help=f"default 8; with --openstl {OPENSTL_BATCH} (OpenSTL's)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="time each case at least this long")

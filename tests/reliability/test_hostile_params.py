@@ -93,9 +93,10 @@ def _grid_only(section: str, name: str):
     return edit
 
 
-SALIENCY_KEYS = "batch_size, environment_ratio, layers"
-TOP_KEYS = "backbones, bank, datasets, figures, grid, ingest, pretrain, saliency, seed, train, variants"
-VARIANT_KEYS = "copies, environment_ratio, exclude_causal_neighbours, history, history_decay, method, sigma"
+SALIENCY_KEYS = "batch_size, layers"
+TOP_KEYS = "backbones, bank, datasets, figures, grid, ingest, pretrain, saliency, train, variants"
+VARIANT_KEYS = ("copies, environment_ratio, exclude_causal_neighbours, history, history_decay, method, mix_fraction, "
+                "sigma")
 
 # id -> (params text maker, the one line every entry point prints after "params.yaml: ")
 CASES = {
@@ -103,10 +104,13 @@ CASES = {
     "typo_enviroment_ratio": (_set("saliency.enviroment_ratio", 0.3),
                               f"saliency: unknown key 'enviroment_ratio' (allowed: {SALIENCY_KEYS})"),
     "typo_top_level": (_set("seeds", [1, 2]), f"top level: unknown key 'seeds' (allowed: {TOP_KEYS})"),
+    "old_layout_seed": (_set("seed", 0), "seed: moved: the training seeds are grid.seeds (e.g. seed: 0 with "
+                                         "replicate_seeds: [1, 2] becomes grid.seeds: [0, 1, 2]) and the upstream "
+                                         "ViT's seed is pretrain.seed"),
     "typo_in_variant": (_set("variants.nuwa.enviroment_ratio", 0.5),
                         f"variants.nuwa: unknown key 'enviroment_ratio' (allowed: {VARIANT_KEYS})"),
     "yte_template": (_text(lambda t: "__use_yte__: true\n" + t.replace(
-        "seed: 0\n", "seed: ?__import__('os').system('touch pwned')\n", 1)),
+        "  seed: 0\n", "  seed: ?__import__('os').system('touch pwned')\n", 1)),
         f"top level: unknown key '__use_yte__' (allowed: {TOP_KEYS})"),
     # wrong types
     "steps_text": (_set("train.steps", "many"), "train.steps: 'many' has type str, expected integer"),
@@ -120,15 +124,16 @@ CASES = {
                                "(YAML reads 1e-3 as text: write it with a decimal point, e.g. 0.001)"),
     "section_null": (_set("train", None), "train: None has type NoneType, expected object"),
     # ratios outside (0, 1)
-    "ratio_above_one": (_set("saliency.environment_ratio", 1.5),
-                        "saliency.environment_ratio: 1.5 is out of range (allowed: > 0 and < 1)"),
+    "ratio_above_one": (_set("bank.environment_ratio", 1.5),
+                        "bank.environment_ratio: 1.5 is out of range (allowed: > 0 and < 1)"),
+    "mix_above_one": (_set("bank.mix_fraction", 1.5), "bank.mix_fraction: 1.5 is out of range (allowed: >= 0 and <= 1)"),
     "ratio_one": (_set("variants.random.environment_ratio", 1.0),
                   "variants.random.environment_ratio: 1.0 is out of range (allowed: > 0 and < 1)"),
     "ratio_zero": (_set("pretrain.mask_ratio", 0), "pretrain.mask_ratio: 0 is out of range (allowed: > 0 and < 1)"),
     "ratio_negative": (_set("variants.nuwa.environment_ratio", -0.2),
                        "variants.nuwa.environment_ratio: -0.2 is out of range (allowed: > 0 and < 1)"),
     "ratio_nan": (_text(lambda t: t.replace("environment_ratio: 0.25\n", "environment_ratio: .nan\n", 1)),
-                  "saliency.environment_ratio: nan is not allowed (allowed: a finite number)"),
+                  "bank.environment_ratio: nan is not allowed (allowed: a finite number)"),
     "learning_rate_inf": (_text(lambda t: t.replace("steps: 6\n  batch_size: 4\n  learning_rate: 0.001",
                                                     "steps: 6\n  batch_size: 4\n  learning_rate: .inf", 1)),
                           "train.learning_rate: inf is not allowed (allowed: a finite number)"),
@@ -146,12 +151,12 @@ CASES = {
     # duplicates
     "duplicate_grid_name": (_set("grid.backbones", ["simvp", "simvp"]),
                             "grid.backbones: duplicate item(s) 'simvp' in ['simvp', 'simvp'] (items must be unique)"),
-    "duplicate_replicate_seed": (_set("grid.replicate_seeds", [3, 3]),
-                                 "grid.replicate_seeds: duplicate item(s) 3 in [3, 3] (items must be unique)"),
+    "duplicate_seed": (_set("grid.seeds", [3, 3]), "grid.seeds: duplicate item(s) 3 in [3, 3] (items must be unique)"),
+    "no_seed": (_set("grid.seeds", []), "grid.seeds: [] must have at least 1 item(s)"),
     "duplicate_yaml_key": (_text(lambda t: t.replace("  random: {method: random, environment_ratio: 0.25}\n",
                                                      "  random: {method: random, environment_ratio: 0.25}\n"
                                                      "  nuwa: {method: none}\n", 1)),
-                           "variants: key 'nuwa' appears twice (lines 48 and 50; allowed: each key once)"),
+                           "variants: key 'nuwa' appears twice (lines 49 and 51; allowed: each key once)"),
     # frame geometry
     "patch_not_dividing": (_set("datasets.moving_glyphs.patch_size", 5),
                            "datasets.moving_glyphs.patch_size: 5 does not divide height 16 "
@@ -166,16 +171,16 @@ CASES = {
                                  "datasets.moving_glyphs.split: fractions {'train': 0.5, 'val': 0.1, 'test': 0.1} "
                                  "sum to 0.7 (allowed: train + val + test = 1)"),
     # seeds that are not integers
-    "seed_fraction": (_set("seed", 1.5), "seed: 1.5 has type float, expected integer (write it without a decimal point)"),
-    "seed_float_integral": (_set("seed", 1.0),
-                            "seed: 1.0 has type float, expected integer (write it without a decimal point)"),
-    "seed_text": (_set("seed", "0"), "seed: '0' has type str, expected integer"),
+    "seed_fraction": (_set("pretrain.seed", 1.5),
+                      "pretrain.seed: 1.5 has type float, expected integer (write it without a decimal point)"),
+    "seed_float_integral": (_set("pretrain.seed", 1.0),
+                            "pretrain.seed: 1.0 has type float, expected integer (write it without a decimal point)"),
+    "seed_text": (_set("pretrain.seed", "0"), "pretrain.seed: '0' has type str, expected integer"),
     "seed_bool": (_set("datasets.moving_glyphs.seed", True),
                   "datasets.moving_glyphs.seed: True has type bool, expected integer"),
-    "seed_negative": (_set("seed", -1), "seed: -1 is out of range (allowed: >= 0)"),
-    "replicate_seed_fraction": (_set("grid.replicate_seeds", [2.5]),
-                                "grid.replicate_seeds.0: 2.5 has type float, expected integer "
-                                "(write it without a decimal point)"),
+    "seed_negative": (_set("grid.seeds", [0, -1]), "grid.seeds.1: -1 is out of range (allowed: >= 0)"),
+    "grid_seed_fraction": (_set("grid.seeds", [2.5]),
+                           "grid.seeds.0: 2.5 has type float, expected integer (write it without a decimal point)"),
     "steps_float_integral": (_set("train.steps", 6.0),
                              "train.steps: 6.0 has type float, expected integer (write it without a decimal point)"),
     # a YAML alias that contains itself

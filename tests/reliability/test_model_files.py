@@ -73,7 +73,7 @@ def made(tmp_path_factory):
     assert main(["ingest", *common, "--out", str(root / "data.nc")]) == 0
     assert main(["pretrain", *common, "--data", str(root / "data.nc"), "--model-out", str(root / "model.pt"),
                  "--history-out", str(root / "history.csv")]) == 0
-    assert main(["bank", *common, "--variant", "ori", "--data", str(root / "data.nc"),
+    assert main(["bank", *common, "--variant", "ori", "--seed", "0", "--data", str(root / "data.nc"),
                  "--out", str(root / "ori.nc")]) == 0
     return root
 
@@ -85,7 +85,7 @@ def saliency_argv(made: Path, model: Path, out: Path) -> list[str]:
 
 def train_argv(made: Path, backbone: str, out: Path, upstream: Path | None = None) -> list[str]:
     return ["train", "--params", str(made / "params.yaml"), "--dataset", "moving_glyphs", "--backbone", backbone,
-            "--variant", "ori", "--data", str(made / "data.nc"), "--bank", str(made / "ori.nc"),
+            "--variant", "ori", "--seed", "0", "--data", str(made / "data.nc"), "--bank", str(made / "ori.nc"),
             "--upstream", str(upstream or made / "model.pt"), "--out-dir", str(out), "--device", "cpu"]
 
 

@@ -44,8 +44,8 @@ def built(tmp_path_factory):
     os.chdir(directory)
     try:
         for argv in (["ingest"], ["baseline"], ["pretrain"], ["saliency"],
-                     *(["bank", "--variant", v] for v in params["grid"]["variants"]),
-                     *(["train", "--backbone", "simvp", "--variant", v, "--device", "cpu"]
+                     *(["bank", "--variant", v, "--seed", "0"] for v in params["grid"]["variants"]),
+                     *(["train", "--backbone", "simvp", "--variant", v, "--seed", "0", "--device", "cpu"]
                        for v in params["grid"]["variants"])):
             assert cli.main([argv[0], *common, *argv[1:]]) == 0, argv
     finally:
@@ -64,8 +64,8 @@ def _file_size_limit(limit: int):
 # stage, extra arguments, the file it fails to write (relative to out/), limit in bytes, format
 CASES = [
     ("ingest", ["--out", "out/data.nc"], "data.nc", 20_000, "NetCDF"),
-    ("bank", ["--variant", "random", "--out", "out/bank.nc"], "bank.nc", 50_000, "NetCDF, streamed"),
-    ("train", ["--backbone", "simvp", "--variant", "ori", "--device", "cpu", "--out-dir", "out"],
+    ("bank", ["--variant", "random", "--seed", "0", "--out", "out/bank.nc"], "bank.nc", 50_000, "NetCDF, streamed"),
+    ("train", ["--backbone", "simvp", "--variant", "ori", "--seed", "0", "--device", "cpu", "--out-dir", "out"],
      "checkpoint.pt", 4_000, "torch checkpoint"),
     ("baseline", ["--out", "out/persistence.json"], "persistence.json", 200, "JSON"),
     ("figures", ["--out-predictions", "out/predictions.png", "--out-saliency", "out/saliency.png"],

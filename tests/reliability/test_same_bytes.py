@@ -256,7 +256,8 @@ def _grid_size(directory: Path) -> tuple[int, int, int]:
 
     params = yaml.safe_load((directory / "params.yaml").read_text())
     datasets = len(params["grid"]["datasets"])
-    return len(grid.train_cells(params)), datasets, datasets * len(params["grid"]["variants"])
+    return (len(grid.train_cells(params)), datasets,
+            datasets * len(params["grid"]["variants"]) * len(params["grid"]["seeds"]))
 
 
 def test_metrics_agree_in_every_numeric_field(two_checkouts):

@@ -2,7 +2,7 @@
 # DVC and `nuwa` accept and reject exactly the same parameter files.
 import json
 
-from nuwa import grid
+from nuwa import grid, stages
 from nuwa.config import load_params, validate_params
 
 PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
@@ -19,53 +19,17 @@ configfile: PARAMS_FILE
 validate_params(config, source=str(PARAMS_FILE))  # with any --config overrides
 
 ENV = "../envs/nuwa.yaml"
-NAME = "[a-z][a-z0-9_]*"
 
 
 wildcard_constraints:
-    dataset=NAME,
-    backbone=NAME,
-    variant=NAME,
-    seed=r"\d+",
+    **{axis: spec.pattern for axis, spec in grid.AXES.items()},
 
 
 def stage_params(stage):
-    """A rule's `params:` entry: the JSON of the keys the stage reads (a change reruns it)."""
+    """A rule's `params:` entry: the JSON of the keys the stage depends on (a change reruns it)."""
     return lambda wildcards: json.dumps(
-        grid.stage_params(config, stage, **dict(wildcards)), sort_keys=True
+        stages.stage_params(config, stage, **dict(wildcards)), sort_keys=True
     )
-
-
-def run_files(dataset, backbone, variant, seed, primary):
-    """Output files of a training run (seed may be the wildcard "{seed}")."""
-    folder = (grid.RUN_DIR if primary else grid.REPLICATE_DIR).format(
-        dataset=dataset, backbone=backbone, variant=variant, seed=seed
-    )
-    return {name.split(".")[0]: f"{folder}/{name}" for name in grid.RUN_FILES}
-
-
-def dataset_source(wildcards):
-    """A file-based dataset's source (folder, file or glob matches): a missing one stops the
-    DAG before any job runs, and new or changed files rerun the ingest."""
-    import glob
-
-    source = config["datasets"][wildcards.dataset].get("source")
-    if source is None:
-        return []
-    if glob.has_magic(source):
-        return sorted(glob.glob(source, recursive=True)) or [source]
-    return [source]
-
-
-def saliency_input(wildcards):
-    method = config["variants"][wildcards.variant]["method"]
-    return grid.SALIENCY.format(dataset=wildcards.dataset) if method == "saliency" else []
-
-
-def upstream_input(wildcards):
-    """The upstream ViT, for backbones that start from its weights (init_from_upstream)."""
-    entry = config["backbones"][wildcards.backbone]
-    return grid.UPSTREAM_MODEL.format(dataset=wildcards.dataset) if entry.get("init_from_upstream") else []
 
 
 def cell_gpus(wildcards):
@@ -74,7 +38,9 @@ def cell_gpus(wildcards):
 
 
 def threads_per_process(wildcards, threads):
-    """`nuwa train --threads` is per process; a multi-GPU cell runs one process per GPU."""
+    """`nuwa <stage> --threads` is per process; a multi-GPU cell runs one process per GPU."""
+    if "backbone" not in wildcards.keys():
+        return threads
     return max(1, threads // cell_gpus(wildcards))
 
 

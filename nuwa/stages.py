@@ -1,0 +1,339 @@
+"""The stage table: the pipeline defined once.
+
+Per stage: the grid axes it runs over, its input and output files, the params keys it reads
+(its dependencies: a change reruns it), the keys it reads that never change its bytes
+(``settings``), its resources and its command. Snakemake's rules are made from this table
+(``workflow/rules/stages.smk``), ``dvc.yaml`` is generated from it (``nuwa dvc-yaml``; a test
+regenerates it and compares bytes), and a stage's code receives only the keys declared here
+(:func:`declared_params`): reading any other key is an error, so what reruns a stage cannot
+drift from what the stage reads.
+
+Command templates name axes (``{dataset}``) and files (``{data}``, an input or output name, or
+a ``paths`` entry); each tool fills them with its own placeholders: Snakemake's
+``{wildcards.dataset}``, DVC's ``${item.dataset}``. Both tools therefore run the same commands.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nuwa import grid
+from nuwa.config import ParamsError
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input file. ``over``: axes it is expanded across (every value in the grid);
+    ``fixed``: axes whose value a function of params chooses; ``when``: a function of
+    (params, wildcards) that says whether the stage needs it (Snakemake asks; DVC, which
+    cannot vary deps within a matrix, always lists it)."""
+
+    path: str | None
+    over: tuple[str, ...] = ()
+    fixed: dict[str, Callable[[dict], list]] = field(default_factory=dict)
+    when: Callable[[dict, dict], bool] | None = None
+    files: Callable[[dict, dict], list[str]] | None = None  # files a function of (params, wildcards) lists
+    # (path None): Snakemake only; DVC cannot list them, so under DVC they are no dependency
+
+
+@dataclass(frozen=True)
+class Output:
+    path: str
+    kind: str = "out"  # out (DVC-cached) | metrics | plots | report (DVC: cache false)
+    plot: tuple[str, str] | None = None  # (x, y) of a plots output
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    axes: tuple[str, ...]
+    inputs: dict[str, Input]
+    outputs: dict[str, Output]
+    params: tuple[str, ...]  # dotted keys, may name axes: "datasets.{dataset}"
+    command: str
+    settings: tuple[str, ...] = ()  # keys read that never change the outputs (no rerun)
+    paths: dict[str, str] = field(default_factory=dict)  # other path templates the command names
+    threads: bool = True  # the command takes --threads
+    mem_mb: int = 4000
+    gpu: bool = False  # asks for the backbone's GPUs (Slurm's --gpus)
+    comment: str = ""
+    # method 'none' variants read none of the bank's knobs (their bank is empty by definition)
+    params_for_method_none: tuple[str, ...] | None = None
+
+
+def _method(params, wildcards) -> str:
+    return params["variants"][wildcards["variant"]]["method"]
+
+
+def dataset_source(params, wildcards) -> list[str]:
+    """A file-based dataset's source (folder, file or glob matches): under Snakemake a missing one
+    stops the DAG before any job runs, and new or changed files rerun the ingest."""
+    import glob
+
+    source = params["datasets"][wildcards["dataset"]].get("source")
+    if source is None:
+        return []
+    if glob.has_magic(source):
+        return sorted(glob.glob(source, recursive=True)) or [source]
+    return [source]
+
+
+def _saliency_variants(params) -> list[str]:
+    """The bank whose masks the saliency figure outlines: the first saliency variant's (if any)."""
+    return [v for v in params["grid"]["variants"] if params["variants"][v]["method"] == "saliency"][:1]
+
+
+RUN = grid.RUN_DIR + "/{name}"
+TRAIN_AXES = tuple(grid.AXES)
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("validate", (), {}, {"ok": Output(grid.PARAMS_OK, "report")}, ("",),
+          "nuwa validate --out {ok}", threads=False, mem_mb=1000,
+          comment="First, and with no grid name in its command: DVC puts the grid's names into the other "
+                  "stages' commands (run by a shell), so they run only after `nuwa validate` has checked every "
+                  "name. Its file holds the same bytes for any valid params, and every other DVC stage depends "
+                  "on it."),
+    Stage("ingest", ("dataset",), {"source": Input(None, files=dataset_source)}, {"data": Output(grid.PROCESSED)}, ("datasets.{dataset}",),
+          "nuwa ingest --dataset {dataset} --out {data}", settings=("ingest",),
+          comment="ingest.* (dask chunks and scheduler) never changes the bytes: read, not a dependency."),
+    Stage("baseline", ("dataset",), {"data": Input(grid.PROCESSED)},
+          {"metrics": Output(grid.BASELINE, "metrics")}, ("datasets.{dataset}",),
+          "nuwa baseline --dataset {dataset} --data {data} --out {metrics}"),
+    Stage("pretrain", ("dataset",), {"data": Input(grid.PROCESSED)},
+          {"model": Output(grid.UPSTREAM_MODEL), "history": Output(grid.UPSTREAM_HISTORY, "plots", ("step", "loss"))},
+          ("datasets.{dataset}", "pretrain"),
+          "nuwa pretrain --dataset {dataset} --data {data} --model-out {model} --history-out {history}", gpu=True),
+    Stage("saliency", ("dataset",), {"data": Input(grid.PROCESSED), "model": Input(grid.UPSTREAM_MODEL)},
+          {"saliency": Output(grid.SALIENCY)}, ("datasets.{dataset}", "saliency"),
+          "nuwa saliency --dataset {dataset} --data {data} --model {model} --out {saliency}", gpu=True),
+    Stage("bank", ("dataset", "variant", "seed"),
+          {"data": Input(grid.PROCESSED),
+           "saliency": Input(grid.SALIENCY, when=lambda params, w: _method(params, w) == "saliency")},
+          {"bank": Output(grid.BANK)},
+          ("datasets.{dataset}", *(f"bank.{knob}" for knob in grid.BANK_KNOBS), "variants.{variant}"),
+          "nuwa bank --dataset {dataset} --variant {variant} --seed {seed} --data {data} --saliency {saliency}"
+          " --out {bank}",
+          settings=("bank.chunk_size",), threads=False, mem_mb=6000, params_for_method_none=("variants.{variant}",),
+          comment="DVC cannot vary deps by variant, so every bank stage lists the saliency file; a variant that "
+                  "does not read it rewrites identical bytes, and DVC then leaves its training cells alone."),
+    Stage("train", TRAIN_AXES,
+          {"data": Input(grid.PROCESSED), "bank": Input(grid.BANK),
+           "upstream": Input(grid.UPSTREAM_MODEL,
+                             when=lambda params, w: bool(params["backbones"][w["backbone"]].get("init_from_upstream")))},
+          {"model": Output(RUN.replace("{name}", "model.pt")), "examples": Output(RUN.replace("{name}", "examples.nc")),
+           "metrics": Output(RUN.replace("{name}", "metrics.json"), "metrics"),
+           "history": Output(RUN.replace("{name}", "history.csv"), "plots", ("step", "train_loss"))},
+          ("datasets.{dataset}", "backbones.{backbone}", "variants.{variant}", "bank.mix_fraction", "train"),
+          "nuwa train " + " ".join(f"--{axis} {{{axis}}}" for axis in TRAIN_AXES)
+          + " --data {data} --bank {bank} --upstream {upstream} --out-dir {run_dir}",
+          paths={"run_dir": grid.RUN_DIR}, mem_mb=6000, gpu=True,
+          comment="The upstream model is read only by backbones with init_from_upstream, but DVC cannot vary deps "
+                  "by backbone: under DVC every cell lists it (Snakemake asks only for those that read it)."),
+    Stage("tables", (),
+          {"metrics": Input(RUN.replace("{name}", "metrics.json"), over=TRAIN_AXES),
+           "baselines": Input(grid.BASELINE, over=("dataset",))},
+          {"csv": Output(grid.SUMMARY_CSV, "report"), "md": Output(grid.SUMMARY_MD, "report")},
+          ("grid", "variants"), "nuwa tables --out-csv {csv} --out-md {md}", threads=False, mem_mb=2000),
+    Stage("figures", ("dataset",),
+          {"data": Input(grid.PROCESSED), "saliency": Input(grid.SALIENCY),
+           "examples": Input(RUN.replace("{name}", "examples.nc"), over=("variant",),
+                             fixed={"backbone": lambda params: [params["figures"]["backbone"]],
+                                    "seed": lambda params: [grid.first_seed(params)]}),
+           "bank": Input(grid.BANK, fixed={"variant": _saliency_variants,
+                                           "seed": lambda params: [grid.first_seed(params)]})},
+          {"predictions": Output(grid.PREDICTION_FIGURE, "report"), "saliency_png": Output(grid.SALIENCY_FIGURE, "report")},
+          ("grid.variants", "grid.seeds", "variants", "figures"),
+          "nuwa figures --dataset {dataset} --out-predictions {predictions} --out-saliency {saliency_png}",
+          threads=False, mem_mb=2000),
+)}
+
+
+def stage_param_keys(stage: str, params: dict | None = None, **wildcards) -> list[str]:
+    """The dotted params keys ``stage`` depends on, for one job (its wildcards)."""
+    spec = STAGES[stage]
+    keys = spec.params
+    if spec.params_for_method_none is not None and params is not None and _method(params, wildcards) == "none":
+        keys = spec.params_for_method_none
+    return [key.format(**wildcards) for key in keys]
+
+
+def stage_params(params: dict, stage: str, **wildcards) -> dict:
+    """The slice of params a stage's job depends on, keyed by dotted path (stable JSON for Snakemake)."""
+    return {key: grid.lookup(params, key) if key else params
+            for key in stage_param_keys(stage, params, **wildcards)}
+
+
+# ---------------------------------------------------------------------------------------------
+# What a stage's code may read
+
+
+class UndeclaredParamsKey(ParamsError):
+    """A stage read a params key that the stage table does not declare for it."""
+
+
+class DeclaredParams(dict):
+    """The params a stage declared, and nothing else: reading another key raises.
+
+    A plain dict of the declared slices, so code reads it as it read params; ``path`` is where
+    this mapping sits in params.yaml, ``declared`` the stage's dotted keys.
+    """
+
+    def __init__(self, values: dict, stage: str, declared: tuple[str, ...], path: str = ""):
+        super().__init__()
+        self.stage, self.declared, self.path = stage, declared, path
+        for key, value in values.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if not self._allowed(dotted):
+                continue
+            if isinstance(value, dict) and not self._whole(dotted):
+                value = DeclaredParams(value, stage, declared, dotted)
+            super().__setitem__(key, value)
+
+    def _whole(self, dotted: str) -> bool:
+        return any(key == "" or dotted == key or dotted.startswith(key + ".") for key in self.declared)
+
+    def _allowed(self, dotted: str) -> bool:
+        return self._whole(dotted) or any(key.startswith(dotted + ".") for key in self.declared)
+
+    def _refuse(self, key):
+        dotted = f"{self.path}.{key}" if self.path else str(key)
+        raise UndeclaredParamsKey(f"stage {self.stage!r} read params key {dotted!r}, which nuwa/stages.py does not "
+                                  f"declare for it (declared: {', '.join(self.declared) or 'none'}); declare it "
+                                  "there (params: reruns the stage; settings: never changes its bytes)")
+
+    def __missing__(self, key):
+        dotted = f"{self.path}.{key}" if self.path else str(key)
+        if not self._allowed(dotted):
+            self._refuse(key)
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        dotted = f"{self.path}.{key}" if self.path else str(key)
+        if not self._allowed(dotted):
+            self._refuse(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        dotted = f"{self.path}.{key}" if self.path else str(key)
+        if not self._allowed(dotted):
+            self._refuse(key)
+        return super().__contains__(key)
+
+
+def declared_params(params: dict, stage: str, **wildcards) -> DeclaredParams:
+    """What ``stage``'s job may read of (validated) ``params``: its params and settings keys."""
+    keys = tuple(key.format(**wildcards) for key in (*STAGES[stage].params, *STAGES[stage].settings))
+    return DeclaredParams(params, stage, keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Snakemake: what workflow/rules/stages.smk reads
+
+
+def input_files(stage: str, params: dict, wildcards: dict) -> dict[str, list[str] | str]:
+    """A job's input files by name (Snakemake's input function)."""
+    files = {}
+    for name, spec in STAGES[stage].inputs.items():
+        if spec.when is not None and not spec.when(params, wildcards):
+            files[name] = []
+            continue
+        if spec.files is not None:
+            files[name] = spec.files(params, wildcards)
+            continue
+        choices = [{}]
+        for axis in spec.over:
+            choices = [{**c, axis: value} for c in choices for value in grid.axis_values(params, axis)]
+        for axis, choose in spec.fixed.items():
+            choices = [{**c, axis: value} for c in choices for value in choose(params)]
+        paths = [spec.path.format(**{**wildcards, **choice}) for choice in choices]
+        files[name] = paths if (spec.over or spec.fixed) else paths[0]
+    return files
+
+
+def _render(stage: Stage, placeholder: Callable[[str], str]) -> str:
+    """The command with axes as ``placeholder(axis)`` and files as their path templates so filled."""
+    values = {axis: placeholder(axis) for axis in grid.AXES}
+    files = {**{n: s.path for n, s in stage.inputs.items() if s.path}, **{n: s.path for n, s in stage.outputs.items()},
+             **stage.paths}
+    rendered = {name: path.format(**values) for name, path in files.items()}
+    return stage.command.format(**values, **rendered)
+
+
+def snakemake_command(stage_name: str, wildcards) -> str:
+    """A job's stage command (axes and files filled in): the rule's ``params.command``, which its
+    shell runs with Snakemake's options appended (stages.smk)."""
+    values = {axis: getattr(wildcards, axis) for axis in STAGES[stage_name].axes}
+    return _render(STAGES[stage_name], lambda axis: str(values.get(axis, "{" + axis + "}")))
+
+
+def log_path(stage_name: str, suffix: str = ".log", root: str = "logs") -> str:
+    axes = STAGES[stage_name].axes
+    parts = [stage_name, *(grid.AXES[axis].folder for axis in axes)]
+    if not axes:
+        return f"{root}/{stage_name}{suffix}"
+    return f"{root}/" + "/".join(parts) + suffix
+
+
+# ---------------------------------------------------------------------------------------------
+# DVC: dvc.yaml, generated
+
+
+def _dvc_dep(spec: Input, axes: tuple[str, ...]) -> str:
+    """DVC's dep for an input: the file, or for a set of files (over/fixed axes) the folder that holds them."""
+    path = spec.path.format(**{axis: f"${{item.{axis}}}" if axis in axes else f"{{{axis}}}" for axis in grid.AXES})
+    if not (spec.over or spec.fixed):
+        return path
+    return re.split(r"/[^/]*(?<!\$)\{", path, maxsplit=1)[0]
+
+
+def dvc_yaml() -> str:
+    """The text of dvc.yaml (deterministic; `nuwa dvc-yaml` writes it, a test compares it)."""
+    lines = ["# GENERATED from nuwa/stages.py by `nuwa dvc-yaml`: do not edit; edit the stage table and run",
+             "# `nuwa dvc-yaml --out dvc.yaml` (a test checks that the two agree). The same stages as the",
+             "# Snakefile: each calls `nuwa <stage>` and lists exactly the params keys it depends on; the grid",
+             "# comes from params.yaml's lists through `matrix:`, never typed out.",
+             "stages:"]
+    for stage in STAGES.values():
+        if stage.comment:
+            lines += ["  # " + line for line in _wrap(stage.comment, 94)]
+        lines.append(f"  {stage.name}:")
+        if stage.axes:
+            lines.append("    matrix:")
+            lines += [f"      {axis}: ${{{grid.AXES[axis].values}}}" for axis in stage.axes]
+        lines.append(f"    cmd: {_render(stage, lambda axis: '${item.' + axis + '}')}")
+        deps = [] if stage.name == "validate" else [grid.PARAMS_OK]
+        deps += [_dvc_dep(spec, stage.axes) for spec in stage.inputs.values() if spec.path]
+        if deps:
+            lines.append("    deps:")
+            lines += [f"      - {dep}" for dep in dict.fromkeys(deps)]
+        lines.append("    params:")
+        for key in stage.params:
+            lines.append("      - params.yaml:" if key == "" else
+                         f"      - {key.format(**{axis: '${item.' + axis + '}' for axis in grid.AXES})}")
+        for section, kinds in (("outs", ("out", "report")), ("metrics", ("metrics",)), ("plots", ("plots",))):
+            outputs = [spec for spec in stage.outputs.values() if spec.kind in kinds]
+            if outputs:
+                lines.append(f"    {section}:")
+            for spec in outputs:
+                path = spec.path.format(**{axis: f"${{item.{axis}}}" for axis in grid.AXES})
+                if spec.kind == "out":  # cached by DVC; the others are small files kept in the workspace
+                    lines.append(f"      - {path}")
+                    continue
+                lines += [f"      - {path}:", "          cache: false"]
+                if spec.plot:
+                    lines += [f"          x: {spec.plot[0]}", f"          y: {spec.plot[1]}"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + [line] if line else lines

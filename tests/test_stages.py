@@ -1,0 +1,68 @@
+"""The stage table (nuwa/stages.py): one definition of the pipeline, and the keys a stage may read."""
+
+from __future__ import annotations
+
+import pytest
+
+from nuwa import grid
+from nuwa.stages import STAGES, UndeclaredParamsKey, declared_params, input_files, stage_params
+
+
+def test_a_stage_reads_only_the_keys_it_declares(tiny_params):
+    bank = declared_params(tiny_params, "bank", dataset="moving_glyphs", variant="nuwa", seed=0)
+    assert bank["datasets"]["moving_glyphs"] == tiny_params["datasets"]["moving_glyphs"]
+    assert bank["variants"]["nuwa"] == tiny_params["variants"]["nuwa"]
+    assert bank["bank"]["chunk_size"] == tiny_params["bank"]["chunk_size"]  # a setting: read, no rerun
+    with pytest.raises(UndeclaredParamsKey, match=r"stage 'bank' read params key 'train', which nuwa/stages.py does "
+                                                   r"not declare for it"):
+        bank["train"]
+    with pytest.raises(UndeclaredParamsKey, match="'bank.mix_fraction'"):  # the training stage's key
+        bank["bank"]["mix_fraction"]
+    with pytest.raises(UndeclaredParamsKey, match="'variants.random'"):  # another variant's entry
+        bank["variants"].get("random")
+    with pytest.raises(UndeclaredParamsKey, match="'datasets.pollutant'"):
+        "pollutant" in bank["datasets"]
+
+
+def test_declared_keys_are_the_rerun_keys_plus_settings(tiny_params):
+    """What reruns a job (Snakemake's params JSON, DVC's params list) is what its code may read,
+    less the settings that never change its bytes."""
+    wildcards = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": 0}
+    for name, stage in STAGES.items():
+        if name == "validate":
+            continue
+        own = {axis: wildcards[axis] for axis in stage.axes}
+        rerun = stage_params(tiny_params, name, **own)
+        view = declared_params(tiny_params, name, **own)
+        for key, value in rerun.items():
+            assert grid.lookup(view, key) == value, (name, key)
+        for setting in stage.settings:
+            assert setting not in rerun, name
+
+
+def test_an_ori_bank_depends_on_its_variant_entry_only(tiny_params):
+    assert list(stage_params(tiny_params, "bank", dataset="moving_glyphs", variant="ori", seed=0)) == ["variants.ori"]
+
+
+def test_every_grid_axis_reaches_the_run_folder_the_cell_and_the_train_stage(tiny_params):
+    """Adding an axis is one entry in grid.AXES: the run folder, Cell, the train stage's
+    wildcards and command follow from it."""
+    cell = grid.train_cells(tiny_params)[0]
+    for axis, spec in grid.AXES.items():
+        assert spec.folder.format(**{axis: getattr(cell, axis)}) in cell.run_dir.split("/")
+        assert axis in STAGES["train"].axes and f"--{axis} {{{axis}}}" in STAGES["train"].command
+    assert cell.run_dir == "results/runs/moving_glyphs/simvp/ori/seed0"
+    assert len(grid.train_cells(dict(tiny_params, grid=dict(tiny_params["grid"], seeds=[0, 3])))) == 12
+
+
+def test_snakemake_inputs_follow_the_variant_and_backbone(tiny_params):
+    random = input_files("bank", tiny_params, {"dataset": "moving_glyphs", "variant": "random", "seed": 0})
+    nuwa = input_files("bank", tiny_params, {"dataset": "moving_glyphs", "variant": "nuwa", "seed": 0})
+    assert random["saliency"] == [] and nuwa["saliency"] == "results/saliency/moving_glyphs.nc"
+    train = input_files("train", tiny_params, {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa",
+                                               "seed": 0})
+    assert train["bank"] == "results/bank/moving_glyphs/nuwa/seed0.nc" and train["upstream"] == []
+    figures = input_files("figures", tiny_params, {"dataset": "moving_glyphs"})
+    assert figures["bank"] == ["results/bank/moving_glyphs/nuwa/seed0.nc"]
+    assert figures["examples"] == [f"results/runs/moving_glyphs/simvp/{v}/seed0/examples.nc"
+                                   for v in ("ori", "nuwa", "random")]
