@@ -372,21 +372,6 @@ class _BankPass:
 FLAG_VARIABLES = ("sampled", "intervened", "changed", "causal")  # int8, written after the streaming pass
 
 
-def _bank_encoding(dataset: xr.Dataset) -> dict:
-    """:func:`nuwa.io.write_netcdf`'s encoding with ``augmented`` contiguous (when not empty)."""
-    from nuwa.io import netcdf_chunks
-
-    encoding = {}
-    for name, variable in dataset.data_vars.items():
-        if name in BANK_CONTIGUOUS and variable.size:
-            encoding[name] = {"contiguous": True}
-        elif variable.dtype.kind == "f":
-            encoding[name] = {"zlib": True, "complevel": 1, "shuffle": True}
-            if variable.ndim >= 2 and all(variable.shape):
-                encoding[name]["chunksizes"] = netcdf_chunks(variable.shape, variable.dtype.itemsize)
-    return encoding
-
-
 def write_bank(path: str | Path, inputs, source_index: np.ndarray, *, method: str, settings: dict, patch_size: int,
                seed: int, importance: np.ndarray | None = None, channels, units: str, std,
                dataset_name: str, variant: str, desc: str = "bank") -> dict:
@@ -415,7 +400,7 @@ def write_bank(path: str | Path, inputs, source_index: np.ndarray, *, method: st
     import dask.array as da
     import netCDF4
 
-    from nuwa.io import atomic_path, netcdf_chunks
+    from nuwa.io import atomic_path, netcdf_chunks, netcdf_encoding
 
     copies = settings["copies"]
     with progress(total=copies * inputs.shape[0], desc=desc, unit="window") as bar:
@@ -448,7 +433,8 @@ def write_bank(path: str | Path, inputs, source_index: np.ndarray, *, method: st
         try:
             with atomic_path(path) as tmp:
                 with dask.config.set(scheduler="synchronous"):
-                    dataset.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_bank_encoding(dataset))
+                    dataset.to_netcdf(tmp, engine="netcdf4", format="NETCDF4",
+                                      encoding=netcdf_encoding(dataset, BANK_CONTIGUOUS))
                 strength = plan.strength()
                 intervened = plan.changed.any(axis=(2, 3)).astype(np.int8)
                 flags = dict(zip(FLAG_VARIABLES, (plan.sampled, intervened, plan.changed, plan.masks)))

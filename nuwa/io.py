@@ -140,6 +140,12 @@ def write_netcdf(dataset: xr.Dataset, path: str | Path, contiguous: tuple[str, .
     (HDF5 contiguous layout), so that a reader can fetch any of their rows with one positioned
     read (:class:`NetCDFRows`); an empty variable (HDF5 refuses a contiguous one) keeps the default.
     """
+    with atomic_path(path) as tmp:
+        dataset.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=netcdf_encoding(dataset, contiguous))
+
+
+def netcdf_encoding(dataset: xr.Dataset, contiguous: tuple[str, ...] = ()) -> dict:
+    """The encoding :func:`write_netcdf` writes with (for writers that finish a file themselves)."""
     encoding = {}
     for name, variable in dataset.data_vars.items():
         if name in contiguous and variable.size:
@@ -149,8 +155,7 @@ def write_netcdf(dataset: xr.Dataset, path: str | Path, contiguous: tuple[str, .
             encoding[name] = {"zlib": True, "complevel": 1, "shuffle": True}
             if variable.ndim >= 2 and all(variable.shape):
                 encoding[name]["chunksizes"] = netcdf_chunks(variable.shape, variable.dtype.itemsize)
-    with atomic_path(path) as tmp:
-        dataset.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+    return encoding
 
 
 def open_netcdf(path: str | Path, variables: tuple[str, ...] = (), dims: dict[str, tuple[str, ...]] | None = None,

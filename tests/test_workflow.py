@@ -250,11 +250,10 @@ def test_dvc_yaml_is_the_one_generated_from_the_stage_table():
     assert stages["train"]["matrix"]["seed"] == "${grid.seeds}" and "${item.seed}" in stages["train"]["cmd"]
 
 
-def test_snakemake_rules_run_the_stage_table_commands():
+def test_snakemake_rules_run_the_stage_table_commands(tmp_path):
     """Each rule's shell command is the stage table's command plus Snakemake's own options: the
     same command DVC runs, with its placeholders."""
-    dry = run(["snakemake", "--dry-run", "--printshellcmds", "--cores", "2", "--configfile",
-               str(REPO / "tests/data/tiny_params.yaml")], REPO).stdout
+    dry = run(["snakemake", "--dry-run", "--printshellcmds", "--cores", "2"], make_workdir(tmp_path)).stdout
     dvc_stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     item = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": "0"}
     for name in ("ingest", "pretrain", "saliency", "bank", "train", "tables", "figures"):
