@@ -358,8 +358,8 @@ def show_mask(saliency_path, sample, out, data=None, bank=None, copy=0):
     data = data or grid.PROCESSED.format(dataset=saliency.attrs.get("nuwa_dataset", ""))
     bank_data = open_netcdf(bank, variables=("causal", "source_index", "copy")) if bank else None
     sample = int(saliency["sample"].values[0]) if sample is None else sample
-    figure = mask_figure(saliency, load_series(data).field, sample, bank=bank_data, copy=copy, source=str(saliency_path),
-                         bank_source=str(bank) if bank else None)
+    figure = mask_figure(saliency, load_series(data).field, sample, bank=bank_data, copy=copy,
+                         source=str(saliency_path), bank_source=str(bank) if bank else None)
     save_figure(figure, out, dpi=110)
     plt.close(figure)
 
@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data")
     c.add_argument("--model-out")
     c.add_argument("--history-out")
-    c = add("saliency", cmd_saliency, "attention importance of every patch of every training window (the bank variants turn it into masks)")
+    c = add("saliency", cmd_saliency, "attention importance of every patch of every training window (the bank "
+            "variants turn it into masks)")
     c.add_argument("--data")
     c.add_argument("--model")
     c.add_argument("--out")

@@ -95,7 +95,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                   "stages' commands (run by a shell), so they run only after `nuwa validate` has checked every "
                   "name. Its file holds the same bytes for any valid params, and every other DVC stage depends "
                   "on it."),
-    Stage("ingest", ("dataset",), {"source": Input(None, files=dataset_source)}, {"data": Output(grid.PROCESSED)}, ("datasets.{dataset}",),
+    Stage("ingest", ("dataset",), {"source": Input(None, files=dataset_source)}, {"data": Output(grid.PROCESSED)},
+          ("datasets.{dataset}",),
           "nuwa ingest --dataset {dataset} --out {data}", settings=("ingest",),
           comment="ingest.* (dask chunks and scheduler) never changes the bytes: read, not a dependency."),
     Stage("baseline", ("dataset",), {"data": Input(grid.PROCESSED)},

@@ -211,44 +211,46 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     # still made for the whole batch); DDP's average of the gradients is the whole batch's gradient
     share = {"rows": my_rows, "batch": batch_size} if context.distributed else {}
     # the batch of step k + 1 is read (and sent to the device) while step k runs
-    with BatchStream(pool, rows, batch_size, my_rows, device) as batches:
-        while state["step"] < steps:
-            inputs, targets = next(batches)
-            loss = training_loss(network, inputs, targets, progress=state["step"] / steps, generator=generator,
-                                 **share)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            state["step"] += 1
-            step = state["step"]
-            # the mean over ranks: every rank sees the same number, and stops together
-            row = {"step": step, "train_loss": distributed.mean_over_ranks(loss.item(), context),
-                   "learning_rate": scheduler.get_last_lr()[0], "val_loss": float("nan")}
-            check_finite_loss(row["train_loss"], "training", cell, step)
-            if step % train_config["eval_every"] == 0 or step == steps:
-                # rank 0 validates on the validation subset while the others wait for its result
-                loss_here = validation_loss(model, val, batch_size, train_config["val_batches"], device) \
-                    if context.is_main else 0.0
-                row["val_loss"] = distributed.from_main(loss_here, context)
-                check_finite_loss(row["val_loss"], "validation", cell, step)
-                if row["val_loss"] < state["best_val"]:
-                    state["best_val"], state["best_step"] = row["val_loss"], step
+    try:  # the bar ends its line even when the cell stops (an error is then printed on a line of its own)
+        with BatchStream(pool, rows, batch_size, my_rows, device) as batches:
+            while state["step"] < steps:
+                inputs, targets = next(batches)
+                loss = training_loss(network, inputs, targets, progress=state["step"] / steps, generator=generator,
+                                     **share)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                state["step"] += 1
+                step = state["step"]
+                # the mean over ranks: every rank sees the same number, and stops together
+                row = {"step": step, "train_loss": distributed.mean_over_ranks(loss.item(), context),
+                       "learning_rate": scheduler.get_last_lr()[0], "val_loss": float("nan")}
+                check_finite_loss(row["train_loss"], "training", cell, step)
+                if step % train_config["eval_every"] == 0 or step == steps:
+                    # rank 0 validates on the validation subset while the others wait for its result
+                    loss_here = validation_loss(model, val, batch_size, train_config["val_batches"], device) \
+                        if context.is_main else 0.0
+                    row["val_loss"] = distributed.from_main(loss_here, context)
+                    check_finite_loss(row["val_loss"], "validation", cell, step)
+                    if row["val_loss"] < state["best_val"]:
+                        state["best_val"], state["best_step"] = row["val_loss"], step
+                        if context.is_main:
+                            state["best_state"] = copy.deepcopy(model.state_dict())
+                row["seconds"] = time.perf_counter() - started
+                state["history"].append(row)
+                state["seconds"] = row["seconds"]
+                bar.update(1)
+                if checkpoint_path and step % train_config["checkpoint_every"] == 0 and step < steps:
+                    rng = distributed.gather(rng_state(device), context)
                     if context.is_main:
-                        state["best_state"] = copy.deepcopy(model.state_dict())
-            row["seconds"] = time.perf_counter() - started
-            state["history"].append(row)
-            state["seconds"] = row["seconds"]
-            bar.update(1)
-            if checkpoint_path and step % train_config["checkpoint_every"] == 0 and step < steps:
-                rng = distributed.gather(rng_state(device), context)
-                if context.is_main:
-                    save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                                     "rows": batches.rows_state(),
-                                     "rng": rng, "world_size": context.world_size, "state": state},
-                                    checkpoint_path)
-    bar.close()
+                        save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                         "rows": batches.rows_state(),
+                                         "rng": rng, "world_size": context.world_size, "state": state},
+                                        checkpoint_path)
+    finally:
+        bar.close()
     if state["best_step"] == 0:  # every validation loss is finite and below inf: cannot happen silently
         raise DivergedError(f"train {cell}: no validation step picked a model after {state['step']} step(s); "
                             "nothing written")

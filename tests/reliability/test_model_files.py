@@ -221,3 +221,22 @@ def test_resume_checkpoint_of_another_backbone_is_named(made, tmp_path, capsys, 
     fails_cleanly(train_argv(made, "simvp", tmp_path), capsys, ckpt, phrase)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # nothing written, nothing removed
     assert ckpt.read_bytes() == before
+
+
+# -- a run that diverges -----------------------------------------------------------------------
+
+def test_a_diverged_training_run_fails_naming_the_cell_and_step_and_writes_no_result(made, tmp_path, capsys):
+    """Before: a NaN validation loss was never 'better', so train evaluated the untrained weights
+    on test, exited 0 and wrote Infinity into metrics.json."""
+    params = yaml.safe_load((made / "params.yaml").read_text())
+    params["train"].update(learning_rate=1.0e6, steps=30, eval_every=5, checkpoint_every=1000)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = train_argv(made, "simvp", tmp_path / "out")
+    argv[argv.index("--params") + 1] = str(tmp_path / "params.yaml")
+    capsys.readouterr()
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "it/s]" not in line]
+    assert re.search(r"^nuwa train: error: train moving_glyphs/simvp/ori/seed0: (training|validation) loss is "
+                     r"(nan|inf|-inf) at step \d+ \(diverged\); nothing written$", lines[-1]), lines
+    left = sorted(p.name for p in (tmp_path / "out").rglob("*")) if (tmp_path / "out").exists() else []
+    assert left == [], left
