@@ -19,13 +19,34 @@ dataset) and its counter set to ``(0, source_index, copy, 0)`` for each window (
 share counters: a window draws far fewer than 2⁶⁴ blocks). So a bank's bytes depend neither on
 ``chunk_size`` nor on how the windows are split into blocks. The intervention draws (purpose
 ``"bank"``: sampled steps, neighbour weights, λ) carry no variant name: the +Nuwa bank and the
-random control of one seed draw the same ones and differ only in where they intervene (the
-mask). The control's mask comes from its own stream (purpose ``"random-mask"``). Per window, in
-this order (:func:`draw_interventions`): ``T`` float64 uniforms (step ``t`` sampled where
-``u < G(t)``); then, for the ``k`` sampled steps only, ``k·Py·Px·8`` float32 uniforms (the raw
-neighbour weights, step-major, ``NEIGHBOUR_OFFSETS`` order last) and ``k·Py·Px`` float32
-uniforms (λ). Weights and λ are drawn for every patch of a sampled step, causal or not, so the
-draws do not depend on the data or the mask. Steps not sampled hold zeros (never read).
+controls of one seed draw the same ones and differ only in where they intervene (the mask,
+below). Per window, in this order (:func:`draw_interventions`): ``T`` float64 uniforms (step
+``t`` sampled where ``u < G(t)``); then, for the ``k`` sampled steps only, ``k·Py·Px·8`` float32
+uniforms (the raw neighbour weights, step-major, ``NEIGHBOUR_OFFSETS`` order last) and
+``k·Py·Px`` float32 uniforms (λ). Weights and λ are drawn for every patch of a sampled step,
+causal or not, so the draws do not depend on the data or the mask. Steps not sampled hold zeros
+(never read).
+
+Masks (``method``, :data:`BANK_METHODS`; 1 = causal, 0 = environmental, ``⌊ρ·L⌋`` environmental
+patches in every step of every method, ``ρ`` the variant's ``environment_ratio``):
+
+* ``saliency`` (+Nuwa): the ``⌊ρ·L⌋`` least important patches of each step
+  (:func:`nuwa.saliency.causal_mask` of the saliency file's importance), the same for every copy;
+* ``random`` (control): ``⌊ρ·L⌋`` patches chosen uniformly, from the window's own stream (purpose
+  ``"random-mask"``: ``T·Py·Px`` float64 uniforms ranked by ``causal_mask``), fresh per copy;
+* ``random_matched`` (control): at each step the ``saliency`` mask of *another* training window at
+  the same step, so the number and the spatial shape of the environmental patches are the
+  method's and only where they lie differs. Per (copy, window) the window's own stream (purpose
+  ``"matched-mask"``) gives ``T`` float64 uniforms ``u``; the window at row ``r`` of ``N`` takes
+  at step ``t`` the mask of row ``k + (k ≥ r)``, ``k = min(⌊u_t·(N-1)⌋, N-2)``: uniform over the
+  other ``N - 1`` rows (:func:`matched_donors`). With one training window there is no other: it
+  takes its own mask (the bank is then the ``saliency`` bank);
+* ``saliency_inverted`` (control): the ``⌊ρ·L⌋`` *most* important patches of each step,
+  :func:`nuwa.saliency.causal_mask` of the negated importance (ties broken by patch order, as
+  for ``saliency``: a step of equal importances has its first ``⌊ρ·L⌋`` patches environmental,
+  the same mask as ``saliency``'s).
+
+The methods of :data:`IMPORTANCE_METHODS` read the saliency file's importance.
 
 The draws (:func:`draw_interventions`, :func:`window_draws`) are separate from the arithmetic
 (:func:`apply_interventions`, the compiled kernel of :mod:`nuwa.bank_kernel`), so that the
@@ -55,13 +76,20 @@ from nuwa.progress import progress
 from nuwa.saliency import causal_mask, environment_count
 from nuwa.seeding import seed_sequence
 
-__all__ = ["BANK_CONTIGUOUS", "NEIGHBOUR_OFFSETS", "Draws", "LazyWindows", "WindowStreams", "apply_interventions",
-           "bank_dataset", "compare_to_original", "distrixplorer", "draw_interventions", "empty_bank_dataset",
-           "from_patches", "gaussian_step_probability", "history_weights", "load_importance", "random_causal_mask",
+__all__ = ["BANK_CONTIGUOUS", "BANK_METHODS", "IMPORTANCE_METHODS", "NEIGHBOUR_OFFSETS", "Draws", "LazyWindows",
+           "WindowStreams", "apply_interventions", "bank_dataset", "compare_to_original", "distrixplorer",
+           "draw_interventions", "empty_bank_dataset", "from_patches", "gaussian_step_probability", "history_weights",
+           "inverted_causal_mask", "load_importance", "matched_donors", "matched_masks", "random_causal_mask",
            "random_masks", "temporal_terms", "to_patches", "window_draws", "write_bank"]
+
+# the methods write_bank builds (a variant's method 'none', Ori, has an empty bank: empty_bank_dataset)
+BANK_METHODS = ("saliency", "random", "random_matched", "saliency_inverted")
+# the methods whose bank reads the saliency file's importance
+IMPORTANCE_METHODS = ("saliency", "random_matched", "saliency_inverted")
 
 INTERVENTION_STREAM = "bank"  # purpose of the intervention draws' streams (no variant name: shared by variants)
 MASK_STREAM = "random-mask"  # purpose of the random control's mask streams
+MATCHED_STREAM = "matched-mask"  # purpose of the random_matched control's donor streams
 
 
 def to_patches(frames: np.ndarray, patch_size: int) -> np.ndarray:
@@ -206,6 +234,46 @@ def random_masks(streams: WindowStreams, copy: int, source_index: np.ndarray, gr
     return causal_mask(uniforms, environment_ratio).reshape(len(source_index), t, gy, gx)
 
 
+def inverted_causal_mask(importance: np.ndarray, environment_ratio: float) -> np.ndarray:
+    """The ``saliency_inverted`` control: the ⌊ρ·L⌋ *most* important of each step (over the last
+    axis) are environmental (0): :func:`nuwa.saliency.causal_mask` of the negated importance, ties
+    broken by patch order. (float64: negating a float32 or float64 importance is exact.)"""
+    return causal_mask(-np.asarray(importance, dtype=np.float64), environment_ratio)
+
+
+def matched_donors(streams: WindowStreams, copy: int, source_index: np.ndarray, rows: np.ndarray, windows: int,
+                   frames: int) -> np.ndarray:
+    """(len(rows), T) int64: per window and step, the row (of ``windows`` training windows) whose
+    saliency mask the ``random_matched`` control takes. The window at row ``r`` (source index
+    ``source_index``) draws ``T`` float64 uniforms ``u`` from its own stream (``streams``: purpose
+    ``"matched-mask"``) and takes row ``k + (k ≥ r)``, ``k = min(⌊u·(N-1)⌋, N-2)``: uniform over the
+    other rows. With ``windows == 1`` the one window takes its own row."""
+    source_index, rows = np.asarray(source_index), np.asarray(rows, dtype=np.int64)
+    if source_index.shape != rows.shape or (rows < 0).any() or (rows >= windows).any():
+        raise ValueError(f"rows {rows.tolist()} and source indices {source_index.tolist()} do not name windows of "
+                         f"{windows}")
+    donors = np.empty((len(rows), frames), dtype=np.int64)
+    for i, (source, row) in enumerate(zip(source_index.tolist(), rows.tolist())):
+        uniforms = streams.at(copy, source).random(frames)
+        if windows == 1:
+            donors[i] = row
+            continue
+        other = np.minimum((uniforms * (windows - 1)).astype(np.int64), windows - 2)
+        donors[i] = other + (other >= row)
+    return donors
+
+
+def matched_masks(saliency: np.ndarray, streams: WindowStreams, copy: int, source_index: np.ndarray,
+                  rows: np.ndarray) -> np.ndarray:
+    """The ``random_matched`` control's masks (len(rows), T, Py, Px) of copy ``copy``: ``saliency``
+    is the ``saliency`` mask (N, T, Py, Px) of every training window; window ``rows[i]`` (source
+    index ``source_index[i]``) takes at step ``t`` the mask of window ``donors[i, t]`` at step ``t``
+    (:func:`matched_donors`)."""
+    n, t = saliency.shape[:2]
+    donors = matched_donors(streams, copy, source_index, rows, n, t)
+    return saliency[donors, np.arange(t)]
+
+
 # -- the arithmetic -------------------------------------------------------------------------------
 
 def _check_grid(shape: tuple[int, ...], causal_shape: tuple[int, ...], patch_size: int) -> None:
@@ -278,16 +346,21 @@ def compare_to_original(original: np.ndarray, augmented: np.ndarray, patch_size:
 
 # -- the bank -------------------------------------------------------------------------------------
 
-def _saliency_mask(method: str, importance, shape: tuple[int, int, int, int], ratio: float) -> np.ndarray | None:
+def _importance_mask(method: str, importance, shape: tuple[int, int, int, int], ratio: float) -> np.ndarray | None:
+    """The mask (N, T, Py, Px) every copy of a window starts from: ``saliency``'s for 'saliency' and
+    'random_matched' (whose copies take other windows' rows of it), the inverted one for
+    'saliency_inverted'; None for 'random' (drawn per copy)."""
+    if method not in BANK_METHODS:
+        raise ValueError(f"bank method must be one of {', '.join(map(repr, BANK_METHODS))}, got {method!r}")
+    if method not in IMPORTANCE_METHODS:
+        return None
     n, t, gy, gx = shape
-    if method == "saliency":
-        if importance is None or importance.shape != (n, t, gy, gx):
-            got = None if importance is None else importance.shape
-            raise ValueError(f"saliency importance shape {got} does not match windows {(n, t, gy, gx)}")
-        return causal_mask(importance.reshape(n, t, gy * gx), ratio).reshape(n, t, gy, gx)
-    if method != "random":
-        raise ValueError(f"bank method must be 'saliency' or 'random', got {method!r}")
-    return None
+    if importance is None or importance.shape != (n, t, gy, gx):
+        got = None if importance is None else importance.shape
+        raise ValueError(f"bank method {method!r}: saliency importance shape {got} does not match windows "
+                         f"{(n, t, gy, gx)}")
+    rank = inverted_causal_mask if method == "saliency_inverted" else causal_mask
+    return rank(importance.reshape(n, t, gy * gx), ratio).reshape(n, t, gy, gx)
 
 
 class LazyWindows:
@@ -331,9 +404,11 @@ class _BankPass:
         self.shape = (settings["copies"] * n, t, c, h, w)
         self.grid = (t, h // patch_size, w // patch_size)
         self.ratio = settings["environment_ratio"]
-        self.mask = _saliency_mask(method, importance, (n, *self.grid), self.ratio)
+        self.method = method
+        self.mask = _importance_mask(method, importance, (n, *self.grid), self.ratio)
         self.draw_streams = WindowStreams(seed, INTERVENTION_STREAM, dataset_name)
-        self.mask_streams = WindowStreams(seed, MASK_STREAM, dataset_name) if self.mask is None else None
+        purpose = {"random": MASK_STREAM, "random_matched": MATCHED_STREAM}.get(method)
+        self.mask_streams = WindowStreams(seed, purpose, dataset_name) if purpose else None
         self.sampled = np.zeros(self.shape[:2], dtype=np.int8)
         self.changed = np.zeros((self.shape[0], *self.grid), dtype=np.int8)
         self.masks = np.zeros((self.shape[0], *self.grid), dtype=np.int8)
@@ -348,8 +423,12 @@ class _BankPass:
             start, stop = first - copy * n, last - copy * n
             sources = self.sources[start:stop]
             x = np.require(self.inputs[start:stop], dtype=np.float32, requirements=("C", "A", "W"))
-            mask = (self.mask[start:stop] if self.mask is not None
-                    else random_masks(self.mask_streams, copy, sources, self.grid, self.ratio))
+            if self.method == "random":
+                mask = random_masks(self.mask_streams, copy, sources, self.grid, self.ratio)
+            elif self.method == "random_matched":
+                mask = matched_masks(self.mask, self.mask_streams, copy, sources, np.arange(start, stop))
+            else:
+                mask = self.mask[start:stop]
             draws = window_draws(self.draw_streams, copy, sources, self.grid, self.settings["sigma"])
             target = out[first - lo:last - lo]
             apply_interventions(x, mask, draws, patch_size=self.patch_size, history=self.settings["history"],
@@ -378,8 +457,10 @@ def write_bank(path: str | Path, inputs, source_index: np.ndarray, *, method: st
     """Build the bank of (dataset, variant, seed) and write it to NetCDF, streaming.
 
     ``inputs`` (N, T, C, H, W) physical units (an array or :class:`LazyWindows`), rows matching
-    ``source_index`` (each window's first time step, >= 0). ``method`` 'saliency' takes the mask
-    from ``importance`` (N, T, Py, Px) at ``settings['environment_ratio']``; 'random' draws it.
+    ``source_index`` (each window's first time step, >= 0). ``method``, one of
+    :data:`BANK_METHODS`, makes the masks (see the module's docstring) at
+    ``settings['environment_ratio']``; those of :data:`IMPORTANCE_METHODS` from ``importance``
+    (N, T, Py, Px, the rows of ``inputs``), which the others ignore.
     ``seed``: the training run's seed. ``std``: the training split's per-channel std
     (``SeriesData.std``), the unit of ``mean_abs_change_std``.
 

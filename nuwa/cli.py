@@ -164,7 +164,8 @@ def cmd_saliency(args):
 def cmd_bank(args):
     import numpy as np
 
-    from nuwa.bank import BANK_CONTIGUOUS, LazyWindows, empty_bank_dataset, load_importance, write_bank
+    from nuwa.bank import (BANK_CONTIGUOUS, IMPORTANCE_METHODS, LazyWindows, empty_bank_dataset, load_importance,
+                           write_bank)
     from nuwa.io import write_netcdf
     from nuwa.windows import load_series, select_dataset
 
@@ -184,7 +185,7 @@ def cmd_bank(args):
         print(f"wrote {out} (method 'none': no augmented windows)")
         return
     importance = None
-    if method == "saliency":
+    if method in IMPORTANCE_METHODS:
         patches = (config["input_frames"], *(n // config["patch_size"] for n in series.field.shape[2:]))
         importance = load_importance(args.saliency or grid.SALIENCY.format(dataset=args.dataset), source_index,
                                      patches)
@@ -262,12 +263,13 @@ def _train(args, params, context):
         upstream = load_checkpoint(upstream_path)
     checkpoint_path = out_dir / "checkpoint.pt"
     with NetCDFRows(bank_path, "augmented") as bank_inputs:
-        model, history, metrics, examples = train_cell(
+        model, history, metrics, examples, losses = train_cell(
             series, dataset_name=args.dataset, dataset_config=params["datasets"][args.dataset],
             backbone_name=args.backbone, backbone_config=params["backbones"][args.backbone], variant=args.variant,
             train_config=params["train"], mix_fraction=settings["mix_fraction"], seed=args.seed,
             bank_inputs=bank_inputs, bank_sources=bank_sources, bank_copies=bank_copies,
-            checkpoint_path=checkpoint_path, upstream=upstream, upstream_source=upstream_path, context=context)
+            checkpoint_path=checkpoint_path, upstream=upstream, upstream_source=upstream_path, context=context,
+            fss_scales=params["evaluation"]["fss_scales"])
     if not context.is_main:
         return
     metrics.update({"dataset": args.dataset, "backbone": args.backbone, "variant": args.variant, "method": method,
@@ -276,6 +278,9 @@ def _train(args, params, context):
     write_netcdf(examples_dataset(examples, series, {"dataset": args.dataset, "backbone": args.backbone,
                                                      "variant": args.variant, "seed": args.seed}),
                  out_dir / "examples.nc")
+    # every test window's mse and mae at every lead: what the comparisons draw their intervals from
+    losses.attrs["method"] = method
+    write_netcdf(losses, out_dir / "test_losses.nc")
     save_checkpoint(model_payload(model, params["backbones"][args.backbone], args.dataset, args.variant, args.seed),
                     out_dir / "model.pt")
     # metrics.json last: its presence marks a finished run
@@ -285,39 +290,71 @@ def _train(args, params, context):
 
 
 def cmd_baseline(args):
-    from nuwa.evaluate import METRIC_CONVENTIONS, evaluate_forecaster, persistence
-    from nuwa.io import write_json
+    from nuwa.baselines import normalised_forecaster
+    from nuwa.evaluate import METRIC_CONVENTIONS, evaluate_forecaster
+    from nuwa.io import write_json, write_netcdf
     from nuwa.windows import load_series, select_dataset
 
-    params = _params(args, "baseline", uses_torch=True, dataset=args.dataset)
+    params = _params(args, "baseline", uses_torch=True, dataset=args.dataset, baseline=args.baseline)
     config = params["datasets"][args.dataset]
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     test = select_dataset(series, config, "test")
-    metrics, _ = evaluate_forecaster(lambda x: persistence(x, config["output_frames"]), test, config["csi_thresholds"])
-    metrics.update({"dataset": args.dataset, "baseline": "persistence", "split": "test",
-                    "conventions": METRIC_CONVENTIONS})
-    out = args.out or grid.BASELINE.format(dataset=args.dataset)
-    write_json(metrics, out)
+    try:
+        forecaster = normalised_forecaster(args.baseline, series, config["output_frames"])
+    except ValueError as exc:  # a baseline this dataset's field cannot take (optical flow, several channels)
+        raise ValueError(f"dataset {args.dataset!r}: {exc}; remove {args.baseline!r} from grid.baselines for "
+                         "it") from None
+    metrics, _, losses = evaluate_forecaster(forecaster, test, config["csi_thresholds"],
+                                             fss_scales=params["evaluation"]["fss_scales"],
+                                             attrs={"dataset": args.dataset, "baseline": args.baseline,
+                                                    "window_stride": int(config["window_stride"])})
+    metrics.update({"dataset": args.dataset, "baseline": args.baseline, "split": "test",
+                    **forecaster.summary(), "conventions": METRIC_CONVENTIONS})
+    out = args.out or grid.BASELINE.format(dataset=args.dataset, baseline=args.baseline)
+    write_netcdf(losses, args.losses_out or grid.BASELINE_LOSSES.format(dataset=args.dataset, baseline=args.baseline))
+    write_json(metrics, out)  # last: it marks the stage done
     print(f"wrote {out} (test mse {metrics['mse']:.4g})")
 
 
 def cmd_tables(args):
-    from nuwa.io import read_json, write_csv, write_text
+    import pandas as pd
+
+    from nuwa.compare import default_block, lead_time_table
+    from nuwa.io import open_netcdf, read_json, write_csv, write_text
     from nuwa.metrics import METRIC_CONVENTIONS
-    from nuwa.tables import summarise, to_markdown
+    from nuwa.tables import comparison_table, summarise, to_markdown
 
     params = _params(args, "tables")
-    records = []
+    settings = params["evaluation"]
+    records, losses = [], {}
     for cell in grid.train_cells(params):
         metrics = read_json(cell.file("metrics.json"))
         records.append({**{axis: getattr(cell, axis) for axis in grid.AXES},
                         **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in grid.AXES}})
-    baselines = {d: read_json(grid.BASELINE.format(dataset=d)) for d in params["grid"]["datasets"]}
+        losses[tuple(getattr(cell, axis) for axis in grid.AXES)] = open_netcdf(cell.file("test_losses.nc"),
+                                                                              variables=("mse", "mae", "target_max"))
+    datasets, names = params["grid"]["datasets"], params["grid"]["baselines"]
+    baselines = {d: {name: read_json(grid.BASELINE.format(dataset=d, baseline=name)) for name in names}
+                 for d in datasets}
     methods = {name: entry["method"] for name, entry in params["variants"].items()}
     summary = summarise(records, baselines, methods)
+    blocks = {d: settings["block_windows"] or default_block(params["datasets"][d]["input_frames"],
+                                                            params["datasets"][d]["output_frames"],
+                                                            params["datasets"][d]["window_stride"]) for d in datasets}
+    comparisons = comparison_table(losses, settings["comparisons"], blocks, confidence=settings["confidence"],
+                                   resamples=settings["resamples"], extreme_quantile=settings["extreme_quantile"])
+    by_run = {**{key: value for key, value in losses.items()},
+              **{(d, name, "-", "-"): open_netcdf(grid.BASELINE_LOSSES.format(dataset=d, baseline=name),
+                                                  variables=("mse", "mae")) for d in datasets for name in names}}
+    lead_time = lead_time_table(by_run)
+    keys = pd.DataFrame(lead_time["key"].tolist(), columns=list(grid.AXES), index=lead_time.index)
+    lead_time = pd.concat([keys, lead_time.drop(columns="key")], axis=1)
     write_csv(summary, args.out_csv or grid.SUMMARY_CSV)
-    write_text(to_markdown(summary, METRIC_CONVENTIONS), args.out_md or grid.SUMMARY_MD)
-    print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows)")
+    write_csv(comparisons.drop(columns=["seeds", "seed_differences"], errors="ignore"),
+              args.out_comparisons or grid.COMPARISONS_CSV)
+    write_csv(lead_time, args.out_lead_time or grid.LEAD_TIME_CSV)
+    write_text(to_markdown(summary, METRIC_CONVENTIONS, comparisons), args.out_md or grid.SUMMARY_MD)
+    print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows) and {len(comparisons)} comparison(s)")
 
 
 def cmd_figures(args):
@@ -447,12 +484,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (default): cuda (cuda:LOCAL_RANK under torchrun) when available, else cpu. Several "
                         "GPUs: torchrun --standalone --nnodes 1 --nproc_per_node N -m nuwa train ...")
-    c = add("baseline", cmd_baseline, "persistence baseline metrics on the test split")
+    c = add("baseline", cmd_baseline, "a reference forecast's metrics and per-window losses on the test split")
+    c.add_argument("--baseline", required=True, choices=("persistence", "optical_flow"),
+                   help="persistence (the last input frame) or optical_flow (pysteps: Lucas-Kanade motion, "
+                        "semi-Lagrangian extrapolation; single-channel fields)")
     c.add_argument("--data")
     c.add_argument("--out")
-    c = add("tables", cmd_tables, "summary table over the grid (mean ± std over seeds, persistence rows)", dataset=False)
+    c.add_argument("--losses-out", help="per-window test losses (NetCDF)")
+    c = add("tables", cmd_tables, "summary table over the grid (mean ± std over seeds, baselines, skill) and the "
+            "paired comparisons (intervals over seeds and test windows, verdicts)", dataset=False)
     c.add_argument("--out-csv")
     c.add_argument("--out-md")
+    c.add_argument("--out-comparisons", help=f"comparisons CSV (default {grid.COMPARISONS_CSV})")
+    c.add_argument("--out-lead-time", help=f"per-lead-time mse/mae CSV (default {grid.LEAD_TIME_CSV})")
     c = add("figures", cmd_figures, "prediction strip and saliency overlay for one dataset")
     c.add_argument("--out-predictions")
     c.add_argument("--out-saliency")

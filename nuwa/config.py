@@ -278,6 +278,13 @@ def _cross_checks(params: dict):
     if params["figures"]["backbone"] not in grid["backbones"]:
         yield (f"figures.backbone: {params['figures']['backbone']!r} is not in grid.backbones "
                f"({', '.join(grid['backbones'])})")
+    for index, pair in enumerate(params["evaluation"]["comparisons"]):
+        for name in pair:
+            if name not in params["variants"]:
+                yield (f"evaluation.comparisons.{index}: {name!r} has no entry under variants "
+                       f"(defined: {', '.join(sorted(params['variants']))})")
+        if pair[0] == pair[1]:
+            yield f"evaluation.comparisons.{index}: {pair!r} compares a variant with itself"
     methods = {params["variants"][v]["method"] for v in grid["variants"]}
     if "none" not in methods:
         yield "grid.variants: no variant with method 'none' (the Ori baseline every comparison needs)"

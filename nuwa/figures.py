@@ -142,3 +142,78 @@ def mask_figure(importance: xr.Dataset, series_field: np.ndarray, sample: int, b
         title = f"{head}, bank {variant} copy {int(copy)}{ratio_text} (cyan = environmental)"
     return saliency_overlay(frames, entry, causal, int(importance.attrs["patch_size"]), title=title,
                             step_labels=labels)
+
+
+def diagnostics_figure(table, dataset_name: str):
+    """Saliency diagnostics of one dataset (:func:`nuwa.diagnostics.diagnose`'s table), one group per row.
+
+    Top: the overlap of the environmental patches with the ``k`` largest-anomaly and
+    largest-change patches of each step (error bars: sd over seeds where given), the dashed line
+    at chance (``k / L``, ρ when ρ·L is whole); middle: Spearman's correlation of importance with
+    anomaly and with change; bottom, where the table has it: the IoU of the masks of two
+    pretraining seeds (dashed: two random masks, ``iou_chance``). Rows are labelled
+    ``objective [layers]``. Returns the matplotlib figure (the caller saves and closes it).
+    """
+    if len(table) == 0:
+        raise ValueError(f"{dataset_name}: the diagnostics table is empty")
+    labels = [f"{row.objective}\n[{row.layers}]" for row in table.itertuples()]
+    positions = np.arange(len(table))
+    width = 0.38
+    has_iou = "seed_iou" in table and bool(np.isfinite(table["seed_iou"].to_numpy(dtype=float)).any())
+    panels = 3 if has_iou else 2
+    figure, axes = plt.subplots(panels, 1, figsize=(max(4.5, 1.5 + 0.75 * len(table)), 2.3 * panels + 0.4),
+                                sharex=True, squeeze=False)
+    axes = axes[:, 0]
+
+    def sd(column):
+        return table[column].to_numpy(dtype=float) if column in table else None
+
+    overlap_axis = axes[0]
+    for offset, column, colour in ((-width / 2, "overlap_anomaly", "tab:red"),
+                                   (width / 2, "overlap_change", "tab:blue")):
+        overlap_axis.bar(positions + offset, table[column].to_numpy(dtype=float), width, yerr=sd(f"{column}_sd"),
+                         color=colour, capsize=2, label=column.replace("overlap_", "top-k "))
+    chances = np.unique(np.round(table["chance"].to_numpy(dtype=float), 6)) if "chance" in table else \
+        np.unique(np.round(table["ratio"].to_numpy(dtype=float), 6))
+    for index, chance in enumerate(chances):
+        overlap_axis.axhline(chance, color="black", linestyle="--", linewidth=1,
+                             label="chance (k / L)" if index == 0 else None)
+    overlap_axis.set_ylim(0, 1.15)
+    overlap_axis.set_ylabel("share environmental", fontsize=8)
+    overlap_axis.set_title("share of the k largest-anomaly / largest-change patches that are environmental",
+                           fontsize=9)
+
+    correlation_axis = axes[1]
+    for offset, column, colour in ((-width / 2, "spearman_anomaly", "tab:red"),
+                                   (width / 2, "spearman_change", "tab:blue")):
+        correlation_axis.bar(positions + offset, table[column].to_numpy(dtype=float), width, color=colour,
+                             label=column.replace("spearman_", ""))
+    correlation_axis.axhline(0, color="black", linewidth=0.8)
+    correlation_axis.set_ylim(-1, 1.3)
+    correlation_axis.set_ylabel("Spearman ρ", fontsize=8)
+    correlation_axis.set_title("rank correlation of importance with anomaly / change (per step, averaged)",
+                               fontsize=9)
+
+    if has_iou:
+        iou_axis = axes[2]
+        iou_axis.bar(positions, table["seed_iou"].to_numpy(dtype=float), 2 * width, color="tab:gray")
+        if "iou_chance" in table:
+            for index, chance in enumerate(np.unique(np.round(table["iou_chance"].to_numpy(dtype=float), 6))):
+                iou_axis.axhline(chance, color="black", linestyle="--", linewidth=1,
+                                 label="two random masks" if index == 0 else None)
+            iou_axis.legend(fontsize=6, loc="upper right")
+        iou_axis.set_ylim(0, 1.15)
+        iou_axis.set_ylabel("IoU (environmental)", fontsize=8)
+        iou_axis.set_title("stability: masks of the first two pretraining seeds", fontsize=9)
+    axes[-1].set_xticks(positions)
+    axes[-1].set_xticklabels(labels, fontsize=7)
+    for axis in axes:
+        axis.tick_params(axis="y", labelsize=7)
+        axis.set_yticks([tick for tick in axis.get_yticks() if -1 <= tick <= 1])
+    for axis in axes[:2]:
+        axis.legend(fontsize=6, loc="upper right", ncol=3)
+    ratio = table["ratio"].iloc[0] if "ratio" in table else None
+    ratio_text = f", ρ = {float(ratio):g}" if ratio is not None else ""
+    figure.suptitle(f"{dataset_name}: saliency diagnostics (training windows{ratio_text})", fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -35,6 +35,9 @@ AXES = {
     "seed": Axis("grid.seeds", int, "seed{seed}", r"\d+"),
 }
 
+# Axes of stages that are not training axes: a baseline is scored on the test windows, not trained.
+STAGE_AXES = {**AXES, "baseline": Axis("grid.baselines", str, "{baseline}", NAME_PATTERN)}
+
 # File contract (later stages and external checks rely on these paths).
 PARAMS_OK = "results/params_ok.json"  # DVC's validate stage; every other stage depends on it
 PROCESSED = "data/processed/{dataset}.nc"
@@ -43,10 +46,13 @@ UPSTREAM_HISTORY = "results/upstream/{dataset}/history.csv"
 SALIENCY = "results/saliency/{dataset}.nc"
 BANK = "results/bank/{dataset}/{variant}/seed{seed}.nc"  # one bank per training seed: its draws are the seed's
 RUN_DIR = "results/runs/" + "/".join(axis.folder for axis in AXES.values())
-RUN_FILES = ("model.pt", "history.csv", "metrics.json", "examples.nc")
-BASELINE = "results/baselines/{dataset}/persistence.json"
+RUN_FILES = ("model.pt", "history.csv", "metrics.json", "examples.nc", "test_losses.nc")
+BASELINE = "results/baselines/{dataset}/{baseline}.json"
+BASELINE_LOSSES = "results/baselines/{dataset}/{baseline}_losses.nc"  # per test window and lead, as a run's
 SUMMARY_CSV = "results/tables/summary.csv"
 SUMMARY_MD = "results/tables/summary.md"
+COMPARISONS_CSV = "results/tables/comparisons.csv"  # paired differences, intervals and verdicts
+LEAD_TIME_CSV = "results/tables/lead_time.csv"
 PREDICTION_FIGURE = "results/figures/{dataset}_predictions.png"
 SALIENCY_FIGURE = "results/figures/{dataset}_saliency.png"
 
@@ -73,7 +79,7 @@ def lookup(params: dict, dotted: str):
 
 
 def axis_values(params: dict, axis: str) -> list:
-    return list(lookup(params, AXES[axis].values))
+    return list(lookup(params, STAGE_AXES[axis].values))
 
 
 def train_cells(params: dict) -> list:

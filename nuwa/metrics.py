@@ -60,6 +60,26 @@ CSI family (``csi_{thr:g}``, ``pod_{thr:g}``, ``far_{thr:g}``, ``bias_{thr:g}``,
     "bias" is the transform ``(bias / ln 2) ** 2`` of it. ``far`` is
     ``1 - sucr`` (up to eps) in Earthformer's terms.
 
+Fractions Skill Score (``fss_{thr:g}_{scale}``, only when ``fss_scales`` are given)
+    Roberts & Lean (2008), exactly as ``pysteps.verification.spatialscores.fss_init`` /
+    ``fss_accum`` / ``fss_compute`` define it, pooled over the test split the way those
+    accumulate it: per 2-D image (b, t, c), the binary event field (``>= thr``, as for CSI) of
+    forecast and truth is averaged over a ``scale`` x ``scale`` pixel window
+    (``scipy.ndimage.uniform_filter``, ``mode="constant"``, zeros outside the domain; no filter
+    at scale 1) into fractions ``Sf``, ``So``; then, with sums over every pixel of every image,
+
+        fss = 1 - sum (Sf - So)^2 / (sum Sf^2 + sum So^2)
+
+    1 is perfect, 0 no overlap at that scale; it grows with the scale for a displaced event.
+    Undefined (NaN, as pysteps) when neither forecast nor truth has an event at ``thr``.
+    Vectorised over all images at once (pysteps filters one image per call); equal to pysteps'
+    ``fss`` on one image (tested).
+
+Per lead time
+    :meth:`MetricAccumulator.compute_per_step` gives length-T lists of ``mse``, ``mae``,
+    ``psnr``, ``ssim`` and, when thresholds were given, ``csi_{thr:g}`` (counts pooled over
+    everything but the lead time) and the ``fss_{thr:g}_{scale}`` keys.
+
 Streaming
     :class:`MetricAccumulator` keeps float64 sums and integer counts, so
     ``update`` over several batches followed by ``compute`` gives the same
@@ -86,6 +106,8 @@ __all__ = [
     "contingency_counts",
     "csi_scores",
     "evaluate",
+    "fss",
+    "fss_key",
     "mae",
     "mae_frame",
     "mse",
@@ -108,6 +130,8 @@ METRIC_CONVENTIONS = {
     "psnr": "mean over frames of 10 log10(data_range^2 / frame MSE)",
     "csi": "hits / (hits + misses + false alarms + 1e-4), counts with >= threshold pooled over the test split "
            "(Earthformer); csi_m = mean over thresholds",
+    "fss": "fss_{threshold}_{scale}: Fractions Skill Score of the >= threshold events in scale x scale pixel "
+           "windows (zero padded), sums pooled over the test split (pysteps fss_accum / fss_compute)",
 }
 
 #: Earthformer's epsilon in the CSI / POD / FAR / bias denominators.
@@ -195,6 +219,26 @@ def threshold_key(metric: str, threshold: float) -> str:
     return f"{metric}_{threshold:g}"
 
 
+def fss_key(threshold: float, scale: int) -> str:
+    """Result-dict key of a Fractions Skill Score, e.g. ``fss_key(0.5, 3) == 'fss_0.5_3'``."""
+    return f"{threshold_key('fss', threshold)}_{scale}"
+
+
+def _check_fss_scales(scales: Sequence[int], thresholds: Sequence[float]) -> tuple[int, ...]:
+    if isinstance(scales, (str, bytes)):
+        raise TypeError("fss_scales must be a sequence of integers, not a string")
+    out = []
+    for scale in scales:
+        if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, np.integer)) or scale < 1:
+            raise ValueError(f"fss scale must be a positive integer (a window size in pixels), got {scale!r}")
+        out.append(int(scale))
+    if len(set(out)) != len(out):
+        raise ValueError(f"fss_scales must be distinct; got {list(scales)!r}")
+    if out and not thresholds:
+        raise ValueError("fss_scales need thresholds (FSS scores the >= threshold events)")
+    return tuple(out)
+
+
 def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
     if isinstance(thresholds, (str, bytes)):
         raise TypeError("thresholds must be a sequence of numbers, not a string")
@@ -270,15 +314,60 @@ def _psnr_frames(p: np.ndarray, t: np.ndarray, data_range: float) -> np.ndarray:
     return 10.0 * np.log10(data_range**2 / mse_f)
 
 
-def _counts(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """Integer (hits, misses, false alarms) per threshold; shape (K, 3), int64."""
-    out = np.zeros((len(thresholds), 3), dtype=np.int64)
+def _counts_per_step(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Integer (hits, misses, false alarms) per lead time and threshold; shape (T, K, 3), int64."""
+    out = np.zeros((p.shape[1], len(thresholds), 3), dtype=np.int64)
     for k, thr in enumerate(thresholds):
         t_ev = t >= thr
         p_ev = p >= thr
-        hits = int(np.count_nonzero(t_ev & p_ev))
-        out[k] = (hits, int(np.count_nonzero(t_ev)) - hits, int(np.count_nonzero(p_ev)) - hits)
+        both = t_ev & p_ev
+        for lead in range(p.shape[1]):  # a flat count per lead is faster than count_nonzero(axis=...)
+            hits = np.count_nonzero(both[:, lead])
+            out[lead, k] = (hits, np.count_nonzero(t_ev[:, lead]) - hits, np.count_nonzero(p_ev[:, lead]) - hits)
     return out
+
+
+def _counts(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Integer (hits, misses, false alarms) per threshold; shape (K, 3), int64."""
+    return _counts_per_step(p, t, thresholds).sum(axis=0)
+
+
+def _fss_sums(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float], scales: Sequence[int]) -> np.ndarray:
+    """FSS sums (sum Sf^2, sum Sf So, sum So^2) per lead time, threshold and scale: (T, K, S, 3) float64.
+
+    Sf, So: fractions of ``>= thr`` pixels in a ``scale`` x ``scale`` window of each image, zero
+    padded, as ``pysteps.verification.spatialscores.fss_accum`` computes them per image.
+    """
+    B, T, C, H, W = p.shape
+    out = np.zeros((T, len(thresholds), len(scales), 3), dtype=np.float64)
+    if not scales:
+        return out
+    step = max(1, _SSIM_CHUNK_PIXELS // (T * C * H * W))  # bounds memory, as for SSIM
+    axes = (0, 2, 3, 4)
+    for start in range(0, B, step):
+        ps, ts = p[start:start + step], t[start:start + step]
+        for k, thr in enumerate(thresholds):
+            i_f = (ps >= thr).astype(np.float64)
+            i_o = (ts >= thr).astype(np.float64)
+            for j, scale in enumerate(scales):
+                if scale > 1:  # size 1 along (B, T, C): each image filtered alone
+                    size = (1, 1, 1, scale, scale)
+                    s_f = uniform_filter(i_f, size=size, mode="constant", cval=0.0)
+                    s_o = uniform_filter(i_o, size=size, mode="constant", cval=0.0)
+                else:
+                    s_f, s_o = i_f, i_o
+                out[:, k, j, 0] += (s_f * s_f).sum(axis=axes)
+                out[:, k, j, 1] += (s_f * s_o).sum(axis=axes)
+                out[:, k, j, 2] += (s_o * s_o).sum(axis=axes)
+    return out
+
+
+def _fss_from_sums(sums: np.ndarray) -> np.ndarray:
+    """1 - (Sff - 2 Sfo + Soo) / (Sff + Soo) over the last axis; NaN where there is no event at all."""
+    sff, sfo, soo = sums[..., 0], sums[..., 1], sums[..., 2]
+    denominator = sff + soo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, 1.0 - (sff - 2.0 * sfo + soo) / denominator, np.nan)
 
 
 # --------------------------------------------------------------------------- #
@@ -368,23 +457,35 @@ def csi_scores(pred: Any, truth: Any, thresholds: Sequence[float]) -> dict[str, 
     return categorical_scores(contingency_counts(pred, truth, thresholds), thresholds)
 
 
+def fss(pred: Any, truth: Any, threshold: float, scale: int) -> float:
+    """Fractions Skill Score of the ``>= threshold`` events at ``scale`` pixels, pooled over all
+    (B, T, C) images (see the module docstring); NaN when neither has an event."""
+    thr = _check_thresholds([threshold])
+    scales = _check_fss_scales([scale], thr)
+    p, t = _check_pair(pred, truth)
+    return float(_fss_from_sums(_fss_sums(p, t, thr, scales).sum(axis=0))[0, 0])
+
+
 def evaluate(
-    pred: Any, truth: Any, data_range: float, thresholds: Sequence[float] = ()
+    pred: Any, truth: Any, data_range: float, thresholds: Sequence[float] = (),
+    fss_scales: Sequence[int] = (),
 ) -> dict[str, float]:
     """All metrics on one (B, T, C, H, W) pair; same keys as :meth:`MetricAccumulator.compute`."""
-    acc = MetricAccumulator(data_range, thresholds)
+    acc = MetricAccumulator(data_range, thresholds, fss_scales=fss_scales)
     acc.update(pred, truth)
     return acc.compute()
 
 
-def per_step(pred: Any, truth: Any, data_range: float) -> dict[str, list[float]]:
+def per_step(pred: Any, truth: Any, data_range: float, thresholds: Sequence[float] = (),
+             fss_scales: Sequence[int] = ()) -> dict[str, list[float]]:
     """Metrics per lead time t (length-T lists), for plots.
 
     ``mse`` and ``mae`` are per-pixel means over everything but T; ``psnr`` is the
     mean over samples of the frame PSNR at step t; ``ssim`` the mean over samples
-    and channels of the image SSIM at step t (needs H, W >= 7).
+    and channels of the image SSIM at step t (needs H, W >= 7); with thresholds,
+    ``csi_{thr}`` from the counts at step t, and ``fss_{thr}_{scale}`` with scales.
     """
-    acc = MetricAccumulator(data_range)
+    acc = MetricAccumulator(data_range, thresholds, fss_scales=fss_scales)
     acc.update(pred, truth)
     return acc.compute_per_step()
 
@@ -397,11 +498,15 @@ class MetricAccumulator:
     concatenation (along B) of all batches passed to ``update``.
 
     All batches must share (T, C, H, W). Sums are float64, contingency counts int64.
+    ``fss_scales`` (window sizes in pixels; needs thresholds) adds ``fss_{thr:g}_{scale}``
+    for every threshold and scale; the default ``()`` computes no FSS.
     """
 
-    def __init__(self, data_range: float, thresholds: Sequence[float] = ()) -> None:
+    def __init__(self, data_range: float, thresholds: Sequence[float] = (),
+                 fss_scales: Sequence[int] = ()) -> None:
         self.data_range = _check_data_range(data_range)
         self.thresholds = _check_thresholds(thresholds)
+        self.fss_scales = _check_fss_scales(fss_scales, self.thresholds)
         self.reset()
 
     def reset(self) -> None:
@@ -413,6 +518,8 @@ class MetricAccumulator:
         self._ssim_sum = 0.0
         self._psnr_sum = 0.0
         self._counts = np.zeros((len(self.thresholds), 3), dtype=np.int64)
+        self._counts_t: np.ndarray | None = None  # (T, K, 3)
+        self._fss_t: np.ndarray | None = None  # (T, K, S, 3)
         self._sse_t: np.ndarray | None = None
         self._sae_t: np.ndarray | None = None
         self._ssim_t: np.ndarray | None = None
@@ -440,10 +547,13 @@ class MetricAccumulator:
         sae_t = ab.sum(axis=(0, 2, 3, 4))
         ssim_img = _ssim_images(p, t, self.data_range)  # (B, T, C)
         psnr_fr = _psnr_frames(p, t, self.data_range)  # (B, T)
-        counts = _counts(p, t, self.thresholds)
+        counts_t = _counts_per_step(p, t, self.thresholds)
+        fss_t = _fss_sums(p, t, self.thresholds, self.fss_scales)
         # Commit state only after everything succeeded.
         if self._frame_shape is None:
             self._frame_shape = (T, C, H, W)
+            self._counts_t = np.zeros_like(counts_t)
+            self._fss_t = np.zeros_like(fss_t)
             self._sse_t = np.zeros(T)
             self._sae_t = np.zeros(T)
             self._ssim_t = np.zeros(T)
@@ -453,7 +563,9 @@ class MetricAccumulator:
         self._sae += float(ab.sum())
         self._ssim_sum += float(ssim_img.sum())
         self._psnr_sum += float(psnr_fr.sum())
-        self._counts += counts
+        self._counts += counts_t.sum(axis=0)
+        self._counts_t += counts_t
+        self._fss_t += fss_t
         self._sse_t += sse_t
         self._sae_t += sae_t
         self._ssim_t += ssim_img.sum(axis=(0, 2))
@@ -471,7 +583,8 @@ class MetricAccumulator:
 
     def compute(self) -> dict[str, float]:
         """Pooled metrics as plain floats: mse, mae, mse_frame, mae_frame, ssim, psnr,
-        and ``csi_*``/``pod_*``/``far_*``/``bias_*``/``csi_m`` when thresholds were given."""
+        ``csi_*``/``pod_*``/``far_*``/``bias_*``/``csi_m`` when thresholds were given, and
+        ``fss_{thr}_{scale}`` when fss_scales were given."""
         T, C, H, W = self._require_data()
         n_frames = self.n_samples * T
         n_pixels = n_frames * C * H * W
@@ -487,15 +600,32 @@ class MetricAccumulator:
         out = {k: float(v) for k, v in out.items()}
         if self.thresholds:
             out.update(categorical_scores(self._counts, self.thresholds))
+        out.update(self._fss(self._fss_t.sum(axis=0)))
+        return out
+
+    def _fss(self, sums: np.ndarray) -> dict:
+        """``fss_key -> value`` from pooled sums (K, S, 3), or, given (T, K, S, 3), lists over T."""
+        scores = _fss_from_sums(sums)
+        out = {}
+        for k, thr in enumerate(self.thresholds):
+            for j, scale in enumerate(self.fss_scales):
+                value = scores[..., k, j]
+                out[fss_key(thr, scale)] = float(value) if value.ndim == 0 else [float(v) for v in value]
         return out
 
     def compute_per_step(self) -> dict[str, list[float]]:
-        """Per-lead-time lists (length T) of mse, mae, psnr, ssim (see :func:`per_step`)."""
+        """Per-lead-time lists (length T) of mse, mae, psnr, ssim, and ``csi_{thr}`` and
+        ``fss_{thr}_{scale}`` when thresholds / scales were given (see :func:`per_step`)."""
         T, C, H, W = self._require_data()
         n_pix_t = self.n_samples * C * H * W
-        return {
+        out = {
             "mse": [float(v) for v in self._sse_t / n_pix_t],
             "mae": [float(v) for v in self._sae_t / n_pix_t],
             "psnr": [float(v) for v in self._psnr_t / self.n_samples],
             "ssim": [float(v) for v in self._ssim_t / (self.n_samples * C)],
         }
+        for k, thr in enumerate(self.thresholds):
+            hits, misses, fas = (self._counts_t[:, k, i].astype(np.float64) for i in range(3))
+            out[threshold_key("csi", thr)] = [float(v) for v in hits / (hits + misses + fas + CSI_EPS)]
+        out.update(self._fss(self._fss_t))
+        return out

@@ -86,6 +86,11 @@ def _saliency_variants(params) -> list[str]:
 
 
 RUN = grid.RUN_DIR + "/{name}"
+# bank methods that read the saliency file (nuwa.bank.IMPORTANCE_METHODS; a test keeps the two
+# equal: importing nuwa.bank here would load numba wherever the table is read)
+IMPORTANCE_METHODS = ("saliency", "random_matched", "saliency_inverted")
+# what the tables stage reads of `evaluation` (fss_scales is the scoring stages')
+EVALUATION_KEYS = ("comparisons", "confidence", "resamples", "block_windows", "extreme_quantile")
 TRAIN_AXES = tuple(grid.AXES)
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
@@ -99,9 +104,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           ("datasets.{dataset}",),
           "nuwa ingest --dataset {dataset} --out {data}", settings=("ingest",),
           comment="ingest.* (dask chunks and scheduler) never changes the bytes: read, not a dependency."),
-    Stage("baseline", ("dataset",), {"data": Input(grid.PROCESSED)},
-          {"metrics": Output(grid.BASELINE, "metrics")}, ("datasets.{dataset}",),
-          "nuwa baseline --dataset {dataset} --data {data} --out {metrics}"),
+    Stage("baseline", ("dataset", "baseline"), {"data": Input(grid.PROCESSED)},
+          {"metrics": Output(grid.BASELINE, "metrics"), "losses": Output(grid.BASELINE_LOSSES)},
+          ("datasets.{dataset}", "evaluation.fss_scales"),
+          "nuwa baseline --dataset {dataset} --baseline {baseline} --data {data} --out {metrics}"
+          " --losses-out {losses}"),
     Stage("pretrain", ("dataset",), {"data": Input(grid.PROCESSED)},
           {"model": Output(grid.UPSTREAM_MODEL), "history": Output(grid.UPSTREAM_HISTORY, "plots", ("step", "loss"))},
           ("datasets.{dataset}", "pretrain"),
@@ -111,7 +118,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           "nuwa saliency --dataset {dataset} --data {data} --model {model} --out {saliency}", gpu=True),
     Stage("bank", ("dataset", "variant", "seed"),
           {"data": Input(grid.PROCESSED),
-           "saliency": Input(grid.SALIENCY, when=lambda params, w: _method(params, w) == "saliency")},
+           "saliency": Input(grid.SALIENCY, when=lambda params, w: _method(params, w) in IMPORTANCE_METHODS)},
           {"bank": Output(grid.BANK)},
           ("datasets.{dataset}", *(f"bank.{knob}" for knob in grid.BANK_KNOBS), "variants.{variant}"),
           "nuwa bank --dataset {dataset} --variant {variant} --seed {seed} --data {data} --saliency {saliency}"
@@ -124,9 +131,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "upstream": Input(grid.UPSTREAM_MODEL,
                              when=lambda params, w: bool(params["backbones"][w["backbone"]].get("init_from_upstream")))},
           {"model": Output(RUN.replace("{name}", "model.pt")), "examples": Output(RUN.replace("{name}", "examples.nc")),
+           "losses": Output(RUN.replace("{name}", "test_losses.nc")),
            "metrics": Output(RUN.replace("{name}", "metrics.json"), "metrics"),
            "history": Output(RUN.replace("{name}", "history.csv"), "plots", ("step", "train_loss"))},
-          ("datasets.{dataset}", "backbones.{backbone}", "variants.{variant}", "bank.mix_fraction", "train"),
+          ("datasets.{dataset}", "backbones.{backbone}", "variants.{variant}", "bank.mix_fraction", "train",
+           "evaluation.fss_scales"),
           "nuwa train " + " ".join(f"--{axis} {{{axis}}}" for axis in TRAIN_AXES)
           + " --data {data} --bank {bank} --upstream {upstream} --out-dir {run_dir}",
           paths={"run_dir": grid.RUN_DIR}, mem_mb=6000, gpu=True,
@@ -134,9 +143,14 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                   "by backbone: under DVC every cell lists it (Snakemake asks only for those that read it)."),
     Stage("tables", (),
           {"metrics": Input(RUN.replace("{name}", "metrics.json"), over=TRAIN_AXES),
-           "baselines": Input(grid.BASELINE, over=("dataset",))},
-          {"csv": Output(grid.SUMMARY_CSV, "report"), "md": Output(grid.SUMMARY_MD, "report")},
-          ("grid", "variants"), "nuwa tables --out-csv {csv} --out-md {md}", threads=False, mem_mb=2000),
+           "losses": Input(RUN.replace("{name}", "test_losses.nc"), over=TRAIN_AXES),
+           "baselines": Input(grid.BASELINE, over=("dataset", "baseline")),
+           "baseline_losses": Input(grid.BASELINE_LOSSES, over=("dataset", "baseline"))},
+          {"csv": Output(grid.SUMMARY_CSV, "report"), "md": Output(grid.SUMMARY_MD, "report"),
+           "comparisons": Output(grid.COMPARISONS_CSV, "report"), "lead_time": Output(grid.LEAD_TIME_CSV, "report")},
+          ("grid", "variants", "datasets", *(f"evaluation.{key}" for key in EVALUATION_KEYS)),
+          "nuwa tables --out-csv {csv} --out-md {md} --out-comparisons {comparisons} --out-lead-time {lead_time}",
+          threads=False, mem_mb=2000),
     Stage("figures", ("dataset",),
           {"data": Input(grid.PROCESSED), "saliency": Input(grid.SALIENCY),
            "examples": Input(RUN.replace("{name}", "examples.nc"), over=("variant",),
@@ -255,7 +269,7 @@ def input_files(stage: str, params: dict, wildcards: dict) -> dict[str, list[str
 
 def _render(stage: Stage, placeholder: Callable[[str], str]) -> str:
     """The command with axes as ``placeholder(axis)`` and files as their path templates so filled."""
-    values = {axis: placeholder(axis) for axis in grid.AXES}
+    values = {axis: placeholder(axis) for axis in grid.STAGE_AXES}
     files = {**{n: s.path for n, s in stage.inputs.items() if s.path}, **{n: s.path for n, s in stage.outputs.items()},
              **stage.paths}
     rendered = {name: path.format(**values) for name, path in files.items()}
@@ -271,7 +285,7 @@ def snakemake_command(stage_name: str, wildcards) -> str:
 
 def log_path(stage_name: str, suffix: str = ".log", root: str = "logs") -> str:
     axes = STAGES[stage_name].axes
-    parts = [stage_name, *(grid.AXES[axis].folder for axis in axes)]
+    parts = [stage_name, *(grid.STAGE_AXES[axis].folder for axis in axes)]
     if not axes:
         return f"{root}/{stage_name}{suffix}"
     return f"{root}/" + "/".join(parts) + suffix
@@ -283,7 +297,8 @@ def log_path(stage_name: str, suffix: str = ".log", root: str = "logs") -> str:
 
 def _dvc_dep(spec: Input, axes: tuple[str, ...]) -> str:
     """DVC's dep for an input: the file, or for a set of files (over/fixed axes) the folder that holds them."""
-    path = spec.path.format(**{axis: f"${{item.{axis}}}" if axis in axes else f"{{{axis}}}" for axis in grid.AXES})
+    path = spec.path.format(**{axis: f"${{item.{axis}}}" if axis in axes else f"{{{axis}}}"
+                               for axis in grid.STAGE_AXES})
     if not (spec.over or spec.fixed):
         return path
     return re.split(r"/[^/]*(?<!\$)\{", path, maxsplit=1)[0]
@@ -302,7 +317,7 @@ def dvc_yaml() -> str:
         lines.append(f"  {stage.name}:")
         if stage.axes:
             lines.append("    matrix:")
-            lines += [f"      {axis}: ${{{grid.AXES[axis].values}}}" for axis in stage.axes]
+            lines += [f"      {axis}: ${{{grid.STAGE_AXES[axis].values}}}" for axis in stage.axes]
         lines.append(f"    cmd: {_render(stage, lambda axis: '${item.' + axis + '}')}")
         deps = [] if stage.name == "validate" else [grid.PARAMS_OK]
         deps += [_dvc_dep(spec, stage.axes) for spec in stage.inputs.values() if spec.path]
@@ -312,13 +327,13 @@ def dvc_yaml() -> str:
         lines.append("    params:")
         for key in stage.params:
             lines.append("      - params.yaml:" if key == "" else
-                         f"      - {key.format(**{axis: '${item.' + axis + '}' for axis in grid.AXES})}")
+                         f"      - {key.format(**{axis: '${item.' + axis + '}' for axis in grid.STAGE_AXES})}")
         for section, kinds in (("outs", ("out", "report")), ("metrics", ("metrics",)), ("plots", ("plots",))):
             outputs = [spec for spec in stage.outputs.values() if spec.kind in kinds]
             if outputs:
                 lines.append(f"    {section}:")
             for spec in outputs:
-                path = spec.path.format(**{axis: f"${{item.{axis}}}" for axis in grid.AXES})
+                path = spec.path.format(**{axis: f"${{item.{axis}}}" for axis in grid.STAGE_AXES})
                 if spec.kind == "out":  # cached by DVC; the others are small files kept in the workspace
                     lines.append(f"      - {path}")
                     continue

@@ -1,4 +1,13 @@
-"""Stage 6, tables: every cell's test metrics, mean ± std over seeds, beside persistence."""
+"""Stage 6, tables: every cell's test metrics beside the baselines, and the paired comparisons.
+
+The summary has one row per (dataset, backbone, variant): means over seeds (± the sample std),
+how strongly the variant perturbs, and skill against persistence. The comparisons
+(:func:`comparison_table`) pair each ``evaluation.comparisons`` entry A − B on the same seeds and
+the same test windows, with an interval that resamples seeds and blocks of windows
+(:mod:`nuwa.compare`) and a verdict, on all test windows and on the extreme ones; under each
+dataset a line counts the verdicts across backbones with a sign test (Holm-corrected across the
+comparisons).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +19,25 @@ REPORTED = ("mse", "mae", "mse_frame", "mae_frame", "ssim", "psnr")
 # taken from the bank, the share of (step, patch) cells of the bank whose bytes changed, and the
 # mean absolute change in training-std units. Comparing variants means comparing these too.
 PERTURBATION = ("mix_fraction", "bank_changed_cell_fraction", "bank_mean_abs_change")
+KEYS = ("dataset", "backbone", "variant", "method", "seeds")
+REFERENCE = "persistence"  # skill is 1 - MSE / MSE of this baseline
 
 
-def summarise(records: list[dict], baselines: dict[str, dict], variant_methods: dict[str, str]) -> pd.DataFrame:
-    """``records``: one dict per run (dataset, backbone, variant, seed, metrics...).
+def _metric_names(frame: pd.DataFrame) -> list[str]:
+    return ([m for m in REPORTED if m in frame] + sorted(c for c in frame if c.startswith("csi_"))
+            + sorted(c for c in frame if c.startswith("fss_")))
+
+
+def summarise(records: list[dict], baselines: dict[str, dict[str, dict]], variant_methods: dict[str, str]) -> pd.DataFrame:
+    """``records``: one dict per run (dataset, backbone, variant, seed, metrics...); ``baselines``:
+    dataset -> baseline name -> its metrics.
 
     Returns one row per (dataset, backbone, variant) with ``<metric>`` = mean and
-    ``<metric>_std`` = sample std over seeds (NaN for one seed), plus a persistence row per dataset.
+    ``<metric>_std`` = sample std over seeds (NaN for one seed), then one row per baseline; every
+    row has ``skill`` = 1 - mse / persistence's mse, and ``beats_persistence``.
     """
     frame = pd.DataFrame(records)
-    metric_names = [m for m in REPORTED if m in frame] + sorted(c for c in frame if c.startswith("csi_"))
+    metric_names = _metric_names(frame)
     rows = []
     for (dataset, backbone, variant), group in frame.groupby(["dataset", "backbone", "variant"], sort=False):
         row = {"dataset": dataset, "backbone": backbone, "variant": variant,
@@ -31,37 +49,127 @@ def summarise(records: list[dict], baselines: dict[str, dict], variant_methods: 
             row[metric] = float(np.mean(values))
             row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
         rows.append(row)
-    for dataset, metrics in baselines.items():
-        row = {"dataset": dataset, "backbone": "persistence", "variant": "-", "method": "baseline", "seeds": 0,
-               **{column: float("nan") for column in PERTURBATION}}
-        for metric in metric_names:
-            row[metric] = float(metrics.get(metric, float("nan")))
-            row[f"{metric}_std"] = float("nan")
-        rows.append(row)
-    ordered = ["dataset", "backbone", "variant", "method", "seeds", *PERTURBATION]
+    for dataset, by_name in baselines.items():
+        for name, metrics in by_name.items():
+            row = {"dataset": dataset, "backbone": name, "variant": "-", "method": "baseline", "seeds": 0,
+                   **{column: float("nan") for column in PERTURBATION}}
+            for metric in metric_names:
+                row[metric] = float(metrics.get(metric, float("nan")))
+                row[f"{metric}_std"] = float("nan")
+            rows.append(row)
+    summary = pd.DataFrame(rows)
+    reference = {dataset: float(by_name[REFERENCE]["mse"]) for dataset, by_name in baselines.items()
+                 if REFERENCE in by_name}
+    persistence_mse = summary["dataset"].map(reference).astype(float)
+    summary["skill"] = 1.0 - summary["mse"] / persistence_mse
+    summary["beats_persistence"] = summary["mse"] < persistence_mse
+    ordered = [*KEYS, *PERTURBATION, "skill", "beats_persistence"]
     for metric in metric_names:
         ordered += [metric, f"{metric}_std"]
-    return pd.DataFrame(rows)[ordered]
+    return summary[ordered]
 
 
-def to_markdown(summary: pd.DataFrame, conventions: dict[str, str]) -> str:
-    metric_names = [c for c in summary.columns if c not in ("dataset", "backbone", "variant", "method", "seeds",
-                                                            *PERTURBATION) and not c.endswith("_std")]
+def comparison_table(losses: dict[tuple, object], comparisons: list[list[str]], blocks: dict[str, int], *,
+                     metric: str = "mse", confidence: float, resamples: int, extreme_quantile: float) -> pd.DataFrame:
+    """Paired differences A - B per (dataset, backbone, comparison) and window set.
+
+    ``losses``: (dataset, backbone, variant, seed) -> a run's per-window test losses
+    (:func:`nuwa.evaluate.evaluate_forecaster`); ``blocks``: dataset -> bootstrap block length
+    in windows. Comparisons whose variants are not both in ``losses`` are left out. Window sets:
+    ``all`` and ``extreme`` (the top 1 - ``extreme_quantile`` of target maxima).
+    """
+    from nuwa.compare import compare_runs, extreme_windows
+
+    cells = dict.fromkeys((d, b) for d, b, _, _ in losses)  # in the grid's order
+    rows = []
+    for dataset, backbone in cells:
+        runs = {}
+        for (d, b, variant, seed), value in losses.items():
+            if (d, b) == (dataset, backbone):
+                runs.setdefault(variant, {})[seed] = value
+        any_run = next(iter(next(iter(runs.values())).values()))
+        extreme = extreme_windows(any_run, extreme_quantile)
+        for a, b in comparisons:
+            if a not in runs or b not in runs:
+                continue
+            for windows, select in (("all", None), ("extreme", extreme)):
+                result = compare_runs(runs[a], runs[b], metric=metric, block=blocks[dataset], select=select,
+                                      confidence=confidence, resamples=resamples)
+                rows.append({"dataset": dataset, "backbone": backbone, "comparison": f"{a} - {b}", "a": a, "b": b,
+                             "metric": metric, "windows": windows, **result})
+    return pd.DataFrame(rows)
+
+
+def verdict_lines(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, comparison, window set): counts of better / worse / no detectable difference
+    across backbones, a two-sided sign test and its Holm correction across the comparisons of
+    that dataset and window set."""
+    from nuwa.compare import holm, sign_test
+
+    rows = []
+    for (dataset, windows), group in comparisons.groupby(["dataset", "windows"], sort=False):
+        tests = {}
+        for comparison, part in group.groupby("comparison", sort=False):
+            counts = part["verdict"].value_counts()
+            better, worse = int(counts.get("better", 0)), int(counts.get("worse", 0))
+            tests[comparison] = {"dataset": dataset, "windows": windows, "comparison": comparison, "better": better,
+                                 "worse": worse, "no_difference": int(counts.get("no detectable difference", 0)),
+                                 "sign_p": sign_test(better, worse)}
+        adjusted = holm({name: row["sign_p"] for name, row in tests.items()})
+        rows += [{**row, "sign_p_holm": adjusted[name]} for name, row in tests.items()]
+    return pd.DataFrame(rows)
+
+
+def _number(value, digits: int = 4) -> str:
+    return "" if pd.isna(value) else f"{value:.{digits}g}"
+
+
+def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons: pd.DataFrame | None = None) -> str:
+    metric_names = [c for c in summary.columns if c not in (*KEYS, *PERTURBATION, "skill", "beats_persistence")
+                    and not c.endswith("_std")]
+    verdicts = verdict_lines(comparisons) if comparisons is not None and len(comparisons) else pd.DataFrame()
     lines = []
     for dataset, group in summary.groupby("dataset", sort=False):
-        lines += [f"## {dataset}", "", "| backbone | variant | seeds | mix | changed | abs change | "
-                  + " | ".join(metric_names) + " |", "|---|---|---|---|---|---|" + "---|" * len(metric_names)]
+        lines += [f"## {dataset}", "", "| backbone | variant | seeds | mix | changed | abs change | skill | "
+                  + " | ".join(metric_names) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(metric_names)]
+        ori = group[group["method"] == "none"].set_index("backbone")["beats_persistence"].to_dict()
         for _, row in group.iterrows():
-            cells = ["" if pd.isna(row[column]) else f"{row[column]:.3g}" for column in PERTURBATION]
+            cells = [_number(row[column], 3) for column in PERTURBATION]
+            mark = " †" if row["method"] == "none" and not ori.get(row["backbone"], True) else ""
+            cells.append(_number(row["skill"], 3) + mark)
             for metric in metric_names:
                 mean, std = row[metric], row[f"{metric}_std"]
                 cells.append("" if pd.isna(mean) else (f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}"))
             lines.append(f"| {row['backbone']} | {row['variant']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        if not all(ori.values()):
+            lines += ["", "† this backbone's Ori does not beat persistence here: a difference between its variants "
+                          "says little about forecasting skill (README, 'Reading the comparisons')."]
         lines.append("")
+        if comparisons is not None and len(comparisons):
+            part = comparisons[comparisons["dataset"] == dataset]
+            if len(part):
+                lines += ["| backbone | comparison (A - B, mse) | windows | seeds | mean difference | relative | "
+                          "interval | verdict |", "|---|---|---|---|---|---|---|---|"]
+                for _, row in part.iterrows():
+                    lines.append(f"| {row['backbone']} | {row['comparison']} | {row['windows']} ({row['n_windows']}) | "
+                                 f"{row['n_seeds']} | {_number(row['mean_difference'], 3)} | "
+                                 f"{_number(100 * row['relative_difference'], 3)} % | "
+                                 f"[{_number(row['low'], 3)}, {_number(row['high'], 3)}] | {row['verdict']} |")
+                lines.append("")
+                for _, row in verdicts[verdicts["dataset"] == dataset].iterrows():
+                    lines.append(f"- {row['comparison']}, {row['windows']} windows: better {row['better']}, worse "
+                                 f"{row['worse']}, no detectable difference {row['no_difference']} (across backbones; "
+                                 f"sign test p = {row['sign_p']:.3g}, Holm {row['sign_p_holm']:.3g})")
+                lines.append("")
     lines += ["## Conventions", ""] + [f"- `{name}`: {text}" for name, text in conventions.items()]
     lines.append("- `mix`: share of each training batch taken from the bank; `changed`: share of the bank's (step, "
                  "patch) cells whose bytes the augmentation changed; `abs change`: mean |augmented - original| over "
                  "the bank's pixels, in units of the training std.")
-    lines.append("- lower is better for mse/mae; higher is better for ssim, psnr, csi. "
+    lines.append("- `skill`: 1 - MSE / MSE of persistence on the same test windows (above 0: better than "
+                 "persistence).")
+    lines.append("- comparisons: A - B of the per-window test MSE, paired on seeds and test windows; the interval "
+                 "resamples seeds and contiguous blocks of test windows (nuwa/compare.py); `better`: the whole "
+                 "interval below 0 (A has the lower error), `worse`: above 0.")
+    lines.append("- lower is better for mse/mae; higher is better for ssim, psnr, csi, fss. "
                  "Values are means over seeds, ± the sample standard deviation when there are several.")
     return "# NuwaDynamics results (test split)\n\n" + "\n".join(lines) + "\n"

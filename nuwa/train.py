@@ -123,8 +123,11 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
                backbone_config: dict, variant: str, train_config: dict, seed: int,
                bank_inputs=None, bank_sources: np.ndarray | None = None, bank_copies: np.ndarray | None = None,
                mix_fraction: float = 0.0, checkpoint_path: str | Path | None = None, upstream: dict | None = None,
-               upstream_source: str | Path | None = None, context: distributed.Context = distributed.SINGLE):
-    """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict).
+               upstream_source: str | Path | None = None, context: distributed.Context = distributed.SINGLE,
+               fss_scales: tuple[int, ...] = ()):
+    """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict,
+    losses Dataset): ``losses`` holds the test mse and mae of every test window at every lead
+    (:func:`nuwa.evaluate.losses_dataset`), what :mod:`nuwa.compare` draws intervals from.
 
     ``bank_inputs``: the bank's augmented windows in physical units, read per batch (see
     :class:`nuwa.loader.TrainingPool`): the bank file's rows (:class:`nuwa.io.NetCDFRows`) or an
@@ -139,7 +142,8 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     process) naming the cell and the step.
 
     With several processes (``context``), every process returns the model and history; the
-    metrics and examples are rank 0's alone (None elsewhere), and only rank 0 writes the checkpoint.
+    metrics, examples and losses are rank 0's alone (None elsewhere), and only rank 0 writes the
+    checkpoint.
     """
     names = (dataset_name, backbone_name)  # never the variant: the paired design
     cell = f"{dataset_name}/{backbone_name}/{variant}/seed{seed}"
@@ -256,12 +260,14 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
                             "nothing written")
     history = pd.DataFrame(state["history"])
     if not context.is_main:
-        return model, history, None, None
+        return model, history, None, None, None
     model.load_state_dict(state["best_state"])
     model.eval()
-    metrics, examples = evaluate_forecaster(lambda inputs: model(inputs.to(device)).cpu(), test,
-                                            dataset_config["csi_thresholds"], batch_size=32,
-                                            example_count=train_config["example_samples"])
+    metrics, examples, losses = evaluate_forecaster(
+        lambda inputs: model(inputs.to(device)).cpu(), test, dataset_config["csi_thresholds"], batch_size=32,
+        example_count=train_config["example_samples"],
+        attrs={"dataset": dataset_name, "backbone": backbone_name, "variant": variant, "seed": seed,
+               "window_stride": int(dataset_config["window_stride"])}, fss_scales=fss_scales)
     metrics.update({
         "best_step": state["best_step"], "best_val_loss": state["best_val"], "steps": steps, "seed": seed,
         "mix_fraction": rows.mix_fraction, "train_pool": len(pool), "bank_samples": len(pool) - len(train),
@@ -269,7 +275,7 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         "upstream_tensors_loaded": len(transferred),
         "world_size": context.world_size, "backend": context.backend, "device": device.type,
     })
-    return model, history, metrics, examples
+    return model, history, metrics, examples, losses
 
 
 def check_finite_loss(value: float, stage: str, cell: str, step: int) -> None:

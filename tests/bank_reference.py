@@ -2,8 +2,10 @@
 
 Independent of the streamed path's bookkeeping: one fresh Philox generator per (copy, window),
 built from its key and counter (not by setting the state of a shared one), the draws spelled
-out in the order :mod:`nuwa.bank` documents, the arithmetic by the plain per-patch loop of
-:mod:`nuwa.bench.bank` (bit-identical to the kernel), flags and strength from whole arrays.
+out in the order :mod:`nuwa.bank` documents, the masks of every method by a plain sort per step
+(:func:`plain_mask`, not :func:`nuwa.saliency.causal_mask`), the arithmetic by the plain
+per-patch loop of :mod:`nuwa.bench.bank` (bit-identical to the kernel), flags and strength from
+whole arrays.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 from nuwa.bank import Draws, gaussian_step_probability
 from nuwa.bench.bank import patch_loop
-from nuwa.saliency import causal_mask
+from nuwa.saliency import environment_count
 from nuwa.seeding import seed_sequence
 
 
@@ -36,11 +38,38 @@ def reference_draws(seed: int, dataset: str, copy: int, source: int, grid: tuple
     return sampled, full_weights, full_mix
 
 
+def plain_mask(values: np.ndarray, ratio: float, most: bool = False) -> np.ndarray:
+    """(T, Py, Px) int8 mask from (T, Py, Px) values: per step the ⌊ρ·L⌋ patches that come first
+    sorted by (value, patch number) (``most``: by (-value, patch number)) are environmental (0)."""
+    t = values.shape[0]
+    flat = np.asarray(values, dtype=np.float64).reshape(t, -1)
+    count = environment_count(flat.shape[1], ratio)
+    mask = np.ones(flat.shape, dtype=np.int8)
+    for step in range(t):
+        def key(j, row=flat[step]):
+            return (-float(row[j]) if most else float(row[j]), j)
+        mask[step, sorted(range(flat.shape[1]), key=key)[:count]] = 0
+    return mask.reshape(values.shape)
+
+
 def reference_mask(seed: int, dataset: str, copy: int, source: int, grid: tuple[int, int, int],
                    ratio: float) -> np.ndarray:
+    """The random control's mask of one window: its T·Py·Px float64 uniforms, ranked."""
     t, gy, gx = grid
     rng = window_generator(seed, "random-mask", dataset, copy, source)
-    return causal_mask(rng.random((t, gy * gx)), ratio).reshape(grid)
+    return plain_mask(rng.random((t, gy * gx)).reshape(grid), ratio)
+
+
+def reference_donors(seed: int, dataset: str, copy: int, source: int, row: int, windows: int,
+                     frames: int) -> list[int]:
+    """The random_matched control: per step, the row of the window whose saliency mask row ``row``
+    takes: the ⌊u·(N-1)⌋-th of the other rows (in row order), u its step's uniform; with one
+    window, its own."""
+    uniforms = window_generator(seed, "matched-mask", dataset, copy, source).random(frames)
+    if windows == 1:
+        return [row] * frames
+    others = [j for j in range(windows) if j != row]
+    return [others[min(int(u * (windows - 1)), windows - 2)] for u in uniforms]
 
 
 def generate_bank(inputs: np.ndarray, source_index: np.ndarray, *, method: str, settings: dict, patch_size: int,
@@ -58,12 +87,21 @@ def generate_bank(inputs: np.ndarray, source_index: np.ndarray, *, method: str, 
     knobs = dict(patch_size=p, history=settings["history"], history_decay=settings["history_decay"],
                  exclude_causal_neighbours=settings["exclude_causal_neighbours"])
     out = {key: [] for key in ("augmented", "sampled", "causal")}
+    if method in ("saliency", "random_matched"):
+        salient = [plain_mask(importance[row], ratio) for row in range(n)]
     for copy in range(settings["copies"]):
         for row, source in enumerate(np.asarray(source_index).tolist()):
             if method == "saliency":
-                mask = causal_mask(importance[row].reshape(t, -1), ratio).reshape(grid)
-            else:
+                mask = salient[row]
+            elif method == "saliency_inverted":
+                mask = plain_mask(importance[row], ratio, most=True)
+            elif method == "random_matched":
+                donors = reference_donors(seed, dataset_name, copy, source, row, n, t)
+                mask = np.stack([salient[donor][step] for step, donor in enumerate(donors)])
+            elif method == "random":
                 mask = reference_mask(seed, dataset_name, copy, source, grid, ratio)
+            else:
+                raise ValueError(f"no reference for method {method!r}")
             sampled, weights, mix = reference_draws(seed, dataset_name, copy, source, grid, settings["sigma"])
             draws = Draws(sampled[None], weights[None], mix[None])
             out["augmented"].append(patch_loop(x[row:row + 1], mask[None], draws, **knobs)[0])

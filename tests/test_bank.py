@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from bank_reference import generate_bank, window_generator
-from nuwa.bank import (INTERVENTION_STREAM, MASK_STREAM, NEIGHBOUR_OFFSETS, LazyWindows, WindowStreams, distrixplorer,
-                       empty_bank_dataset, from_patches, gaussian_step_probability, history_weights, load_importance,
-                       random_masks, to_patches, window_draws, write_bank)
+from bank_reference import generate_bank, plain_mask, window_generator
+from nuwa.bank import (BANK_METHODS, IMPORTANCE_METHODS, INTERVENTION_STREAM, MASK_STREAM, MATCHED_STREAM,
+                       NEIGHBOUR_OFFSETS, LazyWindows, WindowStreams, distrixplorer, empty_bank_dataset, from_patches,
+                       gaussian_step_probability, history_weights, inverted_causal_mask, load_importance,
+                       matched_donors, random_masks, to_patches, window_draws, write_bank)
 from nuwa.io import DataFileError
 from nuwa.saliency import causal_mask
 
@@ -154,15 +155,18 @@ def test_window_draws_depend_on_the_window_and_copy_not_on_the_others_drawn_with
     assert not whole.weights[3][~sampled].any() and not whole.mix[3][~sampled].any()
 
 
-def test_bank_bytes_do_not_depend_on_chunk_size(tmp_path):
+@pytest.mark.parametrize("method", BANK_METHODS)
+def test_bank_bytes_do_not_depend_on_chunk_size(tmp_path, method):
     # rows of 4 x 64 x 64 float32 (64 KiB): blocks of 32 rows at chunk_size 32, one block of 80 at 1000,
     # cutting through the copies (40 windows each) differently
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 4, 1, 64, 64)).astype(np.float32)
+    importance = rng.random((40, 4, 8, 8)).astype(np.float32)
     sources = np.arange(40) * 3 + 1
     banks = {}
     for chunk in (1, 32, 1000):
-        _write(tmp_path / f"bank{chunk}.nc", x, sources, patch_size=8, chunk_size=chunk)
+        _write(tmp_path / f"bank{chunk}.nc", x, sources, method=method, importance=importance, patch_size=8,
+               chunk_size=chunk)
         banks[chunk] = _read(tmp_path / f"bank{chunk}.nc")
     for chunk in (32, 1000):
         for name in ("augmented", *FLAGS):
@@ -321,21 +325,185 @@ def test_load_importance_refuses_a_stale_or_bad_saliency_file(tmp_path, problem)
     assert str(path) in str(error.value)
 
 
-def test_streamed_bank_equals_the_reference(tmp_path):
+@pytest.mark.parametrize("method", BANK_METHODS)
+def test_streamed_bank_equals_the_reference(tmp_path, method):
     rng = np.random.default_rng(8)
     x = _inputs(rng, n=5)
     std = np.array([1.5, 3.0], np.float32)
-    for method in ("random", "saliency"):
-        importance = rng.random((5, 5, 4, 4)).astype(np.float32)
-        result = _write(tmp_path / f"{method}.nc", x, np.arange(5) * 4, method=method, seed=2, importance=importance,
-                        std=std)
-        expected = generate_bank(x, np.arange(5) * 4, method=method, settings=SETTINGS, patch_size=2, seed=2,
-                                 dataset_name="toy", importance=importance, std=std)
+    importance = rng.random((5, 5, 4, 4)).astype(np.float32)
+    importance[1, 2] = 0.5  # a step of equal importances: ties broken by patch order
+    importance[3, 1, :2] = 0.25  # and ties within a step
+    result = _write(tmp_path / f"{method}.nc", x, np.arange(5) * 4, method=method, seed=2, importance=importance,
+                    std=std)
+    expected = generate_bank(x, np.arange(5) * 4, method=method, settings=SETTINGS, patch_size=2, seed=2,
+                             dataset_name="toy", importance=importance, std=std)
+    bank = _read(tmp_path / f"{method}.nc")
+    for name in ("augmented", "source_index", "copy", *FLAGS):
+        assert bank[name].values.tobytes() == expected[name].tobytes(), (method, name)
+    assert result["changed_cell_fraction"] == expected["changed_cell_fraction"]
+    np.testing.assert_allclose(result["mean_abs_change_std"], expected["mean_abs_change_std"], rtol=1e-6)
+    assert bank.attrs["method"] == method and bank["intervened"].values.any()
+
+
+def test_bank_methods_and_the_methods_that_read_the_importance():
+    assert BANK_METHODS == ("saliency", "random", "random_matched", "saliency_inverted")
+    assert IMPORTANCE_METHODS == ("saliency", "random_matched", "saliency_inverted")
+
+
+@pytest.mark.parametrize("method", ["bogus", "none", *IMPORTANCE_METHODS])
+def test_an_unknown_method_or_a_missing_importance_is_refused(tmp_path, method):
+    x = _inputs(np.random.default_rng(0), n=3)
+    message = "bank method must be one of" if method in ("bogus", "none") else "importance shape None"
+    with pytest.raises(ValueError, match=message):
+        _write(tmp_path / "bank.nc", x, np.arange(3), method=method)
+    assert not (tmp_path / "bank.nc").exists()
+
+
+def _distinct_saliency(rng, n, t=5, gy=4, gx=4, ratio=0.25):
+    """Importances whose saliency masks differ between any two windows at every step."""
+    importance = rng.random((n, t, gy, gx)).astype(np.float32)
+    salient = np.stack([plain_mask(row, ratio) for row in importance])
+    for step in range(t):
+        assert len({salient[i, step].tobytes() for i in range(n)}) == n
+    return importance, salient
+
+
+def test_random_matched_takes_at_each_step_another_windows_saliency_mask(tmp_path):
+    rng = np.random.default_rng(11)
+    n, copies = 7, 3
+    x = _inputs(rng, n=n)
+    importance, salient = _distinct_saliency(rng, n)
+    _write(tmp_path / "matched.nc", x, np.arange(n) * 2 + 1, method="random_matched", importance=importance,
+           copies=copies, seed=5)
+    causal = _read(tmp_path / "matched.nc")["causal"].values
+    # the same number of environmental patches per step as saliency's
+    np.testing.assert_array_equal((causal == 0).sum(axis=(2, 3)),
+                                  np.tile((salient == 0).sum(axis=(2, 3)), (copies, 1)))
+    donors = np.empty(causal.shape[:2], dtype=np.int64)
+    for row in range(copies * n):
+        for step in range(causal.shape[1]):
+            same = [j for j in range(n) if np.array_equal(salient[j, step], causal[row, step])]
+            assert len(same) == 1 and same[0] != row % n, (row, step, same)
+            donors[row, step] = same[0]
+    # the donors vary: over windows, steps and copies (a fresh draw per copy)
+    assert len(set(donors.ravel().tolist())) == n
+    assert not np.array_equal(donors[:n], donors[n:2 * n])
+    assert not (donors == donors[:, :1]).all()
+    # the documented draw: row r takes the floor(u (N-1))-th of the other rows, u from its own stream
+    streams = WindowStreams(5, MATCHED_STREAM, "toy")
+    for copy in range(copies):
+        np.testing.assert_array_equal(matched_donors(streams, copy, np.arange(n) * 2 + 1, np.arange(n), n, 5),
+                                      donors[copy * n:(copy + 1) * n])
+
+
+def test_matched_donors_are_uniform_over_the_other_windows():
+    streams = WindowStreams(0, MATCHED_STREAM, "toy")
+    frames, windows = 30000, 4
+    donors = matched_donors(streams, 0, np.array([3, 8, 9, 20]), np.arange(windows), windows, frames)
+    for row in range(windows):
+        assert not (donors[row] == row).any()
+        counts = np.bincount(donors[row], minlength=windows)
+        others = np.delete(counts, row) / frames
+        assert (np.abs(others - 1 / 3) < 5 * np.sqrt(2 / 9 / frames)).all(), (row, counts)
+    # a block of rows draws what the same rows draw among all (streams per window, not per block)
+    np.testing.assert_array_equal(matched_donors(streams, 0, np.array([9, 20]), np.array([2, 3]), windows, frames),
+                                  donors[2:])
+
+
+def test_random_matched_with_one_training_window_takes_its_own_mask(tmp_path):
+    """One training window has no other window's mask to take: it takes its own, and the
+    random_matched bank is the saliency bank."""
+    rng = np.random.default_rng(12)
+    x = _inputs(rng, n=1)
+    importance = rng.random((1, 5, 4, 4)).astype(np.float32)
+    for method in ("saliency", "random_matched"):
+        _write(tmp_path / f"{method}.nc", x, np.array([6]), method=method, importance=importance, seed=1)
+    salient, matched = _read(tmp_path / "saliency.nc"), _read(tmp_path / "random_matched.nc")
+    for name in ("augmented", *FLAGS):
+        assert matched[name].values.tobytes() == salient[name].values.tobytes(), name
+    assert matched["intervened"].values.any()
+    np.testing.assert_array_equal(matched_donors(WindowStreams(1, MATCHED_STREAM, "toy"), 0, [6], [0], 1, 5), 0)
+
+
+def test_saliency_inverted_marks_the_most_important_patches(tmp_path):
+    # 2 x 3 patches (L = 6), rho = 0.5: 3 environmental patches per step
+    importance = np.array([[[0.1, 0.9, 0.5], [0.8, 0.2, 0.7]],  # most important: 1, 3, 5
+                           [[0.5, 0.9, 0.9], [0.9, 0.1, 0.2]],  # 1, 2, 3 (a three-way tie, all taken)
+                           [[0.9, 0.1, 0.9], [0.9, 0.9, 0.0]],  # four tie at 0.9: the first three, 0, 2, 3
+                           [[0.3, 0.3, 0.3], [0.3, 0.3, 0.3]],  # all equal: patch order, 0, 1, 2
+                           [[0.0, -0.0, 0.0], [1.0, 0.0, -0.0]]],  # 3, then zeros of either sign by order: 0, 1
+                          dtype=np.float32)
+    environmental = [{1, 3, 5}, {1, 2, 3}, {0, 2, 3}, {0, 1, 2}, {0, 1, 3}]
+    expected = np.ones((5, 6), np.int8)
+    for step, patches in enumerate(environmental):
+        expected[step, sorted(patches)] = 0
+    expected = expected.reshape(5, 2, 3)
+    np.testing.assert_array_equal(inverted_causal_mask(importance.reshape(5, 6), 0.5).reshape(5, 2, 3), expected)
+    np.testing.assert_array_equal(plain_mask(importance, 0.5, most=True), expected)
+    # through the bank: 4 x 6 pixel windows of 2 x 2 patches
+    x = _inputs(np.random.default_rng(13), n=2, h=4, w=6)
+    _write(tmp_path / "inverted.nc", x, np.arange(2), method="saliency_inverted",
+           importance=np.stack([importance, importance[::-1]]), environment_ratio=0.5, copies=2)
+    causal = _read(tmp_path / "inverted.nc")["causal"].values
+    np.testing.assert_array_equal(causal, np.stack([expected, expected[::-1]] * 2))
+
+
+@pytest.mark.parametrize("ratio", [0.29, 0.5, 0.75])
+def test_saliency_inverted_has_exactly_floor_rho_l_environmental_patches_even_with_ties(ratio):
+    from nuwa.saliency import causal_mask, environment_count
+
+    rng = np.random.default_rng(14)
+    importance = rng.integers(0, 3, size=(4, 6, 100)).astype(np.float32)  # ties everywhere
+    importance[0] = 0.0  # and steps of all-equal importance
+    count = environment_count(100, ratio)
+    inverted = inverted_causal_mask(importance, ratio)
+    assert ((inverted == 0).sum(axis=-1) == count).all()
+    # every environmental patch is at least as important as every causal one of its step
+    low = np.where(inverted == 0, importance, np.inf).min(axis=-1)
+    high = np.where(inverted == 1, importance, -np.inf).max(axis=-1)
+    assert (low >= high).all()
+    # a step of equal importances: the first patches, as saliency's mask
+    np.testing.assert_array_equal(inverted[0], causal_mask(importance[0], ratio))
+    assert (inverted[0][:, :count] == 0).all()
+
+
+def test_all_bank_methods_of_a_seed_share_the_intervention_draws(tmp_path):
+    """Every method's bank of one seed samples the same steps; only the masks differ."""
+    rng = np.random.default_rng(15)
+    x = _inputs(rng, n=6)
+    importance = rng.random((6, 5, 4, 4)).astype(np.float32)
+    banks = {}
+    for method in BANK_METHODS:
+        _write(tmp_path / f"{method}.nc", x, np.arange(6) + 3, method=method, importance=importance, seed=9,
+               variant=method)
+        banks[method] = _read(tmp_path / f"{method}.nc")
+    for method in BANK_METHODS[1:]:
+        np.testing.assert_array_equal(banks[method]["sampled"].values, banks["saliency"]["sampled"].values)
+    causal = {method: bank["causal"].values for method, bank in banks.items()}
+    for i, first in enumerate(BANK_METHODS):
+        for second in BANK_METHODS[i + 1:]:
+            assert not np.array_equal(causal[first], causal[second]), (first, second)
+    # and every method has floor(rho L) = 4 environmental patches in every step
+    for method in BANK_METHODS:
+        assert ((causal[method] == 0).sum(axis=(2, 3)) == 4).all(), method
+
+
+def test_the_new_controls_given_the_saliency_mask_are_the_saliency_bank(tmp_path):
+    """The draws are shared: random_matched with every window's importance the same (so any other
+    window's mask is its own) and saliency_inverted of the negated importance give the saliency
+    bank, byte for byte."""
+    rng = np.random.default_rng(16)
+    x = _inputs(rng, n=6)
+    importance = np.repeat(rng.random((1, 5, 4, 4)).astype(np.float32), 6, axis=0)
+    runs = {"saliency": importance, "random_matched": importance, "saliency_inverted": -importance}
+    for method, values in runs.items():
+        _write(tmp_path / f"{method}.nc", x, np.arange(6) * 5, method=method, importance=values, seed=3)
+    salient = _read(tmp_path / "saliency.nc")
+    assert salient["intervened"].values.any()
+    for method in ("random_matched", "saliency_inverted"):
         bank = _read(tmp_path / f"{method}.nc")
-        for name in ("augmented", "source_index", "copy", *FLAGS):
-            assert bank[name].values.tobytes() == expected[name].tobytes(), (method, name)
-        assert result["changed_cell_fraction"] == expected["changed_cell_fraction"]
-        np.testing.assert_allclose(result["mean_abs_change_std"], expected["mean_abs_change_std"], rtol=1e-6)
+        for name in ("augmented", *FLAGS):
+            assert bank[name].values.tobytes() == salient[name].values.tobytes(), (method, name)
 
 
 def test_nuwa_bank_streams_a_contiguous_bank_with_the_same_bytes_every_time(tmp_path):

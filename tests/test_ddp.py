@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from conftest import TINY_PARAMS, tool_env
-from nuwa import cli
+from nuwa import cli, grid
 from nuwa.io import load_checkpoint
 
 WEIGHTS = {"rtol": 1e-4, "atol": 1e-6}
@@ -96,7 +96,7 @@ def test_two_processes_train_what_one_process_trains(inputs, tmp_path, backbone,
     for column in ("train_loss", "val_loss", "learning_rate"):
         pd.testing.assert_series_equal(history_two[column], history_one[column], rtol=METRICS_REL)
     # only rank 0 wrote, and nothing else is left behind
-    assert sorted(p.name for p in ddp.iterdir()) == ["examples.nc", "history.csv", "metrics.json", "model.pt"]
+    assert sorted(p.name for p in ddp.iterdir()) == sorted(grid.RUN_FILES)
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(inputs, tmp_path, monkeypatch, capsys):

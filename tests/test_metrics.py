@@ -406,3 +406,108 @@ def test_package_does_not_import_skimage():
             imported.add(node.module.split(".")[0])
     assert "skimage" not in imported
     assert imported <= {"__future__", "math", "typing", "numpy", "scipy"}
+
+
+# --------------------------------------------------------------------------- #
+# Fractions Skill Score and per-lead CSI
+# --------------------------------------------------------------------------- #
+def _pysteps_spatialscores():
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints a banner on import
+        return pytest.importorskip("pysteps.verification.spatialscores")
+
+
+def _blob(shape, centre, sigma=2.5, peak=10.0):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return peak * np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma**2))
+
+
+def test_fss_keys_follow_the_threshold_key_style():
+    assert M.fss_key(0.5, 3) == "fss_0.5_3"
+    assert M.fss_key(16.0, 1) == "fss_16_1"
+    rng = np.random.default_rng(11)
+    p, t = pair(rng, (2, 3, 1, 12, 12))
+    got = M.evaluate(p, t, 4.0, [0.0, 1.0], fss_scales=(1, 4))
+    assert {k for k in got if k.startswith("fss")} == {"fss_0_1", "fss_0_4", "fss_1_1", "fss_1_4"}
+    # without scales: exactly today's keys
+    assert set(M.evaluate(p, t, 4.0, [0.0, 1.0])) == set(got) - {"fss_0_1", "fss_0_4", "fss_1_1", "fss_1_4"}
+
+
+def test_fss_of_a_perfect_forecast_is_one_at_every_scale():
+    truth = np.stack([_blob((20, 24), (8 + k, 9 + 2 * k)) for k in range(3)])[None, :, None]
+    got = M.evaluate(truth, truth.copy(), 10.0, [1.0, 5.0], fss_scales=(1, 2, 5, 30))
+    for key in ("fss_1_1", "fss_1_2", "fss_1_5", "fss_1_30", "fss_5_1", "fss_5_30"):
+        assert got[key] == 1.0
+
+
+def test_fss_of_a_displaced_blob_grows_with_scale_and_matches_pysteps():
+    spatialscores = _pysteps_spatialscores()
+    truth = _blob((32, 32), (14, 10))
+    pred = _blob((32, 32), (17, 15))  # displaced by (3, 5) pixels
+    scales = (1, 2, 3, 5, 9, 15, 31)
+    for thr in (1.0, 4.0):
+        values = [M.fss(pred[None, None, None], truth[None, None, None], thr, s) for s in scales]
+        assert all(b > a for a, b in zip(values, values[1:])), values
+        assert values[0] < 0.5 and values[-1] > 0.9
+        for scale, value in zip(scales, values):
+            reference = spatialscores.fss(pred, truth, thr, scale)
+            assert value == pytest.approx(reference, rel=1e-12, abs=1e-15), (thr, scale)
+
+
+def test_fss_pooled_over_batches_as_pysteps_accumulates_it():
+    spatialscores = _pysteps_spatialscores()
+    rng = np.random.default_rng(12)
+    shape_tail = (3, 2, 16, 20)  # T, C, H, W: every image accumulated, as fss_accum over a test split
+    batches = [pair(rng, (b, *shape_tail), scale=3.0, offset=1.0) for b in (2, 1, 3)]
+    thresholds, scales = (1.0, 3.5), (1, 3, 8)
+    acc = M.MetricAccumulator(8.0, thresholds, fss_scales=scales)
+    for p, t in batches:
+        acc.update(p, t)
+    got, per_lead = acc.compute(), acc.compute_per_step()
+    for thr in thresholds:
+        for scale in scales:
+            pooled = spatialscores.fss_init(thr, scale)
+            leads = [spatialscores.fss_init(thr, scale) for _ in range(shape_tail[0])]
+            for p, t in batches:
+                for b, lead, c in np.ndindex(p.shape[:3]):
+                    spatialscores.fss_accum(pooled, p[b, lead, c], t[b, lead, c])
+                    spatialscores.fss_accum(leads[lead], p[b, lead, c], t[b, lead, c])
+            key = M.fss_key(thr, scale)
+            assert got[key] == pytest.approx(spatialscores.fss_compute(pooled), rel=1e-12)
+            np.testing.assert_allclose(per_lead[key], [spatialscores.fss_compute(f) for f in leads], rtol=1e-12)
+            assert 0.0 < got[key] < 1.0
+    json.dumps(got), json.dumps(per_lead)
+
+
+def test_fss_without_any_event_is_nan_and_bad_scales_are_refused():
+    zeros = np.zeros((1, 2, 1, 8, 8))
+    got = M.evaluate(zeros, zeros, 1.0, [0.5], fss_scales=(3,))
+    assert np.isnan(got["fss_0.5_3"]) and got["csi_0.5"] == 0.0
+    for bad in ([0], [2.5], [True], [3, 3], ["3"]):
+        with pytest.raises(ValueError, match="fss"):
+            M.MetricAccumulator(1.0, [0.5], fss_scales=bad)
+    with pytest.raises(ValueError, match="need thresholds"):
+        M.MetricAccumulator(1.0, fss_scales=(3,))
+    with pytest.raises(TypeError, match="fss_scales"):
+        M.MetricAccumulator(1.0, [0.5], fss_scales="3")
+
+
+def test_per_step_csi_per_threshold_and_lead():
+    rng = np.random.default_rng(13)
+    p, t = pair(rng, (3, 4, 1, 9, 9), scale=2.0)
+    thresholds = (0.0, 1.0)
+    acc = M.MetricAccumulator(6.0, thresholds)
+    acc.update(p[:1], t[:1])
+    acc.update(p[1:], t[1:])
+    per_lead = acc.compute_per_step()
+    assert set(per_lead) == {"mse", "mae", "psnr", "ssim", "csi_0", "csi_1"}
+    for thr in thresholds:
+        key = M.threshold_key("csi", thr)
+        expected = [M.csi_scores(p[:, lead:lead + 1], t[:, lead:lead + 1], [thr])[key] for lead in range(4)]
+        np.testing.assert_allclose(per_lead[key], expected, rtol=1e-12)
+        assert all(type(v) is float for v in per_lead[key])
+    # the pooled counts are still the sum over leads
+    np.testing.assert_array_equal(acc.counts, M.contingency_counts(p, t, thresholds))
+    assert set(M.per_step(p, t, 6.0, thresholds)) == set(per_lead)

@@ -87,7 +87,7 @@ def recorded_run(monkeypatch, series, arguments):
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "training_loss", loss)
         patch.setattr(loader_module.PairedRows, "draw", draw)
-        model, history, metrics, _ = train_module.train_cell(series, **arguments)
+        model, history, metrics, _, _ = train_module.train_cell(series, **arguments)
     record.update(model=model, history=history, metrics=metrics)
     return record
 
@@ -134,9 +134,9 @@ def test_a_different_seed_changes_the_weights_and_the_windows(tiny_params_module
 
 def test_the_same_seed_gives_the_same_bytes(tiny_params_module, banks, series):
     arguments = cell_arguments(tiny_params_module, banks, "random", seed=3)
-    first_model, first_history, first_metrics, _ = train_module.train_cell(series, **arguments)
+    first_model, first_history, first_metrics, _, _ = train_module.train_cell(series, **arguments)
     torch.manual_seed(99)  # global RNG state does not leak into a cell
-    second_model, second_history, second_metrics, _ = train_module.train_cell(series, **arguments)
+    second_model, second_history, second_metrics, _, _ = train_module.train_cell(series, **arguments)
     assert first_metrics == second_metrics
     columns = ["train_loss", "val_loss", "learning_rate"]
     assert first_history[columns].to_numpy().tobytes() == second_history[columns].to_numpy().tobytes()
@@ -207,7 +207,7 @@ def test_a_bank_missing_or_repeating_a_window_copy_pair_is_an_error(banks):
 def test_a_killed_augmented_run_resumes_to_the_same_bytes(tiny_params_module, banks, series, tmp_path, monkeypatch):
     arguments = cell_arguments(tiny_params_module, banks, "nuwa", steps=8)
     arguments["train_config"].update(eval_every=2, checkpoint_every=3)
-    _, history, metrics, _ = train_module.train_cell(series, **arguments)
+    _, history, metrics, _, _ = train_module.train_cell(series, **arguments)
 
     checkpoint = tmp_path / "checkpoint.pt"
     real_loss, calls = train_module.training_loss, {"n": 0}
@@ -223,7 +223,8 @@ def test_a_killed_augmented_run_resumes_to_the_same_bytes(tiny_params_module, ba
         train_module.train_cell(series, checkpoint_path=checkpoint, **arguments)
     monkeypatch.setattr(train_module, "training_loss", real_loss)
     assert set(load_checkpoint(checkpoint)["rows"]) == {"originals", "bank"}
-    _, resumed_history, resumed_metrics, _ = train_module.train_cell(series, checkpoint_path=checkpoint, **arguments)
+    _, resumed_history, resumed_metrics, _, _ = train_module.train_cell(series, checkpoint_path=checkpoint,
+                                                                         **arguments)
     assert resumed_metrics == metrics
     np.testing.assert_array_equal(resumed_history["train_loss"].to_numpy(), history["train_loss"].to_numpy())
 

@@ -105,7 +105,7 @@ def test_workflow_on_slurm_equals_local_and_survives_a_cancelled_job(cluster, un
         assert comparable(on_slurm / relative) == comparable(local / relative), relative
     assert {f"{cell}/{name}" for cell in cells for name in ("model.pt", "metrics.json")} <= produced
     summary, local_summary = ((d / "results/tables/summary.csv").read_text().splitlines() for d in (on_slurm, local))
-    assert summary[0] == local_summary[0] and len(summary) == 4  # header, two cells, persistence
+    assert summary[0] == local_summary[0] and len(summary) == 5  # header, two cells, persistence, optical flow
     assert set(summary) <= set(local_summary), (summary, local_summary)
 
     rows = sacct_rows(since)

@@ -27,7 +27,8 @@ def test_a_stage_reads_only_the_keys_it_declares(tiny_params):
 def test_declared_keys_are_the_rerun_keys_plus_settings(tiny_params):
     """What reruns a job (Snakemake's params JSON, DVC's params list) is what its code may read,
     less the settings that never change its bytes."""
-    wildcards = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": 0}
+    wildcards = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": 0,
+                 "baseline": "optical_flow"}
     for name, stage in STAGES.items():
         if name == "validate":
             continue
@@ -66,3 +67,9 @@ def test_snakemake_inputs_follow_the_variant_and_backbone(tiny_params):
     assert figures["bank"] == ["results/bank/moving_glyphs/nuwa/seed0.nc"]
     assert figures["examples"] == [f"results/runs/moving_glyphs/simvp/{v}/seed0/examples.nc"
                                    for v in ("ori", "nuwa", "random")]
+
+
+def test_the_banks_that_read_the_saliency_file_are_the_bank_modules():
+    from nuwa import bank, stages
+
+    assert stages.IMPORTANCE_METHODS == bank.IMPORTANCE_METHODS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from conftest import TINY_PARAMS
 import nuwa.loader as loader_module
@@ -28,7 +29,7 @@ def test_killed_training_resumes_to_the_same_result(tiny_params, tiny_series, tm
     arguments = dict(dataset_name="moving_glyphs", dataset_config=tiny_params["datasets"]["moving_glyphs"],
                      backbone_name=backbone, backbone_config=tiny_params["backbones"][backbone], variant="ori",
                      train_config=train_config, seed=0)
-    _, history, metrics, _ = train_module.train_cell(tiny_series, **arguments)
+    _, history, metrics, _, losses = train_module.train_cell(tiny_series, **arguments)
 
     checkpoint = tmp_path / "checkpoint.pt"
     real_loss, calls = train_module.training_loss, {"n": 0}
@@ -44,11 +45,15 @@ def test_killed_training_resumes_to_the_same_result(tiny_params, tiny_series, tm
         train_module.train_cell(tiny_series, checkpoint_path=checkpoint, **arguments)
     assert checkpoint.exists()
     monkeypatch.setattr(train_module, "training_loss", real_loss)
-    _, resumed_history, resumed_metrics, _ = train_module.train_cell(tiny_series, checkpoint_path=checkpoint,
-                                                                     **arguments)
+    _, resumed_history, resumed_metrics, _, resumed_losses = train_module.train_cell(
+        tiny_series, checkpoint_path=checkpoint, **arguments)
     for key in ("mse", "mae", "ssim", "psnr", "best_step", "best_val_loss"):
         assert resumed_metrics[key] == metrics[key], key
     np.testing.assert_array_equal(resumed_history["train_loss"].to_numpy(), history["train_loss"].to_numpy())
+    xr.testing.assert_identical(resumed_losses, losses)  # every test window's losses, not only their means
+    assert float(losses["mse"].mean()) == pytest.approx(metrics["mse"], rel=1e-12)
+    assert {key: losses.attrs[key] for key in ("dataset", "backbone", "variant", "seed", "window_stride")} == \
+        {"dataset": "moving_glyphs", "backbone": backbone, "variant": "ori", "seed": 0, "window_stride": 2}
 
 
 def test_resume_changes_nothing_when_the_checkpoint_is_absent(tiny_params, tiny_series):
@@ -230,10 +235,10 @@ def test_training_from_the_bank_file_gives_the_eager_pool_metrics(tiny_params, t
                      train_config=dict(tiny_params["train"], steps=4), seed=0, bank_sources=bank_files["sources"],
                      bank_copies=bank_files["copies"], mix_fraction=0.5)
     with NetCDFRows(bank_files["contiguous"], "augmented") as rows:
-        _, history, metrics, _ = train_module.train_cell(tiny_series, bank_inputs=rows, **arguments)
+        _, history, metrics, _, _ = train_module.train_cell(tiny_series, bank_inputs=rows, **arguments)
     monkeypatch.setattr(train_module, "TrainingPool", EagerPool)
-    _, eager_history, eager_metrics, _ = train_module.train_cell(tiny_series, bank_inputs=bank_files["values"],
-                                                                 **arguments)
+    _, eager_history, eager_metrics, _, _ = train_module.train_cell(tiny_series, bank_inputs=bank_files["values"],
+                                                                    **arguments)
     assert metrics["bank_samples"] == len(bank_files["sources"]) > 0
     assert metrics == eager_metrics
     pd_columns = ["train_loss", "val_loss", "learning_rate"]

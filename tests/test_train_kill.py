@@ -19,12 +19,12 @@ import yaml
 
 import nuwa.train
 from conftest import TINY_PARAMS, tool_env
-from nuwa import cli
+from nuwa import cli, grid
 from nuwa.io import load_checkpoint
 
 STEPS, CHECKPOINT_EVERY = 40, 2
 KILL_SEED = 20240611
-RESULTS = ("metrics.json", "model.pt", "history.csv", "examples.nc")
+RESULTS = grid.RUN_FILES  # what a finished run holds
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,9 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(inputs, tmp_path
         assert torch.equal(weights[name], expected[name]), name
     history, expected_history = (pd.read_csv(d / "history.csv") for d in (out, reference))
     pd.testing.assert_frame_equal(history.drop(columns="seconds"), expected_history.drop(columns="seconds"))
-    with xr.open_dataset(out / "examples.nc") as got, xr.open_dataset(reference / "examples.nc") as want:
-        xr.testing.assert_identical(got.load(), want.load())
+    for name in ("examples.nc", "test_losses.nc"):
+        with xr.open_dataset(out / name) as got, xr.open_dataset(reference / name) as want:
+            xr.testing.assert_identical(got.load(), want.load())
 
 
 def test_a_checkpoint_resumes_under_torchrun(inputs, tmp_path, monkeypatch):

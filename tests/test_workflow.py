@@ -91,11 +91,19 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
             for variant in params["grid"]["variants"]:
                 for name in ("model.pt", "history.csv", "metrics.json", "examples.nc"):
                     assert f"results/runs/{dataset}/{backbone}/{variant}/seed0/{name}" in files
+        for baseline in params["grid"]["baselines"]:
+            assert f"results/baselines/{dataset}/{baseline}.json" in files
+            assert f"results/baselines/{dataset}/{baseline}_losses.nc" in files
         assert f"results/figures/{dataset}_predictions.png" in files
         assert f"results/figures/{dataset}_saliency.png" in files
     summary = (snakemake_run / "results/tables/summary.csv").read_text()
-    for variant in ("ori", "nuwa", "random", "persistence"):
+    for variant in ("ori", "nuwa", "random", "persistence", "optical_flow"):
         assert variant in summary
+    comparisons = (snakemake_run / "results/tables/comparisons.csv").read_text()
+    assert "nuwa - ori" in comparisons and "nuwa - random" in comparisons
+    assert "results/tables/lead_time.csv" in files
+    losses = xr.open_dataset(snakemake_run / "results/runs/moving_glyphs/simvp/nuwa/seed0/test_losses.nc")
+    assert losses["mse"].dims == ("window", "lead")
     saliency = xr.open_dataset(snakemake_run / "results/saliency/moving_glyphs.nc")
     assert saliency["importance"].dims == ("sample", "step", "patch_y", "patch_x")
     assert saliency["importance"].dtype == "float32"
@@ -243,7 +251,7 @@ def test_dvc_yaml_is_the_one_generated_from_the_stage_table():
 
     stages = yaml.safe_load(generated)["stages"]
     assert set(stages) == set(STAGES)
-    wildcards = {axis: "${item.%s}" % axis for axis in ("dataset", "backbone", "variant", "seed")}
+    wildcards = {axis: "${item.%s}" % axis for axis in ("dataset", "backbone", "variant", "seed", "baseline")}
     for name in STAGES:
         if name != "validate":
             assert stages[name]["params"] == stage_param_keys(name, **wildcards), name
@@ -255,8 +263,8 @@ def test_snakemake_rules_run_the_stage_table_commands(tmp_path):
     same command DVC runs, with its placeholders."""
     dry = run(["snakemake", "--dry-run", "--printshellcmds", "--cores", "2"], make_workdir(tmp_path)).stdout
     dvc_stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    item = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": "0"}
-    for name in ("ingest", "pretrain", "saliency", "bank", "train", "tables", "figures"):
+    item = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": "0", "baseline": "optical_flow"}
+    for name in ("ingest", "baseline", "pretrain", "saliency", "bank", "train", "tables", "figures"):
         command = dvc_stages[name]["cmd"]
         for axis, value in item.items():
             command = command.replace("${item.%s}" % axis, value)

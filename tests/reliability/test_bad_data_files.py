@@ -56,7 +56,8 @@ def stage_argv(stage: str, made: Path, out: Path, data=None, saliency=None, bank
                  "--out", str(out / "bank.nc")],
         "train": ["--backbone", "simvp", "--variant", "nuwa", "--seed", "0", "--data", data, "--bank", str(bank or made / "bank.nc"),
                   "--out-dir", str(out), "--device", "cpu"],
-        "baseline": ["--data", data, "--out", str(out / "persistence.json")],
+        "baseline": ["--baseline", "persistence", "--data", data, "--out", str(out / "persistence.json"),
+                     "--losses-out", str(out / "losses.nc")],
     }[stage]
 
 

@@ -43,7 +43,8 @@ def built(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(directory)
     try:
-        for argv in (["ingest"], ["baseline"], ["pretrain"], ["saliency"],
+        for argv in (["ingest"], ["baseline", "--baseline", "persistence"], ["baseline", "--baseline", "optical_flow"],
+                     ["pretrain"], ["saliency"],
                      *(["bank", "--variant", v, "--seed", "0"] for v in params["grid"]["variants"]),
                      *(["train", "--backbone", "simvp", "--variant", v, "--seed", "0", "--device", "cpu"]
                        for v in params["grid"]["variants"])):
@@ -67,7 +68,8 @@ CASES = [
     ("bank", ["--variant", "random", "--seed", "0", "--out", "out/bank.nc"], "bank.nc", 50_000, "NetCDF, streamed"),
     ("train", ["--backbone", "simvp", "--variant", "ori", "--seed", "0", "--device", "cpu", "--out-dir", "out"],
      "checkpoint.pt", 4_000, "torch checkpoint"),
-    ("baseline", ["--out", "out/persistence.json"], "persistence.json", 200, "JSON"),
+    ("baseline", ["--baseline", "persistence", "--out", "out/persistence.json", "--losses-out", "out/losses.nc"],
+     "losses.nc", 2_000, "NetCDF"),
     ("figures", ["--out-predictions", "out/predictions.png", "--out-saliency", "out/saliency.png"],
      "predictions.png", 8_000, "PNG"),
 ]

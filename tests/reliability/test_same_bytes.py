@@ -286,7 +286,9 @@ def test_netcdf_files_hold_no_paths_or_creation_times(two_checkouts):
     first, second = two_checkouts
     names = [name for name in output_files(first) if name.endswith(".nc")]
     runs, datasets, banks = _grid_size(first)
-    assert len(names) == 2 * datasets + banks + runs  # processed, saliency, banks, examples: 11 in the tiny config
+    baselines = datasets * len(yaml.safe_load((first / "params.yaml").read_text())["grid"]["baselines"])
+    # processed, saliency, banks, each run's examples and test losses, each baseline's losses: 19 in the tiny config
+    assert len(names) == 2 * datasets + banks + 2 * runs + baselines
     for folder in (first, second):
         for name in names:
             raw = (folder / name).read_bytes()

@@ -22,7 +22,7 @@ ENV = "../envs/nuwa.yaml"
 
 
 wildcard_constraints:
-    **{axis: spec.pattern for axis, spec in grid.AXES.items()},
+    **{axis: spec.pattern for axis, spec in grid.STAGE_AXES.items()},
 
 
 def stage_params(stage):
