@@ -161,6 +161,33 @@ def cmd_saliency(args):
     print(f"wrote {out} ({len(source_index)} training windows)")
 
 
+def cmd_diagnostics(args):
+    import matplotlib.pyplot as plt
+
+    from nuwa.diagnostics import diagnose_tables
+    from nuwa.figures import diagnostics_figure
+    from nuwa.io import save_figure, write_csv
+    from nuwa.windows import load_series
+
+    params = _params(args, "diagnostics", uses_torch=True, dataset=args.dataset)
+    settings = params["diagnostics"]
+    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    table, per_seed = diagnose_tables(series, args.dataset, params["datasets"][args.dataset], params["pretrain"],
+                                      objectives=settings["objectives"], seeds=settings["seeds"],
+                                      layer_choices=settings["layer_choices"],
+                                      ratio=params["bank"]["environment_ratio"], steps=settings["steps"],
+                                      batch_size=params["saliency"]["batch_size"])
+    print(f"diagnostics {args.dataset}: {table['seconds'].sum():.1f} s of pretraining and saliency", flush=True)
+    # wall-clock seconds stay in the log: the files hold the same bytes on every run
+    write_csv(per_seed.drop(columns="seconds"), args.out_per_seed or grid.DIAGNOSTICS_PER_SEED.format(dataset=args.dataset))
+    figure = diagnostics_figure(table, args.dataset)
+    save_figure(figure, args.out_figure or grid.DIAGNOSTICS_FIGURE.format(dataset=args.dataset), dpi=110)
+    plt.close(figure)
+    out = args.out or grid.DIAGNOSTICS.format(dataset=args.dataset)
+    write_csv(table.drop(columns="seconds"), out)
+    print(f"wrote {out}")
+
+
 def cmd_bank(args):
     import numpy as np
 
@@ -467,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data")
     c.add_argument("--model")
     c.add_argument("--out")
+    c = add("diagnostics", cmd_diagnostics, "what the saliency calls environmental: upstream ViTs pretrained per "
+            "objective and seed, their masks scored against the field's anomaly and change, and across seeds")
+    c.add_argument("--data")
+    c.add_argument("--out")
+    c.add_argument("--out-per-seed")
+    c.add_argument("--out-figure")
     c = add("bank", cmd_bank, "DistriXplorer bank of augmented training windows for one variant and seed")
     c.add_argument("--variant", required=True)
     c.add_argument("--seed", type=int, required=True, help="the training seed the bank is drawn for")

@@ -282,16 +282,17 @@ def layers_label(layers: Iterable[int]) -> str:
 def diagnose(series: SeriesData, dataset_name: str, dataset_config: dict, pretrain_config: dict,
              objectives: Sequence[str] = DEFAULT_OBJECTIVES, seeds: Sequence[int] = (0, 1),
              layer_choices: Sequence[Sequence[int]] = ([-1],), ratio: float = 0.25, steps: int | None = None,
-             batch_size: int = 64) -> pd.DataFrame:
+             batch_size: int = 64, climatology: np.ndarray | None = None) -> pd.DataFrame:
     """The table of :func:`diagnose_tables` (one row per (objective, layers), means over seeds)."""
     return diagnose_tables(series, dataset_name, dataset_config, pretrain_config, objectives, seeds, layer_choices,
-                           ratio, steps, batch_size)[0]
+                           ratio, steps, batch_size, climatology)[0]
 
 
 def diagnose_tables(series: SeriesData, dataset_name: str, dataset_config: dict, pretrain_config: dict,
                     objectives: Sequence[str] = DEFAULT_OBJECTIVES, seeds: Sequence[int] = (0, 1),
                     layer_choices: Sequence[Sequence[int]] = ([-1],), ratio: float = 0.25, steps: int | None = None,
-                    batch_size: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    batch_size: int = 64, climatology: np.ndarray | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(table, per_seed)``: :func:`diagnose_importance` on the training windows, per (objective, layers).
 
     ``table`` has one row per (objective, layers), averaged over seeds; ``per_seed`` one row per
@@ -306,7 +307,8 @@ def diagnose_tables(series: SeriesData, dataset_name: str, dataset_config: dict,
     seed), ``seed_iou`` the :func:`mask_iou` of the environmental masks of the first two seeds
     (NaN for one seed), ``final_loss`` the last pretraining loss, ``seconds`` the wall time of
     pretraining plus saliency, summed over seeds. ``per_seed``: the same numbers unaveraged, one
-    row per (objective, layers, seed) (:data:`PER_SEED_COLUMNS`). Nothing is written.
+    row per (objective, layers, seed) (:data:`PER_SEED_COLUMNS`). ``climatology`` (C, H, W): what
+    the anomaly is measured against, by default :func:`training_climatology`. Nothing is written.
     """
     import time
 
@@ -327,7 +329,7 @@ def diagnose_tables(series: SeriesData, dataset_name: str, dataset_config: dict,
     if len(train) == 0:
         raise ValueError(f"dataset {dataset_name!r}: no training window fits in the training split")
     windows = train.inputs(train.starts)
-    climatology = training_climatology(series)
+    climatology = training_climatology(series) if climatology is None else np.asarray(climatology)
     patch_size = int(dataset_config["patch_size"])
     records, rows = [], []
     for objective in objectives:

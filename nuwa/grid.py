@@ -53,6 +53,9 @@ SUMMARY_CSV = "results/tables/summary.csv"
 SUMMARY_MD = "results/tables/summary.md"
 COMPARISONS_CSV = "results/tables/comparisons.csv"  # paired differences, intervals and verdicts
 LEAD_TIME_CSV = "results/tables/lead_time.csv"
+DIAGNOSTICS = "results/diagnostics/{dataset}.csv"  # saliency diagnostics, one row per (objective, layers)
+DIAGNOSTICS_PER_SEED = "results/diagnostics/{dataset}_per_seed.csv"
+DIAGNOSTICS_FIGURE = "results/figures/{dataset}_diagnostics.png"
 PREDICTION_FIGURE = "results/figures/{dataset}_predictions.png"
 SALIENCY_FIGURE = "results/figures/{dataset}_saliency.png"
 

@@ -116,6 +116,14 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("saliency", ("dataset",), {"data": Input(grid.PROCESSED), "model": Input(grid.UPSTREAM_MODEL)},
           {"saliency": Output(grid.SALIENCY)}, ("datasets.{dataset}", "saliency"),
           "nuwa saliency --dataset {dataset} --data {data} --model {model} --out {saliency}", gpu=True),
+    Stage("diagnostics", ("dataset",), {"data": Input(grid.PROCESSED)},
+          {"table": Output(grid.DIAGNOSTICS, "report"), "per_seed": Output(grid.DIAGNOSTICS_PER_SEED, "report"),
+           "figure": Output(grid.DIAGNOSTICS_FIGURE, "report")},
+          ("datasets.{dataset}", "pretrain", "saliency.batch_size", "bank.environment_ratio", "diagnostics"),
+          "nuwa diagnostics --dataset {dataset} --data {data} --out {table} --out-per-seed {per_seed}"
+          " --out-figure {figure}", gpu=True,
+          comment="What the saliency calls environmental: upstream ViTs pretrained in process per objective and "
+                  "seed, their masks scored against the field's anomaly and change and compared across seeds."),
     Stage("bank", ("dataset", "variant", "seed"),
           {"data": Input(grid.PROCESSED),
            "saliency": Input(grid.SALIENCY, when=lambda params, w: _method(params, w) in IMPORTANCE_METHODS)},

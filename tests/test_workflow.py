@@ -91,6 +91,8 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
             for variant in params["grid"]["variants"]:
                 for name in ("model.pt", "history.csv", "metrics.json", "examples.nc"):
                     assert f"results/runs/{dataset}/{backbone}/{variant}/seed0/{name}" in files
+        assert f"results/diagnostics/{dataset}.csv" in files and f"results/diagnostics/{dataset}_per_seed.csv" in files
+        assert f"results/figures/{dataset}_diagnostics.png" in files
         for baseline in params["grid"]["baselines"]:
             assert f"results/baselines/{dataset}/{baseline}.json" in files
             assert f"results/baselines/{dataset}/{baseline}_losses.nc" in files

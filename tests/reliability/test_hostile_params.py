@@ -94,7 +94,8 @@ def _grid_only(section: str, name: str):
 
 
 SALIENCY_KEYS = "batch_size, layers"
-TOP_KEYS = "backbones, bank, datasets, evaluation, figures, grid, ingest, pretrain, saliency, train, variants"
+TOP_KEYS = ("backbones, bank, datasets, diagnostics, evaluation, figures, grid, ingest, pretrain, saliency, train, "
+            "variants")
 VARIANT_KEYS = ("copies, environment_ratio, exclude_causal_neighbours, history, history_decay, method, mix_fraction, "
                 "sigma")
 

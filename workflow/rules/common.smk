@@ -51,6 +51,7 @@ def all_targets():
             grid.PREDICTION_FIGURE.format(dataset=dataset),
             grid.SALIENCY_FIGURE.format(dataset=dataset),
             grid.UPSTREAM_HISTORY.format(dataset=dataset),
+            grid.DIAGNOSTICS.format(dataset=dataset),
         ]
     return targets
 
