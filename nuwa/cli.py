@@ -359,7 +359,8 @@ def cmd_tables(args):
         records.append({**{axis: getattr(cell, axis) for axis in grid.AXES},
                         **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in grid.AXES}})
         losses[tuple(getattr(cell, axis) for axis in grid.AXES)] = open_netcdf(cell.file("test_losses.nc"),
-                                                                              variables=("mse", "mae", "target_max"))
+                                                                              variables=("mse", "mae", "target_mean",
+                                                                                         "target_max"))
     datasets, names = params["grid"]["datasets"], params["grid"]["baselines"]
     baselines = {d: {name: read_json(grid.BASELINE.format(dataset=d, baseline=name)) for name in names}
                  for d in datasets}

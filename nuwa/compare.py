@@ -145,6 +145,18 @@ def paired_interval(diff: Any, block: int, confidence: float = 0.95, resamples: 
     return float(values.mean()), float(low), float(high)
 
 
+# Fewer independent units than this (seeds x whole blocks of windows) and an interval only
+# reshuffles the same few numbers: it comes out narrow, or of zero width, and would claim a
+# difference that nothing supports. Such a comparison gets no verdict.
+MIN_UNITS = 5
+TOO_FEW = "too few windows and seeds to tell"
+
+
+def independent_units(seeds: int, windows: int, block: int) -> int:
+    """Seeds times the whole blocks of windows: what a paired interval can resample."""
+    return int(seeds) * max(1, int(windows) // max(1, int(block)))
+
+
 def verdict(low: float, high: float) -> str:
     """What an interval ``[low, high]`` of a loss difference A - B says (negative: A lower, better):
     ``"better"`` when it lies wholly below 0, ``"worse"`` wholly above, else
@@ -267,24 +279,28 @@ def compare_runs(losses_a: Mapping[int, xr.Dataset], losses_b: Mapping[int, xr.D
         "mean_a": float(values_a.mean()), "mean_b": mean_b,
         "mean_difference": mean, "low": low, "high": high,
         "relative_difference": mean / mean_b if mean_b != 0 else float("nan"),
-        "verdict": verdict(low, high),
+        "units": independent_units(len(common), difference.shape[1], block),
+        "verdict": (verdict(low, high) if independent_units(len(common), difference.shape[1], block) >= MIN_UNITS
+                    else TOO_FEW),
         "seed_differences": [float(v) for v in difference.mean(axis=1)],
     }
 
 
-def extreme_windows(losses: xr.Dataset, quantile: float = 0.95) -> np.ndarray:
-    """Boolean mask over the test windows: those whose ``target_max`` is among the top
-    ``1 - quantile`` share (``ceil((1 - quantile) * windows)`` of them, at least one; windows tied
-    with the last one chosen are chosen too). The targets are the same for every run on one
-    dataset, so any run's losses give the same mask."""
+def extreme_windows(losses: xr.Dataset, quantile: float = 0.95, by: str = "target_mean") -> np.ndarray:
+    """Boolean mask over the test windows: those whose ``by`` (the target frames' mean intensity
+    by default) is among the top ``1 - quantile`` share (``ceil((1 - quantile) * windows)`` of
+    them, at least one; windows tied with the last one chosen are chosen too). The targets are
+    the same for every run on one dataset, so any run's losses give the same mask. (The maximum
+    ties wherever a field saturates: every moving-glyphs window peaks at 1, so ranking by it
+    chose all of them.)"""
     q = float(quantile)
     if not 0.0 <= q < 1.0:
         raise ValueError(f"quantile must lie in [0, 1), got {quantile!r}")
-    if "target_max" not in losses:
-        raise ValueError("losses have no target_max (not a test-losses dataset)")
-    peak = np.asarray(losses["target_max"].values, dtype=np.float64)
+    if by not in losses:
+        raise ValueError(f"losses have no {by} (not a test-losses dataset)")
+    peak = np.asarray(losses[by].values, dtype=np.float64)
     if peak.ndim != 1 or len(peak) == 0:
-        raise ValueError(f"target_max must be a non-empty 1-D array, got shape {peak.shape}")
+        raise ValueError(f"{by} must be a non-empty 1-D array, got shape {peak.shape}")
     # the tolerance keeps e.g. (1 - 0.95) * 100 = 5.000000000000004 at 5 windows
     count = min(len(peak), max(1, math.ceil((1.0 - q) * len(peak) - 1e-9)))
     threshold = np.sort(peak)[len(peak) - count]

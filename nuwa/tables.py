@@ -76,7 +76,7 @@ def comparison_table(losses: dict[tuple, object], comparisons: list[list[str]], 
     ``losses``: (dataset, backbone, variant, seed) -> a run's per-window test losses
     (:func:`nuwa.evaluate.evaluate_forecaster`); ``blocks``: dataset -> bootstrap block length
     in windows. Comparisons whose variants are not both in ``losses`` are left out. Window sets:
-    ``all`` and ``extreme`` (the top 1 - ``extreme_quantile`` of target maxima).
+    ``all`` and ``extreme`` (the top 1 - ``extreme_quantile`` of the targets' mean intensity).
     """
     from nuwa.compare import compare_runs, extreme_windows
 
@@ -104,7 +104,7 @@ def verdict_lines(comparisons: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, comparison, window set): counts of better / worse / no detectable difference
     across backbones, a two-sided sign test and its Holm correction across the comparisons of
     that dataset and window set."""
-    from nuwa.compare import holm, sign_test
+    from nuwa.compare import TOO_FEW, holm, sign_test
 
     rows = []
     for (dataset, windows), group in comparisons.groupby(["dataset", "windows"], sort=False):
@@ -114,6 +114,7 @@ def verdict_lines(comparisons: pd.DataFrame) -> pd.DataFrame:
             better, worse = int(counts.get("better", 0)), int(counts.get("worse", 0))
             tests[comparison] = {"dataset": dataset, "windows": windows, "comparison": comparison, "better": better,
                                  "worse": worse, "no_difference": int(counts.get("no detectable difference", 0)),
+                                 "too_few": int(counts.get(TOO_FEW, 0)),
                                  "sign_p": sign_test(better, worse)}
         adjusted = holm({name: row["sign_p"] for name, row in tests.items()})
         rows += [{**row, "sign_p_holm": adjusted[name]} for name, row in tests.items()]
@@ -158,7 +159,8 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
                 lines.append("")
                 for _, row in verdicts[verdicts["dataset"] == dataset].iterrows():
                     lines.append(f"- {row['comparison']}, {row['windows']} windows: better {row['better']}, worse "
-                                 f"{row['worse']}, no detectable difference {row['no_difference']} (across backbones; "
+                                 f"{row['worse']}, no detectable difference {row['no_difference']}, too few to tell "
+                                 f"{row['too_few']} (across backbones; "
                                  f"sign test p = {row['sign_p']:.3g}, Holm {row['sign_p_holm']:.3g})")
                 lines.append("")
     lines += ["## Conventions", ""] + [f"- `{name}`: {text}" for name, text in conventions.items()]
@@ -169,7 +171,8 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
                  "persistence).")
     lines.append("- comparisons: A - B of the per-window test MSE, paired on seeds and test windows; the interval "
                  "resamples seeds and contiguous blocks of test windows (nuwa/compare.py); `better`: the whole "
-                 "interval below 0 (A has the lower error), `worse`: above 0.")
+                 "interval below 0 (A has the lower error), `worse`: above 0; no verdict with fewer than "
+                 "five independent units (seeds x whole blocks of windows).")
     lines.append("- lower is better for mse/mae; higher is better for ssim, psnr, csi, fss. "
                  "Values are means over seeds, ± the sample standard deviation when there are several.")
     return "# NuwaDynamics results (test split)\n\n" + "\n".join(lines) + "\n"

@@ -154,7 +154,9 @@ def test_compare_runs_pairs_by_seed_and_reports_everything():
     assert result["mean_difference"] == pytest.approx(-1.0)
     assert result["low"] == pytest.approx(-1.0) and result["high"] == pytest.approx(-1.0)  # every pair: -1
     assert result["relative_difference"] == pytest.approx(-0.4)
-    assert result["verdict"] == "better" and result["seed_differences"] == [-1.0, -1.0]
+    # every pair says -1, but 2 seeds x 2 windows are 4 units: too few for any interval to mean something
+    assert result["verdict"] == compare.TOO_FEW and result["units"] == 4
+    assert result["seed_differences"] == [-1.0, -1.0]
     # one lead alone, and mae
     assert compare.compare_runs(a, b, block=1, lead=2)["mean_a"] == pytest.approx(1.75)
     assert compare.compare_runs(a, b, block=1, metric="mae")["mean_difference"] < 0
@@ -249,3 +251,17 @@ def test_lead_time_table():
     expected = pd.DataFrame({"key": [("nuwa", 0), ("nuwa", 0), ("ori", 0), ("ori", 0)], "lead": [1, 2, 1, 2],
                              "mse": [2.0, 10.0, 4.0, 4.0], "mae": [(1 + math.sqrt(3)) / 2, 3.0, 2.0, 2.0]})
     pd.testing.assert_frame_equal(table, expected)
+
+
+def test_an_interval_of_too_few_units_gets_no_verdict_however_narrow():
+    """Two windows in one block: every resample is the same mean, a zero-width interval below 0
+    (seen on the radar's extreme windows): no verdict, not 'better'."""
+    rng = np.random.default_rng(3)
+    b = {0: losses(1.0 + 0.1 * rng.random((13, 2)))}
+    a = {0: losses(b[0]["mse"].values - 0.5)}
+    two = np.zeros(13, dtype=bool)
+    two[[3, 4]] = True
+    result = compare.compare_runs(a, b, block=12, select=two)
+    assert result["low"] == result["high"] and result["verdict"] == compare.TOO_FEW
+    assert compare.compare_runs(a, b, block=1)["verdict"] == "better"  # 13 independent windows
+    assert compare.compare_runs(a, b, block=12)["verdict"] == compare.TOO_FEW  # 13 windows, one block

@@ -49,6 +49,7 @@ def test_comparison_rows_and_the_verdict_line_under_a_dataset():
     def losses(offset):
         mse = 1.0 + offset + 0.01 * rng.standard_normal((windows, 2))
         return xr.Dataset({"mse": (("window", "lead"), mse), "mae": (("window", "lead"), np.sqrt(mse)),
+                           "target_mean": ("window", np.arange(windows, dtype=float)),
                            "target_max": ("window", np.arange(windows, dtype=float))},
                           coords={"source_index": ("window", np.arange(windows) * 2), "lead": [1, 2]})
 
@@ -65,4 +66,4 @@ def test_comparison_rows_and_the_verdict_line_under_a_dataset():
                for b in ("simvp", "convlstm") for v in ("ori", "nuwa")]
     summary = summarise(records, {"d": {"persistence": {"mse": 4.0}}}, {"ori": "none", "nuwa": "saliency"})
     markdown = to_markdown(summary, {}, table)
-    assert "- nuwa - ori, all windows: better 1, worse 0, no detectable difference 1" in markdown
+    assert "- nuwa - ori, all windows: better 1, worse 0, no detectable difference 1, too few to tell 0" in markdown
