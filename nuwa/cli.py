@@ -179,7 +179,8 @@ def cmd_diagnostics(args):
                                       batch_size=params["saliency"]["batch_size"])
     print(f"diagnostics {args.dataset}: {table['seconds'].sum():.1f} s of pretraining and saliency", flush=True)
     # wall-clock seconds stay in the log: the files hold the same bytes on every run
-    write_csv(per_seed.drop(columns="seconds"), args.out_per_seed or grid.DIAGNOSTICS_PER_SEED.format(dataset=args.dataset))
+    write_csv(per_seed.drop(columns="seconds"),
+              args.out_per_seed or grid.DIAGNOSTICS_PER_SEED.format(dataset=args.dataset))
     figure = diagnostics_figure(table, args.dataset)
     save_figure(figure, args.out_figure or grid.DIAGNOSTICS_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
