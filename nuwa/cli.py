@@ -164,10 +164,14 @@ def cmd_saliency(args):
 def cmd_diagnostics(args):
     import matplotlib.pyplot as plt
 
-    from nuwa.diagnostics import diagnose_tables
+    import numpy as np
+    import pandas as pd
+
+    from nuwa.bank import load_importance
+    from nuwa.diagnostics import diagnose_importance, diagnose_tables, layers_label, training_climatology
     from nuwa.figures import diagnostics_figure
     from nuwa.io import save_figure, write_csv
-    from nuwa.windows import load_series
+    from nuwa.windows import load_series, select_dataset
 
     params = _params(args, "diagnostics", uses_torch=True, dataset=args.dataset)
     settings = params["diagnostics"]
@@ -178,10 +182,23 @@ def cmd_diagnostics(args):
                                       ratio=params["bank"]["environment_ratio"], steps=settings["steps"],
                                       batch_size=params["saliency"]["batch_size"])
     print(f"diagnostics {args.dataset}: {table['seconds'].sum():.1f} s of pretraining and saliency", flush=True)
+    # and the masks the banks actually use: the saliency file, at the bank's ratio
+    saliency_path = args.saliency or grid.SALIENCY.format(dataset=args.dataset)
+    config = params["datasets"][args.dataset]
+    train = select_dataset(series, config, "train")
+    patches = (config["input_frames"], *(n // config["patch_size"] for n in series.field.shape[2:]))
+    in_use = diagnose_importance(train.inputs(train.starts), training_climatology(series),
+                                 load_importance(saliency_path, np.asarray(train.starts), patches), config["patch_size"],
+                                 params["bank"]["environment_ratio"])
+    table.insert(1, "masks", "pretrained here")
+    in_use.update(dataset=args.dataset, masks=f"in use ({saliency_path})", objective=params["pretrain"]["objective"],
+                  layers=layers_label(params["saliency"]["layers"]), seeds=str(params["pretrain"]["seed"]),
+                  pretrain_steps=params["pretrain"]["steps"])
+    table = pd.concat([table, pd.DataFrame([in_use])], ignore_index=True)
     # wall-clock seconds stay in the log: the files hold the same bytes on every run
     write_csv(per_seed.drop(columns="seconds"),
               args.out_per_seed or grid.DIAGNOSTICS_PER_SEED.format(dataset=args.dataset))
-    figure = diagnostics_figure(table, args.dataset)
+    figure = diagnostics_figure(table[table["masks"] == "pretrained here"], args.dataset)
     save_figure(figure, args.out_figure or grid.DIAGNOSTICS_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
     out = args.out or grid.DIAGNOSTICS.format(dataset=args.dataset)
@@ -388,8 +405,9 @@ def cmd_tables(args):
 
 def cmd_figures(args):
     import matplotlib.pyplot as plt
+    import pandas as pd
 
-    from nuwa.figures import prediction_strip
+    from nuwa.figures import comparison_figure, lead_time_figure, prediction_strip
     from nuwa.io import open_netcdf, save_figure
 
     params = _params(args, "figures", dataset=args.dataset)
@@ -408,6 +426,14 @@ def cmd_figures(args):
     out = args.out_saliency or grid.SALIENCY_FIGURE.format(dataset=args.dataset)
     show_mask(grid.SALIENCY.format(dataset=args.dataset), None, out, data=grid.PROCESSED.format(dataset=args.dataset),
               bank=bank)
+    # the paired differences with their intervals, and the error by lead time (runs and baselines)
+    comparisons = pd.read_csv(grid.COMPARISONS_CSV, keep_default_na=False, na_values=[""])
+    figure = comparison_figure(comparisons, args.dataset)
+    save_figure(figure, args.out_comparisons or grid.COMPARISON_FIGURE.format(dataset=args.dataset), dpi=110)
+    plt.close(figure)
+    figure = lead_time_figure(pd.read_csv(grid.LEAD_TIME_CSV, dtype={"seed": str}), args.dataset)
+    save_figure(figure, args.out_lead_time or grid.LEAD_TIME_FIGURE.format(dataset=args.dataset), dpi=110)
+    plt.close(figure)
     print(f"wrote figures for {args.dataset}")
 
 
@@ -497,8 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model")
     c.add_argument("--out")
     c = add("diagnostics", cmd_diagnostics, "what the saliency calls environmental: upstream ViTs pretrained per "
-            "objective and seed, their masks scored against the field's anomaly and change, and across seeds")
+            "objective and seed, their masks scored against the field's anomaly and change, and across seeds; "
+            "and the masks the banks use (the saliency file)")
     c.add_argument("--data")
+    c.add_argument("--saliency", help="the saliency file whose masks the banks use (default: the contract path)")
     c.add_argument("--out")
     c.add_argument("--out-per-seed")
     c.add_argument("--out-figure")
@@ -532,9 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out-md")
     c.add_argument("--out-comparisons", help=f"comparisons CSV (default {grid.COMPARISONS_CSV})")
     c.add_argument("--out-lead-time", help=f"per-lead-time mse/mae CSV (default {grid.LEAD_TIME_CSV})")
-    c = add("figures", cmd_figures, "prediction strip and saliency overlay for one dataset")
+    c = add("figures", cmd_figures, "prediction strip, saliency overlay, paired comparisons and lead-time curves "
+            "for one dataset")
     c.add_argument("--out-predictions")
     c.add_argument("--out-saliency")
+    c.add_argument("--out-comparisons")
+    c.add_argument("--out-lead-time")
     from nuwa.bench.backbones import parse_shape
 
     c = sub.add_parser("backbones", help="CSV name,params,flops of every registered backbone",

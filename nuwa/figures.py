@@ -217,3 +217,146 @@ def diagnostics_figure(table, dataset_name: str):
     figure.suptitle(f"{dataset_name}: saliency diagnostics (training windows{ratio_text})", fontsize=9)
     figure.tight_layout()
     return figure
+
+
+# --- comparisons and lead time --------------------------------------------------------------
+
+#: Marker styling of a comparison's verdict (:data:`nuwa.compare.VERDICTS` and ``TOO_FEW``).
+VERDICT_STYLES = {
+    "better": {"color": "tab:green", "marker": "o", "filled": True},
+    "worse": {"color": "tab:red", "marker": "s", "filled": True},
+    "no detectable difference": {"color": "tab:blue", "marker": "D", "filled": True},
+    "too few windows and seeds to tell": {"color": "tab:gray", "marker": "o", "filled": False},
+}
+_OTHER_VERDICT = {"color": "black", "marker": "x", "filled": True}
+_BASELINE_COLOURS = ("black", "dimgray", "darkgray", "silver")
+_BASELINE_DASHES = ("--", "-.", ":", (0, (5, 2, 1, 2)))
+
+
+def _count_text(values) -> str:
+    """``"3"``, or ``"2-3"`` where the rows differ."""
+    numbers = sorted({int(v) for v in values if v == v})
+    if not numbers:
+        return "?"
+    return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+
+
+def _message_figure(title: str, message: str):
+    figure, axis = plt.subplots(figsize=(6, 2))
+    axis.axis("off")
+    axis.text(0.5, 0.5, message, ha="center", va="center", fontsize=9, transform=axis.transAxes)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def comparison_figure(comparisons, dataset_name: str, windows: str = "all"):
+    """Paired comparisons A - B of one dataset and window set (:func:`nuwa.tables.comparison_table`).
+
+    One row per (backbone, comparison): the mean difference as a % of B's test loss,
+    ``100 * mean_difference / mean_b``, with the interval ``100 * [low, high] / mean_b`` as a
+    whisker, a vertical line at 0 (negative: A better), markers by verdict; a comparison with too
+    few windows and seeds for a verdict is drawn hollow and grey, with a note. Rows of the
+    ``mse`` metric are drawn where the table has them (else its first metric) and, where it has a
+    ``lead`` column, the rows averaged over the leads (``lead`` empty). A dataset / window set
+    with no comparison gives a figure that says so. Returns the matplotlib figure (the caller
+    saves and closes it).
+    """
+    frame = comparisons[(comparisons["dataset"] == dataset_name) & (comparisons["windows"] == windows)]
+    metric = "mse"
+    if "metric" in frame and len(frame):
+        metrics = list(dict.fromkeys(frame["metric"]))
+        metric = "mse" if "mse" in metrics else str(metrics[0])
+        frame = frame[frame["metric"] == metric]
+    if "lead" in frame and frame["lead"].isna().any():
+        frame = frame[frame["lead"].isna()]
+    if len(frame) == 0:
+        return _message_figure(f"{dataset_name}: {windows} test windows",
+                               f"no comparison for {dataset_name} on the {windows!r} test windows")
+
+    mean_b = frame["mean_b"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centre = 100.0 * frame["mean_difference"].to_numpy(dtype=float) / mean_b
+        low = 100.0 * frame["low"].to_numpy(dtype=float) / mean_b
+        high = 100.0 * frame["high"].to_numpy(dtype=float) / mean_b
+    verdicts = frame["verdict"].astype(str).to_numpy()
+    labels = [f"{row.backbone}: {row.comparison}" for row in frame.itertuples()]
+    positions = np.arange(len(frame))
+
+    figure, axis = plt.subplots(figsize=(6.5, 1.2 + 0.38 * len(frame)))
+    axis.axvline(0.0, color="black", linewidth=0.8, gid="zero")
+    for verdict in dict.fromkeys(verdicts):
+        style = VERDICT_STYLES.get(verdict, _OTHER_VERDICT)
+        rows = np.flatnonzero(verdicts == verdict)
+        hollow = not style["filled"]
+        axis.hlines(positions[rows], low[rows], high[rows], color=style["color"], linewidth=1.5,
+                    linestyles="dashed" if hollow else "solid", gid="interval")
+        axis.plot(centre[rows], positions[rows], linestyle="none", marker=style["marker"], markersize=6,
+                  color=style["color"], markerfacecolor="none" if hollow else style["color"],
+                  label=f"{verdict} ({len(rows)})", gid="difference")
+    axis.set_yticks(positions)
+    axis.set_yticklabels(labels, fontsize=7)
+    axis.set_ylim(len(frame) - 0.5, -0.5)  # first row on top
+    axis.tick_params(axis="x", labelsize=7)
+    axis.set_xlabel(f"A − B, % of B's test {metric.upper()} (negative: A better)", fontsize=8)
+    axis.legend(fontsize=6, loc="best")
+    seeds = _count_text(frame["n_seeds"]) if "n_seeds" in frame else "?"
+    count = _count_text(frame["n_windows"]) if "n_windows" in frame else "?"
+    axis.set_title(f"{dataset_name}: {windows} test windows ({seeds} seed{'' if seeds == '1' else 's'}, "
+                   f"{count} window{'' if count == '1' else 's'})", fontsize=9)
+    if any(not VERDICT_STYLES.get(v, _OTHER_VERDICT)["filled"] for v in verdicts):
+        figure.text(0.01, 0.005, "hollow grey, dashed: too few windows and seeds to tell (no verdict; the "
+                    "interval is shown, not tested)", fontsize=6, color="tab:gray", ha="left", va="bottom")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    return figure
+
+
+def lead_time_figure(lead_time, dataset_name: str, metric: str = "mse"):
+    """Test ``metric`` against lead time for one dataset (the ``lead_time.csv`` table: dataset,
+    backbone, variant, seed, lead, mse, mae).
+
+    One panel per backbone, one line per variant averaged over its seeds; the baselines (variant
+    ``-``, backbone = the baseline's name) are drawn dashed in black / grey in every panel. A
+    dataset with no rows gives a figure that says so; a ``metric`` not in the table is a
+    ValueError. Returns the matplotlib figure (the caller saves and closes it).
+    """
+    if metric not in lead_time.columns:
+        columns = ", ".join(map(str, lead_time.columns))
+        raise ValueError(f"no column {metric!r} in the lead-time table (columns: {columns})")
+    frame = lead_time[lead_time["dataset"] == dataset_name]
+    if len(frame) == 0:
+        return _message_figure(f"{dataset_name}: test {metric.upper()} by lead time",
+                               f"no lead-time rows for {dataset_name}")
+    baseline_rows = frame["variant"].astype(str) == "-"
+    baselines, models = frame[baseline_rows], frame[~baseline_rows]
+    backbones = list(dict.fromkeys(models["backbone"])) or ["baselines"]
+    variants = list(dict.fromkeys(models["variant"]))
+    colours = {variant: plt.get_cmap("tab10")(index % 10) for index, variant in enumerate(variants)}
+
+    def mean_curve(part):
+        curve = part.groupby("lead", sort=True)[metric].mean()
+        return curve.index.to_numpy(dtype=float), curve.to_numpy(dtype=float)
+
+    figure, axes = plt.subplots(1, len(backbones), figsize=(1.0 + 3.2 * len(backbones), 3.0), sharey=True,
+                                squeeze=False)
+    axes = axes[0]
+    for axis, backbone in zip(axes, backbones):
+        part = models[models["backbone"] == backbone]
+        for variant in dict.fromkeys(part["variant"]):
+            rows = part[part["variant"] == variant]
+            seeds = rows["seed"].nunique()
+            leads, values = mean_curve(rows)
+            axis.plot(leads, values, color=colours[variant], marker="o", markersize=2.5, linewidth=1.3,
+                      label=f"{variant} ({seeds} seed{'s' if seeds != 1 else ''})", gid=f"variant:{variant}")
+        for index, name in enumerate(dict.fromkeys(baselines["backbone"])):
+            leads, values = mean_curve(baselines[baselines["backbone"] == name])
+            axis.plot(leads, values, color=_BASELINE_COLOURS[index % len(_BASELINE_COLOURS)],
+                      linestyle=_BASELINE_DASHES[index % len(_BASELINE_DASHES)], linewidth=1.1, label=str(name),
+                      gid=f"baseline:{name}")
+        axis.set_title(str(backbone), fontsize=8)
+        axis.set_xlabel("lead time (steps)", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.legend(fontsize=6, loc="best")
+    axes[0].set_ylabel(f"test {metric.upper()} (mean over windows and seeds)", fontsize=8)
+    figure.suptitle(f"{dataset_name}: test {metric.upper()} by lead time (dashed: baselines)", fontsize=9)
+    figure.tight_layout()
+    return figure

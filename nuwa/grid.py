@@ -57,6 +57,8 @@ DIAGNOSTICS = "results/diagnostics/{dataset}.csv"  # saliency diagnostics, one r
 DIAGNOSTICS_PER_SEED = "results/diagnostics/{dataset}_per_seed.csv"
 DIAGNOSTICS_FIGURE = "results/figures/{dataset}_diagnostics.png"
 PREDICTION_FIGURE = "results/figures/{dataset}_predictions.png"
+COMPARISON_FIGURE = "results/figures/{dataset}_comparisons.png"  # paired differences with their intervals
+LEAD_TIME_FIGURE = "results/figures/{dataset}_lead_time.png"
 SALIENCY_FIGURE = "results/figures/{dataset}_saliency.png"
 
 

@@ -116,14 +116,16 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("saliency", ("dataset",), {"data": Input(grid.PROCESSED), "model": Input(grid.UPSTREAM_MODEL)},
           {"saliency": Output(grid.SALIENCY)}, ("datasets.{dataset}", "saliency"),
           "nuwa saliency --dataset {dataset} --data {data} --model {model} --out {saliency}", gpu=True),
-    Stage("diagnostics", ("dataset",), {"data": Input(grid.PROCESSED)},
+    Stage("diagnostics", ("dataset",), {"data": Input(grid.PROCESSED), "saliency": Input(grid.SALIENCY)},
           {"table": Output(grid.DIAGNOSTICS, "report"), "per_seed": Output(grid.DIAGNOSTICS_PER_SEED, "report"),
            "figure": Output(grid.DIAGNOSTICS_FIGURE, "report")},
-          ("datasets.{dataset}", "pretrain", "saliency.batch_size", "bank.environment_ratio", "diagnostics"),
-          "nuwa diagnostics --dataset {dataset} --data {data} --out {table} --out-per-seed {per_seed}"
+          ("datasets.{dataset}", "pretrain", "saliency", "bank.environment_ratio", "diagnostics"),
+          "nuwa diagnostics --dataset {dataset} --data {data} --saliency {saliency} --out {table}"
+          " --out-per-seed {per_seed}"
           " --out-figure {figure}", gpu=True,
           comment="What the saliency calls environmental: upstream ViTs pretrained in process per objective and "
-                  "seed, their masks scored against the field's anomaly and change and compared across seeds."),
+                  "seed, their masks scored against the field's anomaly and change and compared across seeds; "
+                  "and the masks the banks use, from the saliency file."),
     Stage("bank", ("dataset", "variant", "seed"),
           {"data": Input(grid.PROCESSED),
            "saliency": Input(grid.SALIENCY, when=lambda params, w: _method(params, w) in IMPORTANCE_METHODS)},
@@ -165,10 +167,14 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                              fixed={"backbone": lambda params: [params["figures"]["backbone"]],
                                     "seed": lambda params: [grid.first_seed(params)]}),
            "bank": Input(grid.BANK, fixed={"variant": _saliency_variants,
-                                           "seed": lambda params: [grid.first_seed(params)]})},
-          {"predictions": Output(grid.PREDICTION_FIGURE, "report"), "saliency_png": Output(grid.SALIENCY_FIGURE, "report")},
+                                           "seed": lambda params: [grid.first_seed(params)]}),
+           "comparisons": Input(grid.COMPARISONS_CSV), "lead_time": Input(grid.LEAD_TIME_CSV)},
+          {"predictions": Output(grid.PREDICTION_FIGURE, "report"), "saliency_png": Output(grid.SALIENCY_FIGURE, "report"),
+           "comparisons_png": Output(grid.COMPARISON_FIGURE, "report"),
+           "lead_time_png": Output(grid.LEAD_TIME_FIGURE, "report")},
           ("grid.variants", "grid.seeds", "variants", "figures"),
-          "nuwa figures --dataset {dataset} --out-predictions {predictions} --out-saliency {saliency_png}",
+          "nuwa figures --dataset {dataset} --out-predictions {predictions} --out-saliency {saliency_png}"
+          " --out-comparisons {comparisons_png} --out-lead-time {lead_time_png}",
           threads=False, mem_mb=2000),
 )}
 

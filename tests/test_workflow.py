@@ -93,10 +93,13 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
                     assert f"results/runs/{dataset}/{backbone}/{variant}/seed0/{name}" in files
         assert f"results/diagnostics/{dataset}.csv" in files and f"results/diagnostics/{dataset}_per_seed.csv" in files
         assert f"results/figures/{dataset}_diagnostics.png" in files
+        diagnostics = (snakemake_run / f"results/diagnostics/{dataset}.csv").read_text()
+        assert diagnostics.count("pretrained here") == 3 and "in use (results/saliency/" in diagnostics
         for baseline in params["grid"]["baselines"]:
             assert f"results/baselines/{dataset}/{baseline}.json" in files
             assert f"results/baselines/{dataset}/{baseline}_losses.nc" in files
         assert f"results/figures/{dataset}_predictions.png" in files
+        assert f"results/figures/{dataset}_comparisons.png" in files and f"results/figures/{dataset}_lead_time.png" in files
         assert f"results/figures/{dataset}_saliency.png" in files
     summary = (snakemake_run / "results/tables/summary.csv").read_text()
     for variant in ("ori", "nuwa", "random", "persistence", "optical_flow"):
