@@ -20,6 +20,10 @@ REPORTED = ("mse", "mae", "mse_frame", "mae_frame", "ssim", "psnr")
 # mean absolute change in training-std units. Comparing variants means comparing these too.
 PERTURBATION = ("mix_fraction", "bank_changed_cell_fraction", "bank_mean_abs_change")
 KEYS = ("dataset", "backbone", "variant", "method", "seeds")
+# the columns of comparisons.csv, also when no comparison's variants are in the grid (a header only)
+COMPARISON_COLUMNS = ("dataset", "backbone", "comparison", "a", "b", "metric", "windows", "lead", "n_seeds",
+                      "unpaired_seeds", "n_windows", "block", "confidence", "resamples", "mean_a", "mean_b",
+                      "mean_difference", "low", "high", "relative_difference", "units", "verdict")
 REFERENCE = "persistence"  # skill is 1 - MSE / MSE of this baseline
 
 
@@ -97,6 +101,8 @@ def comparison_table(losses: dict[tuple, object], comparisons: list[list[str]], 
                                       confidence=confidence, resamples=resamples)
                 rows.append({"dataset": dataset, "backbone": backbone, "comparison": f"{a} - {b}", "a": a, "b": b,
                              "metric": metric, "windows": windows, **result})
+    if not rows:
+        return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
     return pd.DataFrame(rows)
 
 

@@ -67,3 +67,22 @@ def test_comparison_rows_and_the_verdict_line_under_a_dataset():
     summary = summarise(records, {"d": {"persistence": {"mse": 4.0}}}, {"ori": "none", "nuwa": "saliency"})
     markdown = to_markdown(summary, {}, table)
     assert "- nuwa - ori, all windows: better 1, worse 0, no detectable difference 1, too few to tell 0" in markdown
+
+
+def test_no_comparison_in_the_grid_gives_a_header_that_reads_back(tmp_path):
+    """A grid without +Nuwa (e.g. ori and random only): comparisons.csv is a header, and the
+    figures stage reads it and draws a figure that says there is nothing to compare."""
+    import matplotlib.pyplot as plt
+    import xarray as xr
+
+    from nuwa.figures import comparison_figure
+
+    run = xr.Dataset({"mse": (("window", "lead"), np.ones((4, 1))), "mae": (("window", "lead"), np.ones((4, 1))),
+                      "target_mean": ("window", np.arange(4.0)), "target_max": ("window", np.arange(4.0))},
+                     coords={"source_index": ("window", np.arange(4)), "lead": [1]})
+    table = comparison_table({("d", "simvp", "ori", 0): run, ("d", "simvp", "random", 0): run}, [["nuwa", "ori"]],
+                             {"d": 1}, confidence=0.95, resamples=100, extreme_quantile=0.9)
+    assert len(table) == 0 and "verdict" in table.columns
+    table.to_csv(tmp_path / "comparisons.csv", index=False)
+    figure = comparison_figure(pd.read_csv(tmp_path / "comparisons.csv"), "d")
+    plt.close(figure)
