@@ -71,8 +71,8 @@ __all__ = [
     "verdict",
 ]
 
-#: What :func:`verdict` says of a loss difference A - B.
-VERDICTS = ("better", "worse", "no detectable difference")
+#: What :func:`verdict` says of a loss difference A - B (and, with too few units behind it, ``TOO_FEW``).
+VERDICTS = ("better", "worse", "no detectable difference", "too few windows and seeds to tell")
 
 # resamples drawn and evaluated at once (bounds memory at ~ _CHUNK x windows x 8 bytes, twice);
 # fixed, so that the draws' order, and the interval, never depend on the size of the data
@@ -149,7 +149,7 @@ def paired_interval(diff: Any, block: int, confidence: float = 0.95, resamples: 
 # reshuffles the same few numbers: it comes out narrow, or of zero width, and would claim a
 # difference that nothing supports. Such a comparison gets no verdict.
 MIN_UNITS = 5
-TOO_FEW = "too few windows and seeds to tell"
+TOO_FEW = VERDICTS[-1]
 
 
 def independent_units(seeds: int, windows: int, block: int) -> int:
@@ -157,13 +157,16 @@ def independent_units(seeds: int, windows: int, block: int) -> int:
     return int(seeds) * max(1, int(windows) // max(1, int(block)))
 
 
-def verdict(low: float, high: float) -> str:
+def verdict(low: float, high: float, units: int | None = None) -> str:
     """What an interval ``[low, high]`` of a loss difference A - B says (negative: A lower, better):
     ``"better"`` when it lies wholly below 0, ``"worse"`` wholly above, else
-    ``"no detectable difference"``."""
+    ``"no detectable difference"``; :data:`TOO_FEW` when ``units`` (:func:`independent_units`
+    behind the interval) is given and below :data:`MIN_UNITS`."""
     low, high = float(low), float(high)
     if math.isnan(low) or math.isnan(high) or low > high:
         raise ValueError(f"not an interval: [{low}, {high}]")
+    if units is not None and units < MIN_UNITS:
+        return TOO_FEW
     if high < 0.0:
         return "better"
     if low > 0.0:
@@ -270,6 +273,7 @@ def compare_runs(losses_a: Mapping[int, xr.Dataset], losses_b: Mapping[int, xr.D
         block = _block_from_attrs(losses_a[common[0]], f"A seed {common[0]}")
     difference = values_a - values_b
     mean, low, high = paired_interval(difference, block, confidence=confidence, resamples=resamples, seed=seed)
+    units = independent_units(len(common), difference.shape[1], block)
     mean_b = float(values_b.mean())
     return {
         "metric": metric, "lead": lead, "seeds": [int(s) for s in common], "n_seeds": len(common),
@@ -279,9 +283,8 @@ def compare_runs(losses_a: Mapping[int, xr.Dataset], losses_b: Mapping[int, xr.D
         "mean_a": float(values_a.mean()), "mean_b": mean_b,
         "mean_difference": mean, "low": low, "high": high,
         "relative_difference": mean / mean_b if mean_b != 0 else float("nan"),
-        "units": independent_units(len(common), difference.shape[1], block),
-        "verdict": (verdict(low, high) if independent_units(len(common), difference.shape[1], block) >= MIN_UNITS
-                    else TOO_FEW),
+        "units": units,
+        "verdict": verdict(low, high, units),
         "seed_differences": [float(v) for v in difference.mean(axis=1)],
     }
 

@@ -221,7 +221,7 @@ def diagnostics_figure(table, dataset_name: str):
 
 # --- comparisons and lead time --------------------------------------------------------------
 
-#: Marker styling of a comparison's verdict (:data:`nuwa.compare.VERDICTS` and ``TOO_FEW``).
+#: Marker styling of a comparison's verdict (:data:`nuwa.compare.VERDICTS`).
 VERDICT_STYLES = {
     "better": {"color": "tab:green", "marker": "o", "filled": True},
     "worse": {"color": "tab:red", "marker": "s", "filled": True},

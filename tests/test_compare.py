@@ -265,3 +265,10 @@ def test_an_interval_of_too_few_units_gets_no_verdict_however_narrow():
     assert result["low"] == result["high"] and result["verdict"] == compare.TOO_FEW
     assert compare.compare_runs(a, b, block=1)["verdict"] == "better"  # 13 independent windows
     assert compare.compare_runs(a, b, block=12)["verdict"] == compare.TOO_FEW  # 13 windows, one block
+
+
+def test_the_verdict_itself_refuses_an_interval_of_too_few_units():
+    assert compare.verdict(-2.0, -1.0) == "better"
+    assert compare.verdict(-2.0, -1.0, units=compare.MIN_UNITS) == "better"
+    assert compare.verdict(-2.0, -1.0, units=compare.MIN_UNITS - 1) == compare.TOO_FEW
+    assert compare.TOO_FEW in compare.VERDICTS
