@@ -163,42 +163,35 @@ def cmd_saliency(args):
 
 def cmd_diagnostics(args):
     import matplotlib.pyplot as plt
-
     import numpy as np
-    import pandas as pd
 
     from nuwa.bank import load_importance
-    from nuwa.diagnostics import diagnose_importance, diagnose_tables, layers_label, training_climatology
+    from nuwa.diagnostics import add_masks_in_use, diagnose_tables, training_climatology
     from nuwa.figures import diagnostics_figure
     from nuwa.io import save_figure, write_csv
-    from nuwa.windows import load_series, select_dataset
+    from nuwa.windows import load_series, patch_grid, select_dataset
 
     params = _params(args, "diagnostics", uses_torch=True, dataset=args.dataset)
-    settings = params["diagnostics"]
+    settings, config = params["diagnostics"], params["datasets"][args.dataset]
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    table, per_seed = diagnose_tables(series, args.dataset, params["datasets"][args.dataset], params["pretrain"],
+    table, per_seed = diagnose_tables(series, args.dataset, config, params["pretrain"],
                                       objectives=settings["objectives"], seeds=settings["seeds"],
                                       layer_choices=settings["layer_choices"],
                                       ratio=params["bank"]["environment_ratio"], steps=settings["steps"],
                                       batch_size=params["saliency"]["batch_size"])
     print(f"diagnostics {args.dataset}: {table['seconds'].sum():.1f} s of pretraining and saliency", flush=True)
+    figure = diagnostics_figure(table, args.dataset)
     # and the masks the banks actually use: the saliency file, at the bank's ratio
     saliency_path = args.saliency or grid.SALIENCY.format(dataset=args.dataset)
-    config = params["datasets"][args.dataset]
     train = select_dataset(series, config, "train")
-    patches = (config["input_frames"], *(n // config["patch_size"] for n in series.field.shape[2:]))
-    in_use = diagnose_importance(train.inputs(train.starts), training_climatology(series),
-                                 load_importance(saliency_path, np.asarray(train.starts), patches), config["patch_size"],
-                                 params["bank"]["environment_ratio"])
-    table.insert(1, "masks", "pretrained here")
-    in_use.update(dataset=args.dataset, masks=f"in use ({saliency_path})", objective=params["pretrain"]["objective"],
-                  layers=layers_label(params["saliency"]["layers"]), seeds=str(params["pretrain"]["seed"]),
-                  pretrain_steps=params["pretrain"]["steps"])
-    table = pd.concat([table, pd.DataFrame([in_use])], ignore_index=True)
+    importance = load_importance(saliency_path, np.asarray(train.starts), patch_grid(series, config))
+    table = add_masks_in_use(table, train.inputs(train.starts), training_climatology(series), importance,
+                             dataset_name=args.dataset, patch_size=config["patch_size"],
+                             ratio=params["bank"]["environment_ratio"], pretrain_config=params["pretrain"],
+                             layers=params["saliency"]["layers"], source=saliency_path)
     # wall-clock seconds stay in the log: the files hold the same bytes on every run
     write_csv(per_seed.drop(columns="seconds"),
               args.out_per_seed or grid.DIAGNOSTICS_PER_SEED.format(dataset=args.dataset))
-    figure = diagnostics_figure(table[table["masks"] == "pretrained here"], args.dataset)
     save_figure(figure, args.out_figure or grid.DIAGNOSTICS_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
     out = args.out or grid.DIAGNOSTICS.format(dataset=args.dataset)
@@ -212,7 +205,7 @@ def cmd_bank(args):
     from nuwa.bank import (BANK_CONTIGUOUS, IMPORTANCE_METHODS, LazyWindows, empty_bank_dataset, load_importance,
                            write_bank)
     from nuwa.io import write_netcdf
-    from nuwa.windows import load_series, select_dataset
+    from nuwa.windows import load_series, patch_grid, select_dataset
 
     params = _params(args, "bank", dataset=args.dataset, variant=args.variant, seed=args.seed)
     config = params["datasets"][args.dataset]
@@ -231,9 +224,8 @@ def cmd_bank(args):
         return
     importance = None
     if method in IMPORTANCE_METHODS:
-        patches = (config["input_frames"], *(n // config["patch_size"] for n in series.field.shape[2:]))
         importance = load_importance(args.saliency or grid.SALIENCY.format(dataset=args.dataset), source_index,
-                                     patches)
+                                     patch_grid(series, config))
     # windows fetched chunk by chunk while the bank streams to the file: neither the windows nor
     # the bank are ever whole in memory
     windows = LazyWindows(lambda a, b: train.inputs(source_index[a:b]),

@@ -373,3 +373,20 @@ def diagnose_tables(series: SeriesData, dataset_name: str, dataset_config: dict,
             row["seconds"] = float(sum(r["seconds"] for r in runs))
             rows.append(row)
     return pd.DataFrame(rows, columns=list(COLUMNS)), pd.DataFrame(records, columns=list(PER_SEED_COLUMNS))
+
+
+def add_masks_in_use(table: pd.DataFrame, windows: np.ndarray, climatology: np.ndarray, importance: np.ndarray, *,
+                     dataset_name: str, patch_size: int, ratio: float, pretrain_config: dict, layers: Sequence[int],
+                     source: str) -> pd.DataFrame:
+    """``table`` (:func:`diagnose_tables`' rows, marked ``masks = "pretrained here"``) and a last
+    row for the masks the banks use: :func:`diagnose_importance` of the saliency file's
+    ``importance`` (from ``source``) on the training ``windows``, labelled with the pipeline's
+    upstream objective, seed and layers."""
+    import pandas as pd
+
+    row = diagnose_importance(windows, climatology, importance, patch_size, ratio)
+    row.update(dataset=dataset_name, masks=f"in use ({source})", objective=pretrain_config["objective"],
+               layers=layers_label(layers), seeds=str(pretrain_config["seed"]), pretrain_steps=pretrain_config["steps"])
+    table = table.copy()
+    table.insert(1, "masks", "pretrained here")
+    return pd.concat([table, pd.DataFrame([row])], ignore_index=True)

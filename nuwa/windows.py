@@ -178,3 +178,9 @@ class WindowDataset:
 
 def select_dataset(series: SeriesData, config: dict, split: str) -> WindowDataset:
     return WindowDataset(series, split, config["input_frames"], config["output_frames"], config["window_stride"])
+
+
+def patch_grid(series: SeriesData, config: dict) -> tuple[int, int, int]:
+    """(steps, patch rows, patch columns) of a dataset's input windows: the shape of one window's
+    saliency importance and bank mask."""
+    return (config["input_frames"], *(n // config["patch_size"] for n in series.field.shape[2:]))

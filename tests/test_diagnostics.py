@@ -220,3 +220,21 @@ def test_driver_one_seed_has_no_stability_numbers(tiny_glyphs):
         assert len(figure.axes) == 2  # no IoU panel without two seeds
     finally:
         plt.close(figure)
+
+
+def test_the_masks_in_use_are_a_last_row_beside_the_pretrained_ones(blob):
+    import pandas as pd
+
+    from nuwa.diagnostics import add_masks_in_use
+
+    windows, climatology, on_blob = blob
+    importance = np.where(on_blob, 0.0, 1.0).astype(np.float32)
+    table = pd.DataFrame([{"dataset": "blob", "objective": "masked", "layers": "-1", "overlap_anomaly": 0.3}])
+    both = add_masks_in_use(table, windows, climatology, importance, dataset_name="blob", patch_size=P, ratio=RATIO,
+                            pretrain_config={"objective": "reconstruct", "seed": 0, "steps": 150}, layers=[-1],
+                            source="sal.nc")
+    assert list(both["masks"]) == ["pretrained here", "in use (sal.nc)"]
+    last = both.iloc[-1]
+    assert last["objective"] == "reconstruct" and last["layers"] == "-1" and last["seeds"] == "0"
+    assert last["overlap_anomaly"] == diagnose_importance(windows, climatology, importance, P, RATIO)["overlap_anomaly"]
+    assert "masks" not in table  # the caller's table is left as it was
