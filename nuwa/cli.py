@@ -381,9 +381,9 @@ def cmd_tables(args):
                                                             params["datasets"][d]["window_stride"]) for d in datasets}
     comparisons = comparison_table(losses, settings["comparisons"], blocks, confidence=settings["confidence"],
                                    resamples=settings["resamples"], extreme_quantile=settings["extreme_quantile"])
-    by_run = {**{key: value for key, value in losses.items()},
-              **{(d, name, "-", "-"): open_netcdf(grid.BASELINE_LOSSES.format(dataset=d, baseline=name),
-                                                  variables=("mse", "mae")) for d in datasets for name in names}}
+    by_run = {**losses, **{(d, name, "-", "-"): open_netcdf(grid.BASELINE_LOSSES.format(dataset=d, baseline=name),
+                                                            variables=("mse", "mae"))
+                           for d in datasets for name in names}}
     lead_time = lead_time_table(by_run)
     keys = pd.DataFrame(lead_time["key"].tolist(), columns=list(grid.AXES), index=lead_time.index)
     lead_time = pd.concat([keys, lead_time.drop(columns="key")], axis=1)
@@ -401,6 +401,7 @@ def cmd_figures(args):
 
     from nuwa.figures import comparison_figure, lead_time_figure, prediction_strip
     from nuwa.io import open_netcdf, save_figure
+    from nuwa.stages import figure_bank_variants
 
     params = _params(args, "figures", dataset=args.dataset)
     backbone, seed = params["figures"]["backbone"], grid.first_seed(params)
@@ -411,10 +412,10 @@ def cmd_figures(args):
     figure = prediction_strip(examples, f"{args.dataset} ({backbone}, seed {seed})")
     save_figure(figure, args.out_predictions or grid.PREDICTION_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
-    # the saliency figure outlines the mask a bank used: the first saliency variant's, if any
-    saliency_variants = [v for v in params["grid"]["variants"] if params["variants"][v]["method"] == "saliency"]
-    bank = (grid.BANK.format(dataset=args.dataset, variant=saliency_variants[0], seed=seed)
-            if saliency_variants else None)
+    # the saliency figure outlines the mask a bank used: the first saliency variant's, if any (the
+    # figures stage's input, nuwa.stages)
+    bank = next((grid.BANK.format(dataset=args.dataset, variant=variant, seed=seed)
+                 for variant in figure_bank_variants(params)), None)
     out = args.out_saliency or grid.SALIENCY_FIGURE.format(dataset=args.dataset)
     show_mask(grid.SALIENCY.format(dataset=args.dataset), None, out, data=grid.PROCESSED.format(dataset=args.dataset),
               bank=bank)

@@ -100,8 +100,8 @@ TRAIN_KNOBS = ("mix_fraction",)
 def variant_settings(params: dict, variant: str, knobs=BANK_KNOBS) -> dict:
     """A variant's method and ``knobs``, each the variant's own value or else ``bank``'s default."""
     entry = params["variants"][variant]
-    if entry["method"] == "none":
-        return {"method": "none", **{knob: 0.0 for knob in knobs if knob in ("environment_ratio", "mix_fraction")}}
+    if entry["method"] == "none":  # Ori: no bank to build; every batch position is an original window
+        return {"method": "none", **{knob: 0.0 for knob in knobs if knob == "mix_fraction"}}
     return {"method": entry["method"], **{knob: entry[knob] if knob in entry else params["bank"][knob]
                                           for knob in knobs}}
 

@@ -80,8 +80,8 @@ def dataset_source(params, wildcards) -> list[str]:
     return [source]
 
 
-def _saliency_variants(params) -> list[str]:
-    """The bank whose masks the saliency figure outlines: the first saliency variant's (if any)."""
+def figure_bank_variants(params) -> list[str]:
+    """The variant whose bank's masks the saliency figure outlines: the first saliency variant (if any)."""
     return [v for v in params["grid"]["variants"] if params["variants"][v]["method"] == "saliency"][:1]
 
 
@@ -166,7 +166,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "examples": Input(RUN.replace("{name}", "examples.nc"), over=("variant",),
                              fixed={"backbone": lambda params: [params["figures"]["backbone"]],
                                     "seed": lambda params: [grid.first_seed(params)]}),
-           "bank": Input(grid.BANK, fixed={"variant": _saliency_variants,
+           "bank": Input(grid.BANK, fixed={"variant": figure_bank_variants,
                                            "seed": lambda params: [grid.first_seed(params)]}),
            "comparisons": Input(grid.COMPARISONS_CSV), "lead_time": Input(grid.LEAD_TIME_CSV)},
           {"predictions": Output(grid.PREDICTION_FIGURE, "report"), "saliency_png": Output(grid.SALIENCY_FIGURE, "report"),
