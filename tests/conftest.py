@@ -195,3 +195,24 @@ def cli_fails_cleanly(argv: list[str], capsys, culprit: Path, *phrases: str, out
         left = [str(p) for p in out.rglob("*")] if out.exists() else []
         assert left == [], f"files written (or temporaries left) by a failed {argv[0]}: {left}"
     return lines[0]
+
+
+def killed_at_loss_call(monkeypatch, call: int, run) -> None:
+    """Run ``run()`` with ``nuwa.train.training_loss`` interrupted (KeyboardInterrupt, as a kill)
+    at its ``call``-th call, check that the run stopped there, and put the real loss back."""
+    import nuwa.train as train_module
+
+    real_loss, calls = train_module.training_loss, {"n": 0}
+
+    def dying_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "training_loss", dying_loss)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        monkeypatch.setattr(train_module, "training_loss", real_loss)

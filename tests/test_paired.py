@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import killed_at_loss_call
 import nuwa.loader as loader_module
 import nuwa.train as train_module
 from nuwa.ingest import ingest
@@ -210,18 +211,9 @@ def test_a_killed_augmented_run_resumes_to_the_same_bytes(tiny_params_module, ba
     _, history, metrics, _, _ = train_module.train_cell(series, **arguments)
 
     checkpoint = tmp_path / "checkpoint.pt"
-    real_loss, calls = train_module.training_loss, {"n": 0}
-
-    def dying_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the checkpoint of step 3, before step 6's
-            raise KeyboardInterrupt("killed")
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "training_loss", dying_loss)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train_cell(series, checkpoint_path=checkpoint, **arguments)
-    monkeypatch.setattr(train_module, "training_loss", real_loss)
+    # killed after the checkpoint of step 3, before step 6's
+    killed_at_loss_call(monkeypatch, 5, lambda: train_module.train_cell(series, checkpoint_path=checkpoint,
+                                                                        **arguments))
     assert set(load_checkpoint(checkpoint)["rows"]) == {"originals", "bank"}
     _, resumed_history, resumed_metrics, _, _ = train_module.train_cell(series, checkpoint_path=checkpoint,
                                                                          **arguments)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import xarray as xr
 
-from conftest import TINY_PARAMS
+from conftest import TINY_PARAMS, killed_at_loss_call
 import nuwa.loader as loader_module
 import nuwa.train as train_module
 from nuwa.ingest import ingest
@@ -32,19 +32,10 @@ def test_killed_training_resumes_to_the_same_result(tiny_params, tiny_series, tm
     _, history, metrics, _, losses = train_module.train_cell(tiny_series, **arguments)
 
     checkpoint = tmp_path / "checkpoint.pt"
-    real_loss, calls = train_module.training_loss, {"n": 0}
-
-    def dying_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the checkpoint of step 3, before step 6's
-            raise KeyboardInterrupt("killed")
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "training_loss", dying_loss)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train_cell(tiny_series, checkpoint_path=checkpoint, **arguments)
+    # killed after the checkpoint of step 3, before step 6's
+    killed_at_loss_call(monkeypatch, 5, lambda: train_module.train_cell(tiny_series, checkpoint_path=checkpoint,
+                                                                        **arguments))
     assert checkpoint.exists()
-    monkeypatch.setattr(train_module, "training_loss", real_loss)
     _, resumed_history, resumed_metrics, _, resumed_losses = train_module.train_cell(
         tiny_series, checkpoint_path=checkpoint, **arguments)
     for key in ("mse", "mae", "ssim", "psnr", "best_step", "best_val_loss"):
