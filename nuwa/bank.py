@@ -82,7 +82,7 @@ __all__ = ["BANK_CONTIGUOUS", "BANK_METHODS", "IMPORTANCE_METHODS", "NEIGHBOUR_O
            "inverted_causal_mask", "load_importance", "matched_donors", "matched_masks", "random_causal_mask",
            "random_masks", "temporal_terms", "to_patches", "window_draws", "write_bank"]
 
-# the methods write_bank builds (a variant's method 'none', Ori, has an empty bank: empty_bank_dataset)
+# the methods write_bank builds (methods 'none' (Ori) and 'mixup' store none: empty_bank_dataset)
 BANK_METHODS = ("saliency", "random", "random_matched", "saliency_inverted")
 # the methods whose bank reads the saliency file's importance
 IMPORTANCE_METHODS = ("saliency", "random_matched", "saliency_inverted")
@@ -588,9 +588,11 @@ def bank_dataset(bank: dict[str, np.ndarray], *, channels, units: str, method: s
     )
 
 
-def empty_bank_dataset(series, config: dict, dataset_name: str, variant: str, seed: int) -> xr.Dataset:
-    """The bank of a variant with method 'none' (Ori): zero rows, the same variables and
-    attributes as any bank (strength 0.0). Write it with ``contiguous=BANK_CONTIGUOUS``."""
+def empty_bank_dataset(series, config: dict, dataset_name: str, variant: str, seed: int,
+                       method: str = "none") -> xr.Dataset:
+    """The bank of a variant whose method stores none (:data:`nuwa.grid.BANKLESS_METHODS`: Ori,
+    mixup): zero rows, the same variables and attributes as any bank (strength 0.0). Write it
+    with ``contiguous=BANK_CONTIGUOUS``."""
     t, (c, h, w) = config["input_frames"], series.field.shape[1:]
     p = config["patch_size"]
     empty = {"augmented": np.zeros((0, t, c, h, w), np.float32), "source_index": np.zeros(0, np.int64),
@@ -598,7 +600,7 @@ def empty_bank_dataset(series, config: dict, dataset_name: str, variant: str, se
              "intervened": np.zeros((0, t), np.int8), "changed": np.zeros((0, t, h // p, w // p), np.int8),
              "causal": np.zeros((0, t, h // p, w // p), np.int8)}
     return bank_dataset(empty, channels=[str(i) for i in range(c)], units=series.attrs.get("units", "1"),
-                        method="none", settings={"environment_ratio": 0.0}, patch_size=p,
+                        method=method, settings={"environment_ratio": 0.0}, patch_size=p,
                         dataset_name=dataset_name, variant=variant, seed=seed,
                         strength={"changed_cell_fraction": 0.0, "mean_abs_change_std": 0.0})
 

@@ -215,12 +215,13 @@ def cmd_bank(args):
     train = select_dataset(series, config, "train")
     source_index = np.asarray(train.starts)
     out = args.out or grid.BANK.format(dataset=args.dataset, variant=args.variant, seed=args.seed)
-    if method == "none":
-        # Ori trains on the original windows: its bank is empty by definition, which keeps
-        # the DAG uniform (every variant's training reads its bank) in Snakemake and DVC alike.
-        write_netcdf(empty_bank_dataset(series, config, args.dataset, args.variant, args.seed), out,
+    if method in grid.BANKLESS_METHODS:
+        # Ori trains on the original windows, mixup mixes them at batch time: the bank is empty by
+        # definition, which keeps the DAG uniform (every variant's training reads its bank) in
+        # Snakemake and DVC alike.
+        write_netcdf(empty_bank_dataset(series, config, args.dataset, args.variant, args.seed, method), out,
                      contiguous=BANK_CONTIGUOUS)
-        print(f"wrote {out} (method 'none': no augmented windows)")
+        print(f"wrote {out} (method {method!r}: no stored augmented windows)")
         return
     importance = None
     if method in IMPORTANCE_METHODS:
@@ -294,6 +295,16 @@ def _train(args, params, context):
         # how strongly the bank perturbs, beside every result (tables): the mean change is in training-std units
         strength = {"bank_changed_cell_fraction": float(bank.attrs["changed_cell_fraction"]),
                     "bank_mean_abs_change": float(bank.attrs["mean_abs_change_std"])}
+    mixup_alpha = settings.get("mixup_alpha")
+    if mixup_alpha is not None:  # no bank: mixup's strength in the banks' terms, from one mixed copy per window
+        from nuwa.loader import mixup_strength
+        from nuwa.windows import select_dataset
+
+        config = params["datasets"][args.dataset]
+        mixed = mixup_strength(select_dataset(series, config, "train"), mixup_alpha, args.seed, args.dataset,
+                               patch_size=config["patch_size"])
+        strength = {"bank_changed_cell_fraction": mixed["changed_cell_fraction"],
+                    "bank_mean_abs_change": mixed["mean_abs_change_std"]}
     upstream = upstream_path = None
     if params["backbones"][args.backbone].get("init_from_upstream"):
         upstream_path = args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
@@ -303,7 +314,8 @@ def _train(args, params, context):
         model, history, metrics, examples, losses = train_cell(
             series, dataset_name=args.dataset, dataset_config=params["datasets"][args.dataset],
             backbone_name=args.backbone, backbone_config=params["backbones"][args.backbone], variant=args.variant,
-            train_config=params["train"], mix_fraction=settings["mix_fraction"], seed=args.seed,
+            train_config=params["train"], mix_fraction=settings["mix_fraction"], mixup_alpha=mixup_alpha,
+            seed=args.seed,
             bank_inputs=bank_inputs, bank_sources=bank_sources, bank_copies=bank_copies,
             checkpoint_path=checkpoint_path, upstream=upstream, upstream_source=upstream_path, context=context,
             fss_scales=params["evaluation"]["fss_scales"])

@@ -231,6 +231,7 @@ def _cross_checks(params: dict):
     """Checks that need more than one key, or the registries. Yields messages."""
     from nuwa.backbones import backbone_kinds
     from nuwa.datasets import dataset_config_schema, dataset_kinds
+    from nuwa.grid import BANK_KNOBS, BANKLESS_METHODS
 
     grid = params["grid"]
     for section, grid_key in (("datasets", "datasets"), ("backbones", "backbones"), ("variants", "variants")):
@@ -285,6 +286,17 @@ def _cross_checks(params: dict):
                        f"(defined: {', '.join(sorted(params['variants']))})")
         if pair[0] == pair[1]:
             yield f"evaluation.comparisons.{index}: {pair!r} compares a variant with itself"
+    for name, entry in params["variants"].items():
+        if entry["method"] == "mixup" and "mixup_alpha" not in entry:
+            yield (f"variants.{name}: method 'mixup' needs mixup_alpha (lambda ~ Beta(alpha, alpha); "
+                   "0.2 is Zhang et al.'s choice)")
+        if entry["method"] != "mixup" and "mixup_alpha" in entry:
+            yield f"variants.{name}.mixup_alpha: only a variant with method 'mixup' reads it (method {entry['method']!r})"
+        if entry["method"] in BANKLESS_METHODS:
+            unread = sorted(set(entry) & set(BANK_KNOBS))
+            if unread:
+                yield (f"variants.{name}: method {entry['method']!r} builds no bank, so {', '.join(unread)} would "
+                       "be ignored; remove it")
     methods = {params["variants"][v]["method"] for v in grid["variants"]}
     if "none" not in methods:
         yield "grid.variants: no variant with method 'none' (the Ori baseline every comparison needs)"

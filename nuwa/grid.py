@@ -92,6 +92,11 @@ def train_cells(params: dict) -> list:
     return [Cell(*values) for values in product(*(axis_values(params, axis) for axis in AXES))]
 
 
+# Methods with no stored bank: Ori ('none') trains on the original windows; 'mixup' (the reference
+# augmentation) mixes two original windows per position at batch time (nuwa.loader). Their bank
+# file is empty, which keeps the DAG uniform (every variant's training reads its bank).
+BANKLESS_METHODS = ("none", "mixup")
+
 # A variant's knobs, each with its default in `bank`: the variant owns them (one owner per value).
 BANK_KNOBS = ("environment_ratio", "copies", "sigma", "history", "history_decay", "exclude_causal_neighbours")
 TRAIN_KNOBS = ("mix_fraction",)
@@ -100,6 +105,9 @@ TRAIN_KNOBS = ("mix_fraction",)
 def variant_settings(params: dict, variant: str, knobs=BANK_KNOBS) -> dict:
     """A variant's method and ``knobs``, each the variant's own value or else ``bank``'s default."""
     entry = params["variants"][variant]
+    if entry["method"] == "mixup":  # no bank: only the batch knobs (mix_fraction) and its own alpha
+        return {"method": "mixup", **{knob: entry.get(knob, params["bank"].get(knob)) for knob in knobs
+                                      if knob in TRAIN_KNOBS}, "mixup_alpha": entry["mixup_alpha"]}
     if entry["method"] == "none":  # Ori: no bank to build; every batch position is an original window
         return {"method": "none", **{knob: 0.0 for knob in knobs if knob == "mix_fraction"}}
     return {"method": entry["method"], **{knob: entry[knob] if knob in entry else params["bank"][knob]

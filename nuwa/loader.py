@@ -11,11 +11,19 @@ the variant's name and both are drawn every step whatever the variant, so Ori tr
 the original windows of each step, +Nuwa and random replace the same positions of them, and
 only the augmentation differs between the two. ``mix_fraction`` 0, or an empty bank: Ori's
 batches.
+
+**Mixup, the reference augmentation** (Zhang et al. 2018, the standard augmentation a user would
+otherwise try): the same positions (``u < mix_fraction``) instead become ``λ·w + (1 − λ)·w'``, the
+window ``w`` mixed with another training window ``w'``, inputs and targets with the same
+``λ ~ Beta(α, α)``; ``w'`` and ``λ`` come from a third stream of their own, so the original
+windows and the mixed positions are those of every other variant (:class:`MixedRows`).
 """
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +31,23 @@ import torch
 from nuwa.io import DataFileError
 from nuwa.seeding import torch_generator
 from nuwa.windows import WindowDataset
+
+
+@dataclass(frozen=True)
+class MixedRows:
+    """A batch's pool rows with mixup at some positions: position ``i`` is ``weights[i]`` times
+    row ``rows[i]`` plus ``1 - weights[i]`` times the original window at pool row ``partners[i]``,
+    inputs and targets alike (weight 1: not mixed). Sliced like the rows tensor (a process's share)."""
+
+    rows: torch.Tensor  # int64 pool rows
+    partners: torch.Tensor  # int64 pool rows of original windows
+    weights: torch.Tensor  # float64 in [0, 1]
+
+    def __getitem__(self, index) -> MixedRows:
+        return MixedRows(self.rows[index], self.partners[index], self.weights[index])
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class TrainingPool:
@@ -62,9 +87,10 @@ class TrainingPool:
     def __len__(self) -> int:
         return len(self.sources)
 
-    def batch(self, rows: torch.Tensor, pin_memory: bool = False,
+    def batch(self, rows: torch.Tensor | MixedRows, pin_memory: bool = False,
               nogil: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of the pool's ``rows``, normalised, in the order given.
+        :class:`MixedRows`: its rows' windows, then mixed with their partners (:meth:`_mix`).
 
         Row by row: a window is a contiguous block of the normalised series (one copy), a bank
         row one positioned read from the bank file into the batch, normalised there.
@@ -73,6 +99,10 @@ class TrainingPool:
         (:mod:`nuwa.batchkernel`; the same bytes) where it can be (a contiguous bank file, or
         none, and float32 statistics), for a loader thread beside a Python-bound step.
         """
+        if isinstance(rows, MixedRows):
+            inputs, targets = self.batch(rows.rows, pin_memory, nogil)
+            self._mix(rows, inputs.numpy(), targets.numpy())
+            return inputs, targets
         rows = np.asarray(rows, dtype=np.int64)
         train, originals = self.train, len(self.starts)
         normalised = train.normalised.numpy()
@@ -103,6 +133,20 @@ class TrainingPool:
             targets[position] = normalised[start + t_in:start + t_in + t_out]
         return input_batch, target_batch
 
+    def _mix(self, mixed: MixedRows, inputs: np.ndarray, targets: np.ndarray) -> None:
+        """Mix the built batch in place: ``λ·x + (1 − λ)·x'`` in float32, on normalised values (the
+        normalisation is affine with one mean and std per channel, so this is the mix of the
+        physical windows, normalised)."""
+        normalised = self.train.normalised.numpy()
+        t_in, t_out = self.train.input_frames, self.train.output_frames
+        weights, partners = mixed.weights.numpy(), mixed.partners.numpy()
+        for position in np.flatnonzero(weights < 1.0).tolist():
+            start = int(self.sources[partners[position]])
+            weight = np.float32(weights[position])
+            inputs[position] = weight * inputs[position] + (np.float32(1) - weight) * normalised[start:start + t_in]
+            targets[position] = (weight * targets[position]
+                                 + (np.float32(1) - weight) * normalised[start + t_in:start + t_in + t_out])
+
     def _compiled_batches(self) -> bool:
         """Whether :mod:`nuwa.batchkernel` can build this pool's batches."""
         series = self.train.series
@@ -112,6 +156,42 @@ class TrainingPool:
         from nuwa import batchkernel
 
         return batchkernel.available()
+
+
+def mixup_strength(train: WindowDataset, alpha: float, seed: int, *names: str | int, patch_size: int,
+                   chunk: int = 256) -> dict:
+    """How strongly mixup perturbs, in the bank files' terms (:meth:`nuwa.bank` ``strength``), so
+    that the tables show it beside the banks': one mixed copy of every training window (a partner
+    window and ``λ ~ Beta(α, α)`` drawn from a stream of its own, not the training batches'),
+    compared with the original inputs. Returns ``changed_cell_fraction`` (the (step, patch) cells
+    where a pixel changed) and ``mean_abs_change_std`` (mean |change| over every value, in
+    training-std units). The targets are mixed with the same λ; only the inputs are counted, as
+    for the banks."""
+    from scipy.special import betaincinv
+
+    from nuwa.bank import compare_to_original
+
+    starts = np.asarray(train.starts)
+    generator = torch_generator(seed, "mixup-strength", *names)
+    partner_draw, weight_draw = torch.rand((2, len(starts)), dtype=torch.float64, generator=generator).numpy()
+    partners = np.minimum((partner_draw * len(starts)).astype(np.int64), len(starts) - 1)
+    weights = betaincinv(alpha, alpha, weight_draw).astype(np.float32)
+    std = np.asarray(train.series.std, dtype=np.float64)
+    changed = total = 0.0
+    cells = values = 0
+    for first in range(0, len(starts), chunk):
+        part = slice(first, first + chunk)
+        original = np.asarray(train.inputs(starts[part]), dtype=np.float32)
+        partner = np.asarray(train.inputs(starts[partners[part]]), dtype=np.float32)
+        weight = weights[part].reshape(-1, 1, 1, 1, 1)
+        mixed = weight * original + (np.float32(1) - weight) * partner
+        flags, sums = compare_to_original(original, mixed, patch_size)
+        changed += float(flags.sum())
+        cells += flags.size
+        total += float((sums / std).sum())
+        values += original.size
+    return {"changed_cell_fraction": changed / cells if cells else 0.0,
+            "mean_abs_change_std": total / values if values else 0.0}
 
 
 def check_finite_rows(rows, where: str, block_bytes: int = 8 * 2**20) -> None:
@@ -139,10 +219,13 @@ class PairedRows:
     ``pool.sources`` (the bank rows' source windows) it gives the row holding copy ``c`` of window
     ``p``, whatever the bank's row order. Needed when ``mix_fraction > 0`` and the bank is not
     empty; every (window, copy) pair for copies ``0..max(copy)`` must be there, once.
+    ``mixup_alpha``: the mixed positions are mixup of two original windows instead (:class:`MixedRows`;
+    the pool must hold no bank rows), partners and ``λ ~ Beta(α, α)`` drawn from ``mixup``.
     """
 
     def __init__(self, pool, bank_copies: np.ndarray | None = None, mix_fraction: float = 0.0, *,
-                 originals: torch.Generator, bank: torch.Generator):
+                 originals: torch.Generator, bank: torch.Generator, mixup_alpha: float | None = None,
+                 mixup: torch.Generator | None = None):
         mix_fraction = float(mix_fraction)
         if not 0.0 <= mix_fraction <= 1.0:  # also refuses NaN
             raise ValueError(f"bank.mix_fraction {mix_fraction!r}: expected a number in [0, 1] (the share of "
@@ -157,20 +240,32 @@ class PairedRows:
             table = copy_row_table(starts, bank_sources, bank_copies, getattr(getattr(pool, "bank", None), "path", None))
             if mix_fraction > 0:
                 self.copy_rows = torch.from_numpy(table)
+        self.mixup_alpha, self.mixup_generator = mixup_alpha, mixup
+        if mixup_alpha is not None:
+            if not (math.isfinite(mixup_alpha) and mixup_alpha > 0):
+                raise ValueError(f"mixup_alpha {mixup_alpha!r}: expected a number > 0 (λ ~ Beta(α, α))")
+            if len(bank_sources):
+                raise ValueError("mixup mixes original windows: its pool must hold no bank rows")
+            if mixup is None:
+                raise ValueError("mixup_alpha needs the generator of its draws (mixup=)")
 
     @classmethod
     def seeded(cls, pool, seed: int, *names: str | int, bank_copies: np.ndarray | None = None,
-               mix_fraction: float = 0.0) -> PairedRows:
-        """Both generators seeded from (``seed``, ``names``): give names that leave out the
+               mix_fraction: float = 0.0, mixup_alpha: float | None = None) -> PairedRows:
+        """The generators seeded from (``seed``, ``names``): give names that leave out the
         variant (e.g. the dataset and backbone) for batches paired across variants."""
         return cls(pool, bank_copies, mix_fraction, originals=torch_generator(seed, "train-rows", *names),
-                   bank=torch_generator(seed, "train-bank-rows", *names))
+                   bank=torch_generator(seed, "train-bank-rows", *names), mixup_alpha=mixup_alpha,
+                   mixup=torch_generator(seed, "train-mixup-rows", *names) if mixup_alpha is not None else None)
 
-    def draw(self, batch_size: int) -> torch.Tensor:
-        """The pool rows (int64) of the next batch of ``batch_size``; every process draws them all."""
+    def draw(self, batch_size: int) -> torch.Tensor | MixedRows:
+        """The pool rows (int64) of the next batch of ``batch_size`` (:class:`MixedRows` for mixup);
+        every process draws them all."""
         positions = torch.randint(self.originals, (batch_size,), generator=self.original_generator)
         # drawn whatever the variant and the mix, so that neither stream ever shifts
         uniform, copy_draw = torch.rand((2, batch_size), dtype=torch.float64, generator=self.bank_generator)
+        if self.mixup_alpha is not None:
+            return self._mixup(positions, uniform < self.mix_fraction)
         if self.copy_rows is None:
             return positions
         copies = self.copy_rows.shape[1]
@@ -180,12 +275,30 @@ class PairedRows:
         rows[mixed] = self.copy_rows[positions[mixed], copy[mixed]]
         return rows
 
+    def _mixup(self, positions: torch.Tensor, mixed: torch.Tensor) -> MixedRows:
+        from scipy.special import betaincinv
+
+        partner_draw, weight_draw = torch.rand((2, len(positions)), dtype=torch.float64,
+                                               generator=self.mixup_generator)
+        partners = torch.clamp((partner_draw * self.originals).long(), max=self.originals - 1)
+        # λ ~ Beta(α, α) by its inverse CDF of a uniform: one seeded torch stream, no second generator
+        weights = torch.from_numpy(betaincinv(self.mixup_alpha, self.mixup_alpha, weight_draw.numpy()))
+        weights[~mixed] = 1.0
+        return MixedRows(positions, partners, weights)
+
     def get_state(self) -> dict:
-        return {"originals": self.original_generator.get_state(), "bank": self.bank_generator.get_state()}
+        state = {"originals": self.original_generator.get_state(), "bank": self.bank_generator.get_state()}
+        if self.mixup_generator is not None:
+            state["mixup"] = self.mixup_generator.get_state()
+        return state
 
     def set_state(self, state: dict) -> None:
         self.original_generator.set_state(state["originals"])
         self.bank_generator.set_state(state["bank"])
+        if self.mixup_generator is not None:
+            if "mixup" not in state:
+                raise ValueError("the saved batch-row state has no mixup stream (written by a run without mixup)")
+            self.mixup_generator.set_state(state["mixup"])
 
 
 def copy_row_table(starts: np.ndarray, bank_sources: np.ndarray, bank_copies: np.ndarray | None,

@@ -59,8 +59,8 @@ class Stage:
     mem_mb: int = 4000
     gpu: bool = False  # asks for the backbone's GPUs (Slurm's --gpus)
     comment: str = ""
-    # method 'none' variants read none of the bank's knobs (their bank is empty by definition)
-    params_for_method_none: tuple[str, ...] | None = None
+    # variants whose method stores no bank (grid.BANKLESS_METHODS) read none of the bank's knobs
+    params_without_bank: tuple[str, ...] | None = None
 
 
 def _method(params, wildcards) -> str:
@@ -133,7 +133,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           ("datasets.{dataset}", *(f"bank.{knob}" for knob in grid.BANK_KNOBS), "variants.{variant}"),
           "nuwa bank --dataset {dataset} --variant {variant} --seed {seed} --data {data} --saliency {saliency}"
           " --out {bank}",
-          settings=("bank.chunk_size",), threads=False, mem_mb=6000, params_for_method_none=("variants.{variant}",),
+          settings=("bank.chunk_size",), threads=False, mem_mb=6000, params_without_bank=("variants.{variant}",),
           comment="DVC cannot vary deps by variant, so every bank stage lists the saliency file; a variant that "
                   "does not read it rewrites identical bytes, and DVC then leaves its training cells alone."),
     Stage("train", TRAIN_AXES,
@@ -183,8 +183,9 @@ def stage_param_keys(stage: str, params: dict | None = None, **wildcards) -> lis
     """The dotted params keys ``stage`` depends on, for one job (its wildcards)."""
     spec = STAGES[stage]
     keys = spec.params
-    if spec.params_for_method_none is not None and params is not None and _method(params, wildcards) == "none":
-        keys = spec.params_for_method_none
+    if (spec.params_without_bank is not None and params is not None
+            and _method(params, wildcards) in grid.BANKLESS_METHODS):
+        keys = spec.params_without_bank
     return [key.format(**wildcards) for key in keys]
 
 

@@ -122,7 +122,8 @@ def model_payload(model: torch.nn.Module, backbone_config: dict, dataset: str, v
 def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, backbone_name: str,
                backbone_config: dict, variant: str, train_config: dict, seed: int,
                bank_inputs=None, bank_sources: np.ndarray | None = None, bank_copies: np.ndarray | None = None,
-               mix_fraction: float = 0.0, checkpoint_path: str | Path | None = None, upstream: dict | None = None,
+               mix_fraction: float = 0.0, mixup_alpha: float | None = None,
+               checkpoint_path: str | Path | None = None, upstream: dict | None = None,
                upstream_source: str | Path | None = None, context: distributed.Context = distributed.SINGLE,
                fss_scales: tuple[int, ...] = ()):
     """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict,
@@ -134,7 +135,9 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     array; ``bank_sources`` and ``bank_copies``: their source window starts and copy numbers (the
     bank file's ``source_index`` and ``copy``, in memory). ``mix_fraction``: the expected share of
     each batch's positions taken from the bank (:class:`nuwa.loader.PairedRows`); 0 or an empty
-    bank: the original windows alone (Ori's batches). The variant's name seeds nothing: every
+    bank: the original windows alone (Ori's batches). ``mixup_alpha``: those positions are instead
+    mixup of two original windows, ``λ ~ Beta(α, α)`` (the reference augmentation; no bank). The
+    variant's name seeds nothing: every
     variant of one (dataset, backbone, seed) starts from the same weights and draws the same
     original windows.
 
@@ -158,7 +161,8 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
             raise ValueError(f"dataset {dataset_name!r}: no {split} window fits in the {split} split")
     pool = TrainingPool(train, bank_inputs, bank_sources)
     # the pool's rows come from generators of their own, so that reading a batch ahead moves no other draw
-    rows = PairedRows.seeded(pool, seed, *names, bank_copies=bank_copies, mix_fraction=mix_fraction)
+    rows = PairedRows.seeded(pool, seed, *names, bank_copies=bank_copies, mix_fraction=mix_fraction,
+                             mixup_alpha=mixup_alpha)
     seed_torch(seed, "train-init", *names)  # initial weights (and, on rank 0, dropout)
     model = build_model(backbone_config, dataset_config, series.field.shape[1])
     transferred = []
@@ -271,6 +275,7 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     metrics.update({
         "best_step": state["best_step"], "best_val_loss": state["best_val"], "steps": steps, "seed": seed,
         "mix_fraction": rows.mix_fraction, "train_pool": len(pool), "bank_samples": len(pool) - len(train),
+        **({"mixup_alpha": float(mixup_alpha)} if mixup_alpha is not None else {}),
         "parameters": sum(p.numel() for p in model.parameters()),
         "upstream_tensors_loaded": len(transferred),
         "world_size": context.world_size, "backend": context.backend, "device": device.type,

@@ -82,6 +82,19 @@ def test_names_that_could_become_paths_or_shell_words_are_refused(tiny_params, n
         validate_params(tiny_params)
 
 
+@pytest.mark.parametrize("entry, phrase", [
+    ({"method": "mixup"}, "variants.extra: method 'mixup' needs mixup_alpha"),
+    ({"method": "saliency", "mixup_alpha": 0.2}, "variants.extra.mixup_alpha: only a variant with method 'mixup'"),
+    ({"method": "mixup", "mixup_alpha": 0.2, "environment_ratio": 0.3},
+     "variants.extra: method 'mixup' builds no bank, so environment_ratio would be ignored"),
+    ({"method": "none", "copies": 2}, "variants.extra: method 'none' builds no bank, so copies would be ignored"),
+])
+def test_variant_keys_its_method_does_not_read_are_refused(tiny_params, entry, phrase):
+    tiny_params["variants"]["extra"] = entry
+    with pytest.raises(ParamsError, match=re.escape(phrase)):
+        validate_params(tiny_params)
+
+
 def test_default_tiny_and_full_params_are_valid():
     load_params(REPO / "params.yaml")
     load_params(TINY_PARAMS)
