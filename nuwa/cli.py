@@ -436,10 +436,25 @@ def cmd_figures(args):
     figure = comparison_figure(comparisons, args.dataset)
     save_figure(figure, args.out_comparisons or grid.COMPARISON_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
-    figure = lead_time_figure(pd.read_csv(grid.LEAD_TIME_CSV, dtype={"seed": str}), args.dataset)
+    lead_time = pd.read_csv(grid.LEAD_TIME_CSV, dtype={"seed": str})
+    figure = lead_time_figure(lead_time, args.dataset, lead_time_metrics(lead_time, args.dataset))
     save_figure(figure, args.out_lead_time or grid.LEAD_TIME_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
     print(f"wrote figures for {args.dataset}")
+
+
+def lead_time_metrics(lead_time, dataset: str) -> list[str]:
+    """What the lead-time figure shows: MSE, and for a thresholded field the CSI at its lowest
+    threshold and the FSS at that threshold and the largest scale (the columns lead_time.csv has)."""
+    rows = lead_time[lead_time["dataset"] == dataset]
+    scored = [c for c in rows.columns if c.startswith(("csi_", "fss_")) and rows[c].notna().any()]
+    csi = [c for c in scored if c.startswith("csi_")]
+    if not csi:
+        return ["mse"]
+    lowest = min(csi, key=lambda c: float(c.split("_", 1)[1]))
+    threshold = lowest.split("_", 1)[1]
+    fss = [c for c in scored if c.startswith(f"fss_{threshold}_")]
+    return ["mse", lowest, *([max(fss, key=lambda c: int(c.rsplit("_", 1)[1]))] if fss else [])]
 
 
 def show_mask(saliency_path, sample, out, data=None, bank=None, copy=0):

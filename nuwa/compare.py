@@ -353,15 +353,28 @@ def skill(mse: Any, mse_reference: Any):
 
 def lead_time_table(losses_by_run: Mapping[Hashable, xr.Dataset]) -> pd.DataFrame:
     """One row per (run key, lead): ``key``, ``lead``, and ``mse``, ``mae`` averaged over the
-    test windows (keys in the mapping's order, leads ascending)."""
-    rows = []
+    test windows (keys in the mapping's order, leads ascending); where a run's losses hold them
+    (thresholded fields), ``csi_{threshold}`` and ``fss_{threshold}_{scale}`` pooled over its test
+    windows (columns named as in metrics.json; empty for runs without them)."""
+    from nuwa.metrics import fss_key, threshold_key
+
+    rows, columns = [], ["key", "lead", "mse", "mae"]
     for key, losses in losses_by_run.items():
         for name in ("mse", "mae"):
             if name not in losses:
                 raise ValueError(f"{key!r}: no variable {name!r} (not a test-losses dataset)")
         mse = losses["mse"].mean("window")
         mae = losses["mae"].mean("window")
+        scores = {}
+        if "csi" in losses:
+            for thr in losses["threshold"].values:
+                scores[threshold_key("csi", float(thr))] = losses["csi"].sel(threshold=thr)
+                if "fss" in losses:
+                    for scale in losses["scale"].values:
+                        scores[fss_key(float(thr), int(scale))] = losses["fss"].sel(threshold=thr, scale=scale)
+        columns += [name for name in scores if name not in columns]
         for lead in np.asarray(losses["lead"].values):
             rows.append({"key": key, "lead": int(lead), "mse": float(mse.sel(lead=lead)),
-                         "mae": float(mae.sel(lead=lead))})
-    return pd.DataFrame(rows, columns=["key", "lead", "mse", "mae"])
+                         "mae": float(mae.sel(lead=lead)),
+                         **{name: float(value.sel(lead=lead)) for name, value in scores.items()}})
+    return pd.DataFrame(rows, columns=columns)

@@ -56,23 +56,41 @@ def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], window
             examples["prediction"].append(prediction[:missing])
     metrics = accumulator.compute()
     metrics["test_windows"] = len(windows)
+    per_lead = _per_lead_scores(accumulator) if thresholds else None
     stacked = {key: (np.concatenate(value) if key != "source_index" else np.asarray(value, dtype=np.int64))
                for key, value in examples.items() if len(value)}
     losses = losses_dataset({key: np.concatenate(value) for key, value in per_window.items()}, series,
                             {"input_frames": int(windows.input_frames), "output_frames": int(windows.output_frames),
-                             **(attrs or {})})
+                             **(attrs or {})}, per_lead)
     return metrics, stacked, losses
 
 
-def losses_dataset(per_window: dict[str, np.ndarray], series: SeriesData, attrs: dict) -> xr.Dataset:
+def _per_lead_scores(accumulator: MetricAccumulator) -> dict:
+    """CSI (lead, threshold) and FSS (lead, threshold, scale) pooled over the test windows."""
+    from nuwa.metrics import fss_key, threshold_key
+
+    per_step = accumulator.compute_per_step()
+    thresholds, scales = accumulator.thresholds, accumulator.fss_scales
+    scores = {"threshold": np.asarray(thresholds, dtype=np.float64), "scale": np.asarray(scales, dtype=np.int64),
+              "csi": np.array([per_step[threshold_key("csi", thr)] for thr in thresholds], dtype=np.float64).T}
+    if scales:
+        scores["fss"] = np.array([[per_step[fss_key(thr, scale)] for scale in scales] for thr in thresholds],
+                                 dtype=np.float64).transpose(2, 0, 1)
+    return scores
+
+
+def losses_dataset(per_window: dict[str, np.ndarray], series: SeriesData, attrs: dict,
+                   per_lead: dict | None = None) -> xr.Dataset:
     """The test losses as a Dataset: ``mse(window, lead)`` and ``mae(window, lead)`` (float64,
     physical units: the mean over channels and pixels of one lead frame of one window),
     ``target_mean(window)`` and ``target_max(window)`` (mean and max of the window's target
     frames), coordinates ``source_index(window)`` (the window's first time step, int64; windows
-    in time order) and ``lead`` (1 .. output frames)."""
+    in time order) and ``lead`` (1 .. output frames). ``per_lead`` (a field with thresholds):
+    ``csi(lead, threshold)`` and, with FSS scales, ``fss(lead, threshold, scale)``, pooled over
+    the test windows (scores of counts, not means of per-window scores)."""
     units = series.attrs.get("units", "1")
     leads = per_window["mse"].shape[1]
-    return xr.Dataset(
+    dataset = xr.Dataset(
         {
             "mse": (("window", "lead"), per_window["mse"].astype(np.float64),
                     {"units": f"({units})^2", "long_name": "mean squared error over channels and pixels of the "
@@ -91,6 +109,16 @@ def losses_dataset(per_window: dict[str, np.ndarray], series: SeriesData, attrs:
         },
         attrs={"units": units, "split": "test", **attrs},
     )
+    if per_lead is not None:
+        dataset = dataset.assign_coords(threshold=("threshold", per_lead["threshold"], {"units": units}))
+        dataset["csi"] = (("lead", "threshold"), per_lead["csi"],
+                          {"long_name": "critical success index at >= threshold, pooled over the test windows"})
+        if "fss" in per_lead:
+            dataset = dataset.assign_coords(scale=("scale", per_lead["scale"], {"units": "pixels"}))
+            dataset["fss"] = (("lead", "threshold", "scale"), per_lead["fss"],
+                              {"long_name": "fractions skill score at >= threshold in scale x scale windows, "
+                                            "pooled over the test windows (NaN: no event)"})
+    return dataset
 
 
 def persistence(inputs: torch.Tensor, output_frames: int) -> torch.Tensor:

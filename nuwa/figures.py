@@ -7,6 +7,8 @@ are those a bank actually used (its ``causal`` variable, made with that variant'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -310,21 +312,29 @@ def comparison_figure(comparisons, dataset_name: str, windows: str = "all"):
     return figure
 
 
-def lead_time_figure(lead_time, dataset_name: str, metric: str = "mse"):
-    """Test ``metric`` against lead time for one dataset (the ``lead_time.csv`` table: dataset,
-    backbone, variant, seed, lead, mse, mae).
+HIGHER_IS_BETTER = ("csi", "fss", "ssim", "psnr")  # metric name prefixes; the others are errors
+
+
+def lead_time_figure(lead_time, dataset_name: str, metric: str | Sequence[str] = "mse"):
+    """Test ``metric`` (one name or several: one row of panels each) against lead time for one
+    dataset (the ``lead_time.csv`` table: dataset, backbone, variant, seed, lead, mse, mae, and
+    ``csi_*`` / ``fss_*`` columns for thresholded fields).
 
     One panel per backbone, one line per variant averaged over its seeds; the baselines (variant
-    ``-``, backbone = the baseline's name) are drawn dashed in black / grey in every panel. A
-    dataset with no rows gives a figure that says so; a ``metric`` not in the table is a
-    ValueError. Returns the matplotlib figure (the caller saves and closes it).
+    ``-``, backbone = the baseline's name) are drawn dashed in black / grey in every panel. Each
+    row's label says which direction is better. A dataset with no rows gives a figure that says
+    so; a ``metric`` not in the table is a ValueError. Returns the matplotlib figure (the caller
+    saves and closes it).
     """
-    if metric not in lead_time.columns:
-        columns = ", ".join(map(str, lead_time.columns))
-        raise ValueError(f"no column {metric!r} in the lead-time table (columns: {columns})")
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    for name in metrics:
+        if name not in lead_time.columns:
+            columns = ", ".join(map(str, lead_time.columns))
+            raise ValueError(f"no column {name!r} in the lead-time table (columns: {columns})")
+    title = ", ".join(name.upper() for name in metrics)
     frame = lead_time[lead_time["dataset"] == dataset_name]
     if len(frame) == 0:
-        return _message_figure(f"{dataset_name}: test {metric.upper()} by lead time",
+        return _message_figure(f"{dataset_name}: test {title} by lead time",
                                f"no lead-time rows for {dataset_name}")
     baseline_rows = frame["variant"].astype(str) == "-"
     baselines, models = frame[baseline_rows], frame[~baseline_rows]
@@ -332,31 +342,34 @@ def lead_time_figure(lead_time, dataset_name: str, metric: str = "mse"):
     variants = list(dict.fromkeys(models["variant"]))
     colours = {variant: plt.get_cmap("tab10")(index % 10) for index, variant in enumerate(variants)}
 
-    def mean_curve(part):
-        curve = part.groupby("lead", sort=True)[metric].mean()
+    def mean_curve(part, name):
+        curve = part.groupby("lead", sort=True)[name].mean()
         return curve.index.to_numpy(dtype=float), curve.to_numpy(dtype=float)
 
-    figure, axes = plt.subplots(1, len(backbones), figsize=(1.0 + 3.2 * len(backbones), 3.0), sharey=True,
-                                squeeze=False)
-    axes = axes[0]
-    for axis, backbone in zip(axes, backbones):
-        part = models[models["backbone"] == backbone]
-        for variant in dict.fromkeys(part["variant"]):
-            rows = part[part["variant"] == variant]
-            seeds = rows["seed"].nunique()
-            leads, values = mean_curve(rows)
-            axis.plot(leads, values, color=colours[variant], marker="o", markersize=2.5, linewidth=1.3,
-                      label=f"{variant} ({seeds} seed{'s' if seeds != 1 else ''})", gid=f"variant:{variant}")
-        for index, name in enumerate(dict.fromkeys(baselines["backbone"])):
-            leads, values = mean_curve(baselines[baselines["backbone"] == name])
-            axis.plot(leads, values, color=_BASELINE_COLOURS[index % len(_BASELINE_COLOURS)],
-                      linestyle=_BASELINE_DASHES[index % len(_BASELINE_DASHES)], linewidth=1.1, label=str(name),
-                      gid=f"baseline:{name}")
-        axis.set_title(str(backbone), fontsize=8)
-        axis.set_xlabel("lead time (steps)", fontsize=8)
-        axis.tick_params(labelsize=7)
-        axis.legend(fontsize=6, loc="best")
-    axes[0].set_ylabel(f"test {metric.upper()} (mean over windows and seeds)", fontsize=8)
-    figure.suptitle(f"{dataset_name}: test {metric.upper()} by lead time (dashed: baselines)", fontsize=9)
+    figure, axes = plt.subplots(len(metrics), len(backbones), figsize=(1.0 + 3.2 * len(backbones),
+                                                                       0.4 + 2.6 * len(metrics)),
+                                sharey="row", squeeze=False)
+    for row, name in enumerate(metrics):
+        for axis, backbone in zip(axes[row], backbones):
+            part = models[models["backbone"] == backbone]
+            for variant in dict.fromkeys(part["variant"]):
+                rows = part[part["variant"] == variant]
+                seeds = rows["seed"].nunique()
+                leads, values = mean_curve(rows, name)
+                axis.plot(leads, values, color=colours[variant], marker="o", markersize=2.5, linewidth=1.3,
+                          label=f"{variant} ({seeds} seed{'s' if seeds != 1 else ''})", gid=f"variant:{variant}")
+            for index, baseline in enumerate(dict.fromkeys(baselines["backbone"])):
+                leads, values = mean_curve(baselines[baselines["backbone"] == baseline], name)
+                axis.plot(leads, values, color=_BASELINE_COLOURS[index % len(_BASELINE_COLOURS)],
+                          linestyle=_BASELINE_DASHES[index % len(_BASELINE_DASHES)], linewidth=1.1,
+                          label=str(baseline), gid=f"baseline:{baseline}")
+            axis.set_title(str(backbone), fontsize=8)
+            axis.set_xlabel("lead time (steps)", fontsize=8)
+            axis.tick_params(labelsize=7)
+            if row == 0:
+                axis.legend(fontsize=6, loc="best")
+        better = "higher" if name.split("_")[0] in HIGHER_IS_BETTER else "lower"
+        axes[row][0].set_ylabel(f"test {name.upper()}\n(mean over seeds; {better} is better)", fontsize=8)
+    figure.suptitle(f"{dataset_name}: test {title} by lead time (dashed: baselines)", fontsize=9)
     figure.tight_layout()
     return figure

@@ -42,7 +42,7 @@ def test_the_losses_average_to_the_pooled_metrics(tiny, name):
     metrics, _, losses = evaluate_forecaster(forecast, test, config["csi_thresholds"], batch_size=5,
                                              attrs={"window_stride": config["window_stride"]})
     assert len(test) == 13 and metrics["test_windows"] == 13
-    assert losses.sizes == {"window": 13, "lead": config["output_frames"]}
+    assert losses.sizes == {"window": 13, "lead": config["output_frames"], "threshold": len(config["csi_thresholds"])}
     for metric in ("mse", "mae"):
         assert losses[metric].dims == ("window", "lead") and losses[metric].dtype == np.float64
         assert float(losses[metric].mean()) == pytest.approx(metrics[metric], rel=1e-12, abs=0)
@@ -86,3 +86,36 @@ def test_the_losses_survive_a_netcdf_round_trip(tiny, tmp_path):
     write_netcdf(losses, tmp_path / "test_losses.nc")
     read = open_netcdf(tmp_path / "test_losses.nc", variables=("mse", "mae", "target_mean", "target_max"))
     xr.testing.assert_identical(read, losses)
+
+
+def test_per_lead_csi_and_fss_are_pooled_counts_per_lead(tiny, tmp_path):
+    """csi(lead, threshold) is hits / (hits + misses + false alarms) of that lead over every test
+    window (pooled counts, worked out here by hand); fss(lead, threshold, scale) is the metric
+    module's per-lead FSS; both reach lead_time.csv's columns."""
+    from nuwa.compare import lead_time_table
+
+    params, config, series, test = tiny
+    forecast = forecasters(params, config, series)["persistence"]
+    thresholds = config["csi_thresholds"]
+    assert thresholds
+    _, _, losses = evaluate_forecaster(forecast, test, thresholds, batch_size=4, fss_scales=(1, 3))
+    assert losses["csi"].dims == ("lead", "threshold") and losses["fss"].dims == ("lead", "threshold", "scale")
+    first, out = test.input_frames, test.output_frames
+    # as scored: both in physical units after the normalise / denormalise round trip
+    truth = np.stack([series.denormalise(series.normalise(series.field[s + first:s + first + out]))
+                      for s in test.starts.tolist()])
+    last = np.stack([series.denormalise(series.normalise(series.field[s + first - 1])) for s in test.starts.tolist()])
+    for k, thr in enumerate(thresholds):
+        observed, forecast_event = truth >= thr, (last[:, None] >= thr)
+        for lead in range(out):
+            o, f = observed[:, lead], np.broadcast_to(forecast_event[:, 0], observed[:, lead].shape)
+            hits, misses, false = (o & f).sum(), (o & ~f).sum(), (~o & f).sum()
+            assert float(losses["csi"].values[lead, k]) == pytest.approx(hits / (hits + misses + false), rel=1e-6)  # CSI_EPS
+    assert np.isfinite(losses["fss"].values).any()
+    # a NetCDF round trip keeps them; the lead-time table names them as metrics.json does
+    write_netcdf(losses, tmp_path / "losses.nc")
+    table = lead_time_table({("run",): open_netcdf(tmp_path / "losses.nc")})
+    thr = thresholds[0]
+    assert f"csi_{thr:g}" in table.columns and f"fss_{thr:g}_3" in table.columns
+    np.testing.assert_allclose(table[f"csi_{thr:g}"].to_numpy(), losses["csi"].values[:, 0])
+    np.testing.assert_allclose(table[f"fss_{thr:g}_3"].to_numpy(), losses["fss"].values[:, 0, 1])

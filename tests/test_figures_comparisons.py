@@ -228,3 +228,26 @@ def test_real_tables_draw(tmp_path):
             figure.savefig(tmp_path / f"lead_time_{dataset}.png")
         finally:
             plt.close(figure)
+
+
+def test_lead_time_figure_several_metrics_one_row_each_with_its_direction(lead_time):
+    from nuwa.cli import lead_time_metrics
+
+    table = lead_time.assign(**{"csi_0.5": 0.9 - 0.1 * lead_time["lead"], "csi_2": 0.1,
+                                "fss_0.5_1": 0.5, "fss_0.5_9": 0.7, "fss_2_9": 0.2})
+    table.loc[table["dataset"] == "other", ["csi_0.5", "csi_2", "fss_0.5_1", "fss_0.5_9", "fss_2_9"]] = np.nan
+    # the lowest threshold's CSI and its FSS at the largest scale; a field without thresholds: MSE only
+    assert lead_time_metrics(table, "toy") == ["mse", "csi_0.5", "fss_0.5_9"]
+    assert lead_time_metrics(table, "other") == ["mse"]
+    figure = lead_time_figure(table, "toy", ["mse", "csi_0.5", "fss_0.5_9"])
+    try:
+        assert len(figure.axes) == 3 * 2  # rows: metrics; columns: backbones
+        labels = [axis.get_ylabel() for axis in figure.axes if axis.get_ylabel()]
+        assert len(labels) == 3
+        assert "MSE" in labels[0] and "lower is better" in labels[0]
+        assert "CSI_0.5" in labels[1] and "higher is better" in labels[1]
+        assert "FSS_0.5_9" in labels[2] and "higher is better" in labels[2]
+        csi_nuwa = next(line for line in figure.axes[2].get_lines() if line.get_gid() == "variant:nuwa")
+        assert csi_nuwa.get_ydata() == pytest.approx([0.8, 0.7, 0.6])
+    finally:
+        plt.close(figure)
