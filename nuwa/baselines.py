@@ -7,8 +7,9 @@ A deep model that loses to these is visible in the tables:
 ``optical_flow``
     pysteps' Lucas-Kanade optical flow (``pysteps.motion.get_method("LK")``) on a window's input
     frames, then semi-Lagrangian extrapolation (``pysteps.extrapolation.get_method(
-    "semilagrangian")``) of its last frame along that motion field, one window at a time.
-    Single-channel fields only.
+    "semilagrangian")``) of its last frame along that motion field, one window at a time. A
+    field with several channels (e.g. in and out flows) has each channel tracked and
+    extrapolated along its own motion field: nothing ties the channels' motions together.
 
 Every baseline takes ``inputs`` shaped ``(N, T_in, C, H, W)`` (or one window ``(T_in, C, H, W)``)
 in physical units and returns ``(N, T_out, C, H, W)`` (or ``(T_out, C, H, W)``) in the inputs'
@@ -16,6 +17,17 @@ float dtype. :func:`normalised_forecaster` wraps one as a callable from normalis
 normalised torch outputs, so that :func:`nuwa.evaluate.evaluate_forecaster` scores models and
 baselines alike; :func:`evaluate_baseline` scores one directly in physical units (no torch, no
 normalisation round trip), with :class:`nuwa.metrics.MetricAccumulator`.
+
+Super-resolution (``input_factor`` > 1, :mod:`nuwa.superres`)
+---------------------------------------------------------------
+:func:`normalised_forecaster` with an ``input_factor`` is given coarse (block-averaged) inputs
+and returns full-resolution forecasts: the baseline forecasts on the coarse grid (persistence:
+the last coarse frame; optical flow: pysteps' motion and extrapolation of the coarse field, with
+the settings below), and each coarse cell is then repeated ``input_factor`` x
+``input_factor`` (nearest neighbour, :func:`nuwa.superres.upsample_nearest`). That is the
+block-constant field whose block means are the coarse forecast: no detail is invented, which is
+what a trivial baseline should do; an interpolating upsampler (bilinear, bicubic) would be a
+method of its own.
 
 Optical-flow settings (``LK_SETTINGS``) and why
 -----------------------------------------------
@@ -50,6 +62,23 @@ as 0 mm/h, which is not "nothing" for a standardised field. The alternative of t
 own value at those pixels copies a feature that is moving away onto the upstream edge (the
 translating-blob test fails with it). On the KNMI test windows: MSE 0.219, CSI at 0.1 mm/h 0.905
 (zero fill 0.280 and 0.858, own value 0.250 and 0.897); on the generated fields as good or better.
+
+Never-observed pixels (``observed``)
+-------------------------------------
+A field with never-observed pixels (a gridded field's sea, :class:`nuwa.windows.SeriesData`'s
+``observed``) is scored over its observed pixels only, baselines as models
+(:func:`nuwa.evaluate.evaluate_forecaster`, :func:`evaluate_baseline`). Persistence needs
+nothing more. Optical flow is given the mask (``observed``): its never-observed pixels are set
+to the window's minimum over observed pixels, both for the motion estimate and in the frame
+that is extrapolated. After the window's rescaling to [0, 1] (by its observed min and max) they
+are 0: for rain, whose minimum is 0 mm/h, "no rain"; it is what pysteps itself does with
+NaN or masked pixels (``dense_lucaskanade`` fills them with the image minimum), without
+pysteps' ``buffer_mask`` dilation, which on a small coastal grid would mask most of the land.
+The coastline of a rain area is then an edge LK may track (static, so it pulls the motion
+towards 0), and what flows in from a never-observed area is the minimum (no rain). The
+forecast's never-observed pixels are set back to the last input frame's values (the field's
+fill), which no score reads. Under super-resolution the coarse grid's cell is observed when
+any pixel of its block is.
 
 Degenerate windows
 ------------------
@@ -119,8 +148,9 @@ def _as_windows(inputs: Any, output_frames: int) -> tuple[np.ndarray, bool]:
     return x, single
 
 
-def persistence(inputs: Any, output_frames: int, record: list | None = None) -> np.ndarray:
-    """Repeat the last input frame ``output_frames`` times: (N, T_in, C, H, W) -> (N, T_out, C, H, W)."""
+def persistence(inputs: Any, output_frames: int, record: list | None = None, observed: Any = None) -> np.ndarray:
+    """Repeat the last input frame ``output_frames`` times: (N, T_in, C, H, W) -> (N, T_out, C, H, W).
+    (``observed`` is accepted, as every baseline takes it, and changes nothing.)"""
     x, single = _as_windows(inputs, output_frames)
     out = np.repeat(x[:, -1:], int(output_frames), axis=1)
     if record is not None:
@@ -148,57 +178,90 @@ def _pysteps():
     return pysteps.motion.get_method("LK"), pysteps.extrapolation.get_method("semilagrangian"), cv2.error
 
 
-def _check_single_channel(channels: int) -> None:
-    if channels != 1:
-        raise ValueError(f"optical_flow forecasts single-channel fields only; this field has {channels} "
-                         "channels (pysteps' Lucas-Kanade tracks one 2-D field)")
-
-
 def optical_flow(inputs: Any, output_frames: int, record: list | None = None,
-                 lk_settings: dict | None = None) -> np.ndarray:
+                 lk_settings: dict | None = None, observed: Any = None) -> np.ndarray:
     """pysteps LK motion of each window's input frames, semi-Lagrangian extrapolation of its last frame.
 
     ``lk_settings`` replaces :data:`LK_SETTINGS` (keyword arguments of pysteps'
     ``dense_lucaskanade``, empty: its defaults); see the module docstring for the settings, the degenerate windows
     (persistence for that window, recorded in ``record`` if given) and why any real field works.
+    ``observed`` (bool (H, W); None: every pixel observed): never-observed pixels take the
+    window's observed minimum for the motion estimate and the extrapolation (the module docstring).
+    Several channels: each channel its own motion field, and one ``record`` entry per window and
+    channel.
     """
     x, single = _as_windows(inputs, output_frames)
-    _check_single_channel(x.shape[2])
+    observed = _observed_mask(observed, x.shape[-2:])
     lucas_kanade, extrapolate, cv2_error = _pysteps()
     settings = copy.deepcopy(LK_SETTINGS if lk_settings is None else lk_settings)
     steps = int(output_frames)
     out = np.empty((x.shape[0], steps, *x.shape[2:]), dtype=x.dtype)
     for n, window in enumerate(x):
-        frames = window[:, 0].astype(np.float64)  # (T_in, H, W)
-        last = frames[-1]
-        reason, speed = None, 0.0
-        low, high = frames.min(), frames.max()
-        if len(frames) < 2:
-            reason = TOO_FEW_FRAMES
-        elif not high > low:
-            reason = NO_MOTION
-        else:
-            try:
-                with _quiet():
-                    motion = lucas_kanade((frames - low) / (high - low), **settings)
-                if not np.all(np.isfinite(motion)):
-                    reason = "non-finite motion field"
-                elif not np.any(motion):
-                    reason = NO_MOTION
-            except (ValueError, np.linalg.LinAlgError, cv2_error) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-        if reason is None:
-            speed = float(np.mean(np.hypot(motion[0], motion[1])))
-            with _quiet():
-                out[n, :, 0] = extrapolate(last, motion, steps, map_coordinates_mode="nearest")
-        else:
-            out[n, :, 0] = last
-        if record is not None:
-            record.append({"motion": reason is None, "reason": reason, "mean_speed": speed})
+        for channel in range(x.shape[2]):
+            out[n, :, channel] = _track_one(window[:, channel], steps, observed, settings, record,
+                                            lucas_kanade, extrapolate, cv2_error)
     return out[0] if single else out
 
 
-#: name -> baseline(inputs, output_frames, record=None) in physical units.
+def _track_one(channel_frames, steps: int, observed, settings: dict, record, lucas_kanade, extrapolate,
+               cv2_error) -> np.ndarray:
+    """One window's forecast of one channel (T_out, H, W): LK motion of its input frames (T_in, H, W)
+    and semi-Lagrangian extrapolation of the last, or persistence where there is no usable motion."""
+    frames = channel_frames.astype(np.float64)  # (T_in, H, W)
+    if observed is not None:  # never-observed pixels at the observed minimum (0 once rescaled)
+        frames = np.where(observed, frames, frames[:, observed].min())
+    last = frames[-1]
+    reason, speed = None, 0.0
+    low, high = frames.min(), frames.max()
+    if len(frames) < 2:
+        reason = TOO_FEW_FRAMES
+    elif not high > low:
+        reason = NO_MOTION
+    else:
+        try:
+            with _quiet():
+                motion = lucas_kanade((frames - low) / (high - low), **settings)
+            if not np.all(np.isfinite(motion)):
+                reason = "non-finite motion field"
+            elif not np.any(motion):
+                reason = NO_MOTION
+        except (ValueError, np.linalg.LinAlgError, cv2_error) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+    out = np.empty((steps, *last.shape), dtype=channel_frames.dtype)
+    if reason is None:
+        speed = float(np.mean(np.hypot(motion[0], motion[1])))
+        with _quiet():
+            out[:] = extrapolate(last, motion, steps, map_coordinates_mode="nearest")
+    else:
+        out[:] = last
+    if observed is not None:  # the field's own fill where nothing was ever observed (no score reads it)
+        out[:, ~observed] = channel_frames[-1][~observed]
+    if record is not None:
+        record.append({"motion": reason is None, "reason": reason, "mean_speed": speed})
+    return out
+
+
+def _observed_mask(observed: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """A bool (H, W) mask of observed pixels, or None (no mask, or every pixel observed)."""
+    if observed is None:
+        return None
+    mask = np.asarray(observed).astype(bool)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"observed has shape {mask.shape} but the frames are {tuple(shape)}")
+    if not mask.any():
+        raise ValueError("observed marks no pixel observed")
+    return None if mask.all() else mask
+
+
+def coarse_observed(observed: np.ndarray | None, factor: int) -> np.ndarray | None:
+    """The mask on a grid coarsened ``factor`` x ``factor``: a cell is observed when any pixel of its block is."""
+    if observed is None or factor == 1:
+        return observed
+    h, w = observed.shape
+    return observed.reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
+
+
+#: name -> baseline(inputs, output_frames, record=None, observed=None) in physical units.
 BASELINES: dict[str, Callable[..., np.ndarray]] = {"persistence": persistence, "optical_flow": optical_flow}
 
 
@@ -210,7 +273,8 @@ def _baseline(name: str) -> Callable[..., np.ndarray]:
 
 
 def summarise_record(record: Sequence[dict]) -> dict:
-    """``windows``, ``fallback_windows`` (persistence instead of motion) and the reasons' counts."""
+    """``windows``, ``fallback_windows`` (persistence instead of motion) and the reasons' counts
+    (a field with several channels: one entry per window and channel, each tracked alone)."""
     reasons = Counter(r["reason"] for r in record if not r["motion"] and r["reason"] != "persistence")
     return {"windows": len(record), "fallback_windows": sum(reasons.values()),
             "fallback_reasons": dict(sorted(reasons.items()))}
@@ -221,32 +285,50 @@ class NormalisedForecaster:
 
     Inputs are denormalised with the series' statistics, forecast in physical units, normalised
     back (float32). ``record`` holds one entry per window forecast so far (see the module docstring).
+    ``input_factor`` > 1: the inputs are coarse, (N, T_in, C, H/f, W/f); the forecast made on
+    them is repeated f x f per cell to (N, T_out, C, H, W) (the module docstring's
+    super-resolution section).
     """
 
-    def __init__(self, name: str, series: SeriesData, output_frames: int, **options):
+    def __init__(self, name: str, series: SeriesData, output_frames: int, input_factor: int = 1, **options):
+        from nuwa.superres import check_input_factor
+
         self.name = name
         self.baseline = _baseline(name)
-        if name == "optical_flow":
-            _check_single_channel(series.field.shape[1])
         self.series = series
         self.output_frames = int(output_frames)
+        self.input_factor = check_input_factor(input_factor, *series.field.shape[-2:],
+                                               where=f"baseline {name!r}: ")
         self.options = options
+        if series.observed is not None:  # the mask of the grid forecast on (coarse under super-resolution)
+            self.options = {**options, "observed": coarse_observed(series.observed, self.input_factor)}
         self.record: list[dict] = []
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         import torch
 
+        from nuwa.superres import upsample_nearest
+
         physical = self.series.denormalise(inputs.detach().cpu().numpy())
         forecast = self.baseline(physical, self.output_frames, record=self.record, **self.options)
-        return torch.from_numpy(self.series.normalise(forecast))
+        # repeating values commutes with the per-channel normalisation: the same bytes either side of it
+        return torch.from_numpy(upsample_nearest(self.series.normalise(forecast), self.input_factor))
 
     def summary(self) -> dict:
         return {"baseline": self.name, **summarise_record(self.record)}
 
 
-def normalised_forecaster(name: str, series: SeriesData, output_frames: int, **options) -> NormalisedForecaster:
-    """``BASELINES[name]`` wrapped for :func:`nuwa.evaluate.evaluate_forecaster` (see :class:`NormalisedForecaster`)."""
-    return NormalisedForecaster(name, series, output_frames, **options)
+def normalised_forecaster(name: str, series: SeriesData, output_frames: int, input_factor: int = 1,
+                          **options) -> NormalisedForecaster:
+    """``BASELINES[name]`` wrapped for :func:`nuwa.evaluate.evaluate_forecaster` (see :class:`NormalisedForecaster`).
+
+    ``input_factor`` > 1 (the super-resolution task; pass the same factor to
+    :func:`~nuwa.evaluate.evaluate_forecaster`, which coarsens the inputs): the baseline
+    forecasts the coarse field and each coarse cell is repeated ``input_factor`` x
+    ``input_factor`` to the full resolution (nearest neighbour: the block-constant field; see the
+    module docstring). Persistence is then the last coarse input frame, upsampled; optical flow
+    pysteps' extrapolation of the coarse field, upsampled."""
+    return NormalisedForecaster(name, series, output_frames, input_factor=input_factor, **options)
 
 
 def forecast_windows(name: str, windows: WindowDataset, batch_size: int = 32, record: list | None = None,
@@ -255,8 +337,6 @@ def forecast_windows(name: str, windows: WindowDataset, batch_size: int = 32, re
 
     Checks the name, the channel count and ``batch_size`` here, before the first batch."""
     baseline = _baseline(name)
-    if name == "optical_flow":
-        _check_single_channel(windows.series.field.shape[1])
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return _batches(baseline, windows, int(batch_size), record, options)
@@ -264,6 +344,8 @@ def forecast_windows(name: str, windows: WindowDataset, batch_size: int = 32, re
 
 def _batches(baseline, windows, batch_size, record, options):
     lead = np.arange(windows.output_frames)
+    if windows.series.observed is not None:
+        options = {**options, "observed": windows.series.observed}
     for first in range(0, len(windows), batch_size):
         starts = np.asarray(windows.starts[first:first + batch_size])
         prediction = baseline(windows.inputs(starts), windows.output_frames, record=record, **options)
@@ -283,11 +365,15 @@ def evaluate_baseline(name: str, windows: WindowDataset, thresholds: Sequence[fl
 
     if len(windows) == 0:
         raise ValueError("no windows to evaluate")
-    accumulator = MetricAccumulator(windows.series.data_range, thresholds, fss_scales=fss_scales)
+    accumulator = MetricAccumulator(windows.series.data_range, thresholds, fss_scales=fss_scales,
+                                    observed=windows.series.observed)
     record: list[dict] = []
     for _, prediction, truth in forecast_windows(name, windows, batch_size, record=record, **options):
         accumulator.update(prediction, truth)
     metrics = accumulator.compute()
     metrics["test_windows"] = len(windows)
+    observed = windows.series.observed
+    if observed is not None:  # as nuwa.evaluate.observed_counts (not imported: it would bring torch)
+        metrics.update({"observed_pixels": int(np.count_nonzero(observed)), "grid_pixels": int(observed.size)})
     metrics.update({"baseline": name, **summarise_record(record)})
     return metrics, accumulator.compute_per_step()

@@ -2,6 +2,12 @@
 
 Metrics are computed on physical units (normalisation undone) with the conventions that
 :mod:`nuwa.metrics` documents; ``METRIC_CONVENTIONS`` travels into every metrics.json.
+
+A field with never-observed pixels (:class:`nuwa.windows.SeriesData`'s ``observed``) is scored
+over its observed pixels only: the pooled metrics (:mod:`nuwa.metrics`, ``observed``), the
+per-window losses and the targets' mean and max alike; ``observed_pixels`` and ``grid_pixels``
+are then added to the metrics, the losses' attributes, and ``observed(y, x)`` to the examples.
+Without a mask every number is as before.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from nuwa.metrics import METRIC_CONVENTIONS, MetricAccumulator  # noqa: F401 (re-exported)
+from nuwa.metrics import MASKED_METRIC_CONVENTIONS, METRIC_CONVENTIONS, MetricAccumulator  # noqa: F401 (re-exported)
+from nuwa.superres import check_input_factor, coarsen
 from nuwa.windows import SeriesData, WindowDataset
 
 
@@ -20,8 +27,8 @@ from nuwa.windows import SeriesData, WindowDataset
 @torch.no_grad()
 def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], windows: WindowDataset,
                         thresholds: list[float], batch_size: int = 32, example_count: int = 0,
-                        attrs: dict | None = None,
-                        fss_scales: tuple[int, ...] = ()) -> tuple[dict, dict[str, np.ndarray], xr.Dataset]:
+                        attrs: dict | None = None, fss_scales: tuple[int, ...] = (),
+                        input_factor: int = 1) -> tuple[dict, dict[str, np.ndarray], xr.Dataset]:
     """Run ``forecast`` (normalised inputs -> normalised outputs) over every test window.
 
     Returns ``(metrics, examples, losses)``: the pooled metrics (:class:`MetricAccumulator`),
@@ -31,23 +38,36 @@ def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], window
     from which :mod:`nuwa.compare` draws intervals over seeds and test windows. The mean of
     ``losses.mse`` over windows and leads is ``metrics["mse"]`` (every (window, lead) cell
     averages the same number of pixels), up to float64 rounding; likewise ``mae``.
+
+    ``input_factor`` > 1 (the super-resolution task, :mod:`nuwa.superres`): ``forecast`` is
+    given the inputs block-averaged ``input_factor`` x ``input_factor`` and must return full-
+    resolution outputs; metrics, losses and the examples' truths and predictions are at full
+    resolution, the examples' inputs are the coarse ones (:func:`examples_dataset`).
     """
     series: SeriesData = windows.series
+    check_input_factor(input_factor, *series.field.shape[-2:], where=f"field {series.name!r}: ")
     # FSS scores thresholded events: a field without thresholds has none
-    accumulator = MetricAccumulator(series.data_range, thresholds, tuple(fss_scales) if thresholds else ())
+    observed = series.observed  # None: every pixel observed
+    accumulator = MetricAccumulator(series.data_range, thresholds, tuple(fss_scales) if thresholds else (),
+                                    observed=observed)
     loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=False)
     examples: dict[str, list] = {"source_index": [], "inputs": [], "truth": [], "prediction": []}
     per_window: dict[str, list] = {"source_index": [], "mse": [], "mae": [], "target_mean": [], "target_max": []}
     for starts, inputs, targets in loader:
+        inputs = coarsen(inputs, input_factor)  # factor 1: the inputs themselves
         prediction = series.denormalise(forecast(inputs)).numpy()
         truth = series.denormalise(targets).numpy()
         accumulator.update(prediction, truth)  # validates: finite, same shape, 5-D
-        error = prediction.astype(np.float64) - truth.astype(np.float64)
         per_window["source_index"].append(np.asarray(starts, dtype=np.int64))
-        per_window["mse"].append(np.mean(error * error, axis=(2, 3, 4)))
-        per_window["mae"].append(np.mean(np.abs(error), axis=(2, 3, 4)))
-        per_window["target_mean"].append(np.mean(truth, axis=(1, 2, 3, 4), dtype=np.float64))
-        per_window["target_max"].append(np.max(truth, axis=(1, 2, 3, 4)).astype(np.float64))
+        if observed is None:
+            error = prediction.astype(np.float64) - truth.astype(np.float64)
+            per_window["mse"].append(np.mean(error * error, axis=(2, 3, 4)))
+            per_window["mae"].append(np.mean(np.abs(error), axis=(2, 3, 4)))
+            per_window["target_mean"].append(np.mean(truth, axis=(1, 2, 3, 4), dtype=np.float64))
+            per_window["target_max"].append(np.max(truth, axis=(1, 2, 3, 4)).astype(np.float64))
+        else:
+            for key, value in masked_window_losses(prediction, truth, observed).items():
+                per_window[key].append(value)
         missing = example_count - len(examples["source_index"])
         if missing > 0:
             examples["source_index"].extend(starts[:missing].tolist())
@@ -56,6 +76,8 @@ def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], window
             examples["prediction"].append(prediction[:missing])
     metrics = accumulator.compute()
     metrics["test_windows"] = len(windows)
+    if observed is not None:
+        metrics.update(observed_counts(observed))
     per_lead = _per_lead_scores(accumulator) if thresholds else None
     stacked = {key: (np.concatenate(value) if key != "source_index" else np.asarray(value, dtype=np.int64))
                for key, value in examples.items() if len(value)}
@@ -63,6 +85,23 @@ def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], window
                             {"input_frames": int(windows.input_frames), "output_frames": int(windows.output_frames),
                              **(attrs or {})}, per_lead)
     return metrics, stacked, losses
+
+
+def observed_counts(observed: np.ndarray) -> dict[str, int]:
+    """``observed_pixels`` (scored) and ``grid_pixels`` of a mask of observed pixels."""
+    return {"observed_pixels": int(np.count_nonzero(observed)), "grid_pixels": int(np.asarray(observed).size)}
+
+
+def masked_window_losses(prediction: np.ndarray, truth: np.ndarray, observed: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-window losses over the observed pixels (bool (H, W)) of (B, T, C, H, W) physical fields:
+    ``mse`` and ``mae`` (B, T), means over channels and observed pixels of each lead frame;
+    ``target_mean`` and ``target_max`` (B,), over the observed pixels of the target frames. Values
+    at never-observed pixels, of either field, change nothing."""
+    error = prediction[..., observed].astype(np.float64) - truth[..., observed].astype(np.float64)  # (B, T, C, n)
+    observed_truth = truth[..., observed]
+    return {"mse": np.mean(error * error, axis=(2, 3)), "mae": np.mean(np.abs(error), axis=(2, 3)),
+            "target_mean": np.mean(observed_truth, axis=(1, 2, 3), dtype=np.float64),
+            "target_max": np.max(observed_truth, axis=(1, 2, 3)).astype(np.float64)}
 
 
 def _per_lead_scores(accumulator: MetricAccumulator) -> dict:
@@ -87,8 +126,13 @@ def losses_dataset(per_window: dict[str, np.ndarray], series: SeriesData, attrs:
     frames), coordinates ``source_index(window)`` (the window's first time step, int64; windows
     in time order) and ``lead`` (1 .. output frames). ``per_lead`` (a field with thresholds):
     ``csi(lead, threshold)`` and, with FSS scales, ``fss(lead, threshold, scale)``, pooled over
-    the test windows (scores of counts, not means of per-window scores)."""
+    the test windows (scores of counts, not means of per-window scores). A series with never-observed
+    pixels (``series.observed``): every per-window value is over the observed pixels only (the
+    attributes ``observed_pixels`` and ``grid_pixels`` say so); the per-lead scores are the masked ones."""
     units = series.attrs.get("units", "1")
+    if series.observed is not None:
+        attrs = {**attrs, **observed_counts(series.observed),
+                 "pixels": "observed pixels only: never-observed ones are left out of every value"}
     leads = per_window["mse"].shape[1]
     dataset = xr.Dataset(
         {
@@ -127,15 +171,33 @@ def persistence(inputs: torch.Tensor, output_frames: int) -> torch.Tensor:
 
 
 def examples_dataset(examples: dict[str, np.ndarray], series: SeriesData, attrs: dict) -> xr.Dataset:
+    """The examples of :func:`evaluate_forecaster` as a Dataset: ``inputs(example, input_step,
+    channel, y, x)``, ``truth`` and ``prediction(example, lead, channel, y, x)`` in physical units,
+    ``source_index(example)``. Coarse inputs (the super-resolution task: their frames smaller than
+    the truth's) get dims of their own, ``input_y`` and ``input_x``, and the dataset the attribute
+    ``input_factor`` (truth size / input size). A series with never-observed pixels adds the
+    coordinate ``observed(y, x)`` (1 observed, 0 never observed: what the metrics left out)."""
     units = series.attrs.get("units", "1")
+    inputs, truth = examples["inputs"], examples["truth"]
+    input_dims = ("example", "input_step", "channel", "y", "x")
+    if inputs.shape[-2:] != truth.shape[-2:]:
+        input_dims = ("example", "input_step", "channel", "input_y", "input_x")
+        attrs = {**attrs, "input_factor": int(truth.shape[-1] // inputs.shape[-1])}
+    coords = {}
+    if series.observed is not None:
+        coords["observed"] = (("y", "x"), np.asarray(series.observed, dtype=np.int8),
+                              {"long_name": "pixel observed (1) or never observed (0: left out of every metric)",
+                               "flag_values": np.array([0, 1], dtype=np.int8),
+                               "flag_meanings": "never_observed observed"})
     return xr.Dataset(
         {
-            "inputs": (("example", "input_step", "channel", "y", "x"), examples["inputs"].astype(np.float32), {"units": units}),
-            "truth": (("example", "lead", "channel", "y", "x"), examples["truth"].astype(np.float32), {"units": units}),
+            "inputs": (input_dims, inputs.astype(np.float32), {"units": units}),
+            "truth": (("example", "lead", "channel", "y", "x"), truth.astype(np.float32), {"units": units}),
             "prediction": (("example", "lead", "channel", "y", "x"), examples["prediction"].astype(np.float32),
                            {"units": units}),
             "source_index": ("example", examples["source_index"],
                              {"long_name": "test window: index of its first time step in the processed dataset"}),
         },
+        coords=coords,
         attrs=attrs,
     )

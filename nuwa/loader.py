@@ -30,6 +30,7 @@ import torch
 
 from nuwa.io import DataFileError
 from nuwa.seeding import torch_generator
+from nuwa.superres import check_input_factor, coarsen
 from nuwa.windows import WindowDataset
 
 
@@ -60,12 +61,22 @@ class TrainingPool:
     file, read row by row (:class:`nuwa.io.NetCDFRows`), or an array -- normalised per batch
     with the arithmetic of :meth:`SeriesData.normalise` (element by element: the same bits as
     normalising the whole bank at once). Which rows each batch takes is :class:`PairedRows`'s draw.
+
+    ``input_factor`` > 1 (the super-resolution task, :mod:`nuwa.superres`): :meth:`batch` returns
+    the inputs block-averaged ``input_factor`` x ``input_factor`` (:func:`nuwa.superres.coarsen`),
+    the targets at full resolution. The batch is assembled at full resolution first, bank rows
+    and mixup included, and coarsened last: the bank stays at full resolution (it augments the
+    full-resolution training windows), and coarsening its rows as they are read is how the
+    augmentation carries over to coarse inputs. 1: today's batches, the same bytes.
     """
 
-    def __init__(self, train: WindowDataset, bank_inputs=None, bank_sources: np.ndarray | None = None):
+    def __init__(self, train: WindowDataset, bank_inputs=None, bank_sources: np.ndarray | None = None,
+                 input_factor: int = 1):
         self.train = train
         self.starts = np.asarray(train.starts)
         self.window_shape = (train.input_frames, *train.series.field.shape[1:])
+        self.input_factor = check_input_factor(input_factor, *self.window_shape[-2:],
+                                               where=f"field {train.series.name!r}: ")
         self.bank = None
         sources = self.starts
         if bank_inputs is not None and len(bank_inputs):
@@ -98,16 +109,36 @@ class TrainingPool:
         ``nogil``: the whole batch in one compiled call that holds no GIL
         (:mod:`nuwa.batchkernel`; the same bytes) where it can be (a contiguous bank file, or
         none, and float32 statistics), for a loader thread beside a Python-bound step.
+        With an ``input_factor`` > 1 the inputs of the finished full-resolution batch are then
+        coarsened (the same bytes whichever builder made it).
         """
+        # with a factor, only the coarse inputs (and the targets) need page-locked memory
+        inputs, targets = self._full_resolution_batch(rows, pin_memory, nogil, pin_inputs=self.input_factor == 1)
+        if self.input_factor == 1:
+            return inputs, targets
+        # the block mean commutes with the per-channel normalisation (nuwa.superres): these are the
+        # coarsened physical windows, normalised
+        coarse = coarsen(inputs.numpy(), self.input_factor)
+        if not pin_memory:
+            return torch.from_numpy(coarse), targets
+        pinned = torch.empty(coarse.shape, dtype=torch.float32, pin_memory=True)
+        pinned.numpy()[...] = coarse
+        return pinned, targets
+
+    def _full_resolution_batch(self, rows: torch.Tensor | MixedRows, pin_memory: bool, nogil: bool,
+                               pin_inputs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch` before its inputs are coarsened: inputs and targets at full resolution
+        (the inputs in page-locked memory only with ``pin_inputs`` too)."""
         if isinstance(rows, MixedRows):
-            inputs, targets = self.batch(rows.rows, pin_memory, nogil)
+            inputs, targets = self._full_resolution_batch(rows.rows, pin_memory, nogil, pin_inputs)
             self._mix(rows, inputs.numpy(), targets.numpy())
             return inputs, targets
         rows = np.asarray(rows, dtype=np.int64)
         train, originals = self.train, len(self.starts)
         normalised = train.normalised.numpy()
         t_in, t_out = train.input_frames, train.output_frames
-        input_batch = torch.empty((len(rows), *self.window_shape), dtype=torch.float32, pin_memory=pin_memory)
+        input_batch = torch.empty((len(rows), *self.window_shape), dtype=torch.float32,
+                                  pin_memory=pin_memory and pin_inputs)
         target_batch = torch.empty((len(rows), t_out, *self.window_shape[1:]), dtype=torch.float32,
                                    pin_memory=pin_memory)
         inputs, targets = input_batch.numpy(), target_batch.numpy()

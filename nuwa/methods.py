@@ -18,6 +18,10 @@ true frame (1) or the model's previous prediction (0). Without a mask (evaluatio
 true inputs and their own predictions: targets are never seen at test time.
 A backbone may set ``auxiliary_loss`` (a scalar tensor) during a training forward, e.g.
 PredRNN-V2's memory decoupling loss; it is added to the MSE.
+
+A field with never-observed pixels (:class:`nuwa.windows.SeriesData`'s ``observed``) takes the
+MSE over the observed pixels only (:func:`squared_error_mean`): what the fill holds there never
+enters the loss.
 """
 
 from __future__ import annotations
@@ -51,9 +55,24 @@ def true_frame_mask(method: str, progress: float, batch: int, input_frames: int,
                      "reverse_scheduled_sampling)")
 
 
+def squared_error_mean(prediction: torch.Tensor, targets: torch.Tensor,
+                       observed: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean((prediction - targets) ** 2)`` over (B, T, C, H, W); ``observed`` (bool (H, W), on the
+    same device): over the observed pixels only, i.e. the sum over them divided by B*T*C*n.
+    None: exactly ``torch.mean`` of every value, as before masks existed."""
+    squared = (prediction - targets) ** 2
+    if observed is None:
+        return torch.mean(squared)
+    return torch.mean(squared[..., observed])  # (B, T, C, n): the observed pixels' values
+
+
 def training_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, progress: float,
-                  generator: torch.Generator, rows: slice | None = None, batch: int | None = None) -> torch.Tensor:
+                  generator: torch.Generator, rows: slice | None = None, batch: int | None = None,
+                  observed: torch.Tensor | None = None) -> torch.Tensor:
     """The loss of one training step.
+
+    ``observed`` (bool (H, W) on the model's device, or None): the MSE over observed pixels only
+    (:func:`squared_error_mean`); None: every pixel, the same bytes as before masks existed.
 
     Data parallel (:mod:`nuwa.distributed`): ``inputs`` and ``targets`` may be the rows ``rows`` of a
     global batch of ``batch`` samples, one process's share. Random draws are then made for the whole
@@ -70,7 +89,7 @@ def training_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.T
         if rows is not None:
             mask = mask[rows]
         prediction = model(inputs, targets=targets, true_frame_mask=mask)
-    loss = torch.mean((prediction - targets) ** 2)
+    loss = squared_error_mean(prediction, targets, observed)
     auxiliary = getattr(network, "auxiliary_loss", None)
     if auxiliary is not None:
         loss = loss + auxiliary

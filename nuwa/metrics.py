@@ -80,6 +80,32 @@ Per lead time
     ``psnr``, ``ssim`` and, when thresholds were given, ``csi_{thr:g}`` (counts pooled over
     everything but the lead time) and the ``fss_{thr:g}_{scale}`` keys.
 
+Never-observed pixels (``observed``)
+    Every function and :class:`MetricAccumulator` take ``observed``: a ``(H, W)`` mask (bool
+    or 0/1), True where the pixel was observed in at least one frame of the data (a gridded
+    dataset's ``observed`` coordinate, :class:`nuwa.windows.SeriesData`). ``None`` (default),
+    or a mask that is True everywhere: every number exactly as above. Otherwise
+    never-observed pixels are left out: nothing put there, in the forecast or the truth,
+    changes any score (NaN and inf allowed there), and
+
+    * ``mse``, ``mae``: means over the B*T*C*n observed values (n = observed pixels);
+      ``mse_frame``, ``mae_frame``: the sums over a frame's C*n observed values, averaged over
+      frames; ``psnr``: from each frame's MSE over its C*n observed values;
+    * CSI family: hits, misses and false alarms counted at observed pixels only;
+    * FSS: a never-observed pixel is an event in neither field (indicator 0 in forecast and
+      truth), then the fractions and sums as above, over every pixel. That is what
+      pysteps' ``fss_accum`` does with NaN (it sets non-finite values below the threshold),
+      so it equals pysteps' FSS on the fields with NaN at never-observed pixels (tested).
+      A window near a never-observed area counts those pixels as non-events in both fields,
+      which dilutes the fractions of both alike;
+    * SSIM: both images take, at never-observed pixels, the truth image's mean over its
+      observed pixels (the same flat value in forecast and truth), and the SSIM map is
+      averaged over the valid-interior window centres that are observed pixels (window
+      centres on never-observed pixels are left out). Windows centred on observed pixels
+      next to never-observed ones still hold some of those identical flat pixels, which agree
+      perfectly: SSIM near such borders is biased up (towards 1) relative to a field
+      observed everywhere. Needs at least one observed pixel >= 3 pixels from every border.
+
 Streaming
     :class:`MetricAccumulator` keeps float64 sums and integer counts, so
     ``update`` over several batches followed by ``compute`` gives the same
@@ -98,6 +124,7 @@ from scipy.ndimage import uniform_filter
 
 __all__ = [
     "CSI_EPS",
+    "MASKED_METRIC_CONVENTIONS",
     "METRIC_CONVENTIONS",
     "PSNR_CAP_DB",
     "SSIM_WIN_SIZE",
@@ -133,6 +160,28 @@ METRIC_CONVENTIONS = {
     "fss": "fss_{threshold}_{scale}: Fractions Skill Score of the >= threshold events in scale x scale pixel "
            "windows (zero padded), sums pooled over the test split (pysteps fss_accum / fss_compute)",
 }
+
+#: What changes for a field with never-observed pixels (``observed``; see the module docstring).
+MASKED_METRIC_CONVENTIONS = {
+    "observed": "never-observed pixels (NaN in every frame of the source) are left out of every metric: "
+                "mse, mae, psnr and the CSI counts over observed pixels only",
+    "fss": "never-observed pixels are events in neither forecast nor truth (pysteps' handling of NaN)",
+    "ssim": "never-observed pixels set to the truth image's observed mean in both images; SSIM map averaged over "
+            "observed window centres (biased up near never-observed areas)",
+}
+
+
+
+def conventions(masked: bool = False) -> dict[str, str]:
+    """The conventions a metrics file states; ``masked``: with what changes for a field with
+    never-observed pixels appended to each entry it changes."""
+    if not masked:
+        return dict(METRIC_CONVENTIONS)
+    merged = dict(METRIC_CONVENTIONS)
+    for key, text in MASKED_METRIC_CONVENTIONS.items():
+        merged[key] = f"{merged[key]}; {text}" if key in merged else text
+    return merged
+
 
 #: Earthformer's epsilon in the CSI / POD / FAR / bias denominators.
 CSI_EPS = 1e-4
@@ -214,6 +263,44 @@ def _check_pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
+def _check_observed(observed: Any, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+    """A validated ``(H, W)`` bool mask of observed pixels, or None (no mask, or all observed)."""
+    if observed is None:
+        return None
+    m = _to_numpy(observed, "observed")
+    if m.ndim != 2:
+        raise ValueError(f"observed must be a 2-D (H, W) mask; got shape {tuple(m.shape)}")
+    if shape is not None and tuple(m.shape) != tuple(shape):
+        raise ValueError(f"observed has shape {tuple(m.shape)} but the fields' (H, W) is {tuple(shape)}")
+    if m.dtype != np.bool_:
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("observed must hold 0/1 or booleans (1: observed)")
+        m = m.astype(bool)
+    if not m.any():
+        raise ValueError("observed marks no pixel observed: nothing to score")
+    return None if m.all() else m
+
+
+def _check_masked_pair(pred: Any, truth: Any, observed: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(pred, truth, mask)``: without a mask (or with an all-True one) :func:`_check_pair` and None;
+    with one, float64 arrays whose never-observed pixels are 0 (anything there, NaN included, is
+    ignored; the observed values must be finite) and the bool (H, W) mask."""
+    if observed is None:
+        return (*_check_pair(pred, truth), None)
+    p, t = _to_numpy(pred, "pred"), _to_numpy(truth, "truth")
+    if p.ndim == 5 and p.shape == t.shape:  # otherwise _check_pair names the problem
+        m = _check_observed(observed, p.shape[-2:])
+        if m is not None:
+            p = np.where(m, p.astype(np.float64, copy=False), 0.0)
+            t = np.where(m, t.astype(np.float64, copy=False), 0.0)
+            return (*_check_pair(p, t), m)
+    return (*_check_pair(p, t), None)
+
+
+def _observed_count(m: np.ndarray | None, H: int, W: int) -> int:
+    return H * W if m is None else int(np.count_nonzero(m))
+
+
 def threshold_key(metric: str, threshold: float) -> str:
     """Result-dict key for a thresholded score, e.g. ``threshold_key('csi', 16.0) == 'csi_16'``."""
     return f"{metric}_{threshold:g}"
@@ -265,14 +352,28 @@ def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
 # --------------------------------------------------------------------------- #
 # Per-image / per-frame kernels (validated float64 inputs)
 # --------------------------------------------------------------------------- #
-def _ssim_images(p: np.ndarray, t: np.ndarray, data_range: float) -> np.ndarray:
-    """SSIM of every (b, t, c) image; returns shape (B, T, C). Inputs already validated."""
+def _ssim_images(p: np.ndarray, t: np.ndarray, data_range: float, observed: np.ndarray | None = None) -> np.ndarray:
+    """SSIM of every (b, t, c) image; returns shape (B, T, C). Inputs already validated.
+
+    ``observed`` (bool (H, W)): never-observed pixels of both images set to the truth image's mean
+    over observed pixels, and the map averaged over observed valid-interior centres only."""
     B, T, C, H, W = p.shape
     win = SSIM_WIN_SIZE
     if H < win or W < win:
         raise ValueError(
             f"SSIM needs H >= {win} and W >= {win} (its window size); got H={H}, W={W}"
         )
+    centres = None
+    if observed is not None:
+        edge = (win - 1) // 2
+        centres = observed[edge : H - edge, edge : W - edge]
+        if not centres.any():
+            raise ValueError(f"SSIM with never-observed pixels needs an observed pixel at least {edge} pixels "
+                             "from every border (a window centre); there is none")
+        flat = (np.where(observed, t, 0.0).sum(axis=(-2, -1), keepdims=True)
+                / np.count_nonzero(observed))  # the truth image's mean over observed pixels
+        p = np.where(observed, p, flat)
+        t = np.where(observed, t, flat)
     n_img = B * T * C
     x = t.reshape(n_img, H, W)  # skimage's im1 (truth); the formula is symmetric anyway
     y = p.reshape(n_img, H, W)
@@ -302,24 +403,36 @@ def _ssim_images(p: np.ndarray, t: np.ndarray, data_range: float) -> np.ndarray:
         b1 = ux**2 + uy**2 + c1
         b2 = vx + vy + c2
         s = (a1 * a2) / (b1 * b2)
-        out[start : start + step] = s[:, pad : H - pad, pad : W - pad].mean(axis=(1, 2))
+        if centres is None:
+            out[start : start + step] = s[:, pad : H - pad, pad : W - pad].mean(axis=(1, 2))
+        else:
+            out[start : start + step] = s[:, pad : H - pad, pad : W - pad][:, centres].mean(axis=1)
     return out.reshape(B, T, C)
 
 
-def _psnr_frames(p: np.ndarray, t: np.ndarray, data_range: float) -> np.ndarray:
-    """PSNR (dB) of every (b, t) frame over its C*H*W values; shape (B, T)."""
+def _psnr_frames(p: np.ndarray, t: np.ndarray, data_range: float, observed: np.ndarray | None = None) -> np.ndarray:
+    """PSNR (dB) of every (b, t) frame over its C*H*W values (C*n observed ones: ``p`` and ``t``
+    are 0 at never-observed pixels); shape (B, T)."""
     d = p - t
-    mse_f = np.mean(d * d, axis=(2, 3, 4))
+    if observed is None:
+        mse_f = np.mean(d * d, axis=(2, 3, 4))
+    else:
+        mse_f = np.sum(d * d, axis=(2, 3, 4)) / (p.shape[2] * np.count_nonzero(observed))
     mse_f = np.maximum(mse_f, _PSNR_MSE_FLOOR * data_range**2)
     return 10.0 * np.log10(data_range**2 / mse_f)
 
 
-def _counts_per_step(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """Integer (hits, misses, false alarms) per lead time and threshold; shape (T, K, 3), int64."""
+def _counts_per_step(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float],
+                     observed: np.ndarray | None = None) -> np.ndarray:
+    """Integer (hits, misses, false alarms) per lead time and threshold; shape (T, K, 3), int64.
+    ``observed``: counted at observed pixels only."""
     out = np.zeros((p.shape[1], len(thresholds), 3), dtype=np.int64)
     for k, thr in enumerate(thresholds):
         t_ev = t >= thr
         p_ev = p >= thr
+        if observed is not None:
+            t_ev &= observed
+            p_ev &= observed
         both = t_ev & p_ev
         for lead in range(p.shape[1]):  # a flat count per lead is faster than count_nonzero(axis=...)
             hits = np.count_nonzero(both[:, lead])
@@ -327,16 +440,19 @@ def _counts_per_step(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float]) 
     return out
 
 
-def _counts(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+def _counts(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float],
+            observed: np.ndarray | None = None) -> np.ndarray:
     """Integer (hits, misses, false alarms) per threshold; shape (K, 3), int64."""
-    return _counts_per_step(p, t, thresholds).sum(axis=0)
+    return _counts_per_step(p, t, thresholds, observed).sum(axis=0)
 
 
-def _fss_sums(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float], scales: Sequence[int]) -> np.ndarray:
+def _fss_sums(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float], scales: Sequence[int],
+              observed: np.ndarray | None = None) -> np.ndarray:
     """FSS sums (sum Sf^2, sum Sf So, sum So^2) per lead time, threshold and scale: (T, K, S, 3) float64.
 
     Sf, So: fractions of ``>= thr`` pixels in a ``scale`` x ``scale`` window of each image, zero
     padded, as ``pysteps.verification.spatialscores.fss_accum`` computes them per image.
+    ``observed``: a never-observed pixel is an event in neither field (pysteps' handling of NaN).
     """
     B, T, C, H, W = p.shape
     out = np.zeros((T, len(thresholds), len(scales), 3), dtype=np.float64)
@@ -347,8 +463,12 @@ def _fss_sums(p: np.ndarray, t: np.ndarray, thresholds: Sequence[float], scales:
     for start in range(0, B, step):
         ps, ts = p[start:start + step], t[start:start + step]
         for k, thr in enumerate(thresholds):
-            i_f = (ps >= thr).astype(np.float64)
-            i_o = (ts >= thr).astype(np.float64)
+            if observed is None:
+                i_f = (ps >= thr).astype(np.float64)
+                i_o = (ts >= thr).astype(np.float64)
+            else:
+                i_f = ((ps >= thr) & observed).astype(np.float64)
+                i_o = ((ts >= thr) & observed).astype(np.float64)
             for j, scale in enumerate(scales):
                 if scale > 1:  # size 1 along (B, T, C): each image filtered alone
                     size = (1, 1, 1, scale, scale)
@@ -373,61 +493,66 @@ def _fss_from_sums(sums: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Public one-shot functions
 # --------------------------------------------------------------------------- #
-def mse(pred: Any, truth: Any) -> float:
-    """Mean squared error per pixel over all B*T*C*H*W values."""
-    p, t = _check_pair(pred, truth)
+def mse(pred: Any, truth: Any, observed: Any = None) -> float:
+    """Mean squared error per pixel over all B*T*C*H*W values (``observed``: over the observed ones)."""
+    p, t, m = _check_masked_pair(pred, truth, observed)
     d = p - t
-    return float(np.mean(d * d))
+    if m is None:
+        return float(np.mean(d * d))
+    return float(np.sum(d * d) / (p.size // m.size * np.count_nonzero(m)))
 
 
-def mae(pred: Any, truth: Any) -> float:
-    """Mean absolute error per pixel over all B*T*C*H*W values."""
-    p, t = _check_pair(pred, truth)
-    return float(np.mean(np.abs(p - t)))
+def mae(pred: Any, truth: Any, observed: Any = None) -> float:
+    """Mean absolute error per pixel over all B*T*C*H*W values (``observed``: over the observed ones)."""
+    p, t, m = _check_masked_pair(pred, truth, observed)
+    if m is None:
+        return float(np.mean(np.abs(p - t)))
+    return float(np.sum(np.abs(p - t)) / (p.size // m.size * np.count_nonzero(m)))
 
 
-def mse_frame(pred: Any, truth: Any) -> float:
-    """OpenSTL-style MSE: squared error summed over C*H*W, averaged over the B*T frames."""
-    p, t = _check_pair(pred, truth)
+def mse_frame(pred: Any, truth: Any, observed: Any = None) -> float:
+    """OpenSTL-style MSE: squared error summed over C*H*W (the observed pixels), averaged over the B*T frames."""
+    p, t, _ = _check_masked_pair(pred, truth, observed)
     d = p - t
     return float(np.sum(d * d) / (p.shape[0] * p.shape[1]))
 
 
-def mae_frame(pred: Any, truth: Any) -> float:
-    """OpenSTL-style MAE: absolute error summed over C*H*W, averaged over the B*T frames."""
-    p, t = _check_pair(pred, truth)
+def mae_frame(pred: Any, truth: Any, observed: Any = None) -> float:
+    """OpenSTL-style MAE: absolute error summed over C*H*W (the observed pixels), averaged over the B*T frames."""
+    p, t, _ = _check_masked_pair(pred, truth, observed)
     return float(np.sum(np.abs(p - t)) / (p.shape[0] * p.shape[1]))
 
 
-def ssim_per_image(pred: Any, truth: Any, data_range: float) -> np.ndarray:
-    """SSIM of every (b, t, c) 2-D image, shape (B, T, C), float64 (skimage-equivalent)."""
+def ssim_per_image(pred: Any, truth: Any, data_range: float, observed: Any = None) -> np.ndarray:
+    """SSIM of every (b, t, c) 2-D image, shape (B, T, C), float64 (skimage-equivalent; ``observed``:
+    see the module docstring)."""
     dr = _check_data_range(data_range)
-    p, t = _check_pair(pred, truth)
-    return _ssim_images(p, t, dr)
+    p, t, m = _check_masked_pair(pred, truth, observed)
+    return _ssim_images(p, t, dr, m)
 
 
-def ssim(pred: Any, truth: Any, data_range: float) -> float:
+def ssim(pred: Any, truth: Any, data_range: float, observed: Any = None) -> float:
     """Mean SSIM over all (b, t, c) images (see module docstring for the exact definition)."""
-    return float(np.mean(ssim_per_image(pred, truth, data_range)))
+    return float(np.mean(ssim_per_image(pred, truth, data_range, observed)))
 
 
-def psnr_per_frame(pred: Any, truth: Any, data_range: float) -> np.ndarray:
-    """PSNR (dB) of every (b, t) frame over its C*H*W values, shape (B, T), capped at 100 dB."""
+def psnr_per_frame(pred: Any, truth: Any, data_range: float, observed: Any = None) -> np.ndarray:
+    """PSNR (dB) of every (b, t) frame over its C*H*W values (C*n observed ones), shape (B, T), capped at 100 dB."""
     dr = _check_data_range(data_range)
-    p, t = _check_pair(pred, truth)
-    return _psnr_frames(p, t, dr)
+    p, t, m = _check_masked_pair(pred, truth, observed)
+    return _psnr_frames(p, t, dr, m)
 
 
-def psnr(pred: Any, truth: Any, data_range: float) -> float:
+def psnr(pred: Any, truth: Any, data_range: float, observed: Any = None) -> float:
     """Mean over the B*T frames of the per-frame PSNR (capped at ``PSNR_CAP_DB`` = 100 dB)."""
-    return float(np.mean(psnr_per_frame(pred, truth, data_range)))
+    return float(np.mean(psnr_per_frame(pred, truth, data_range, observed)))
 
 
-def contingency_counts(pred: Any, truth: Any, thresholds: Sequence[float]) -> np.ndarray:
-    """Pooled (hits, misses, false_alarms) per threshold (``>=`` events); int64 array (K, 3)."""
+def contingency_counts(pred: Any, truth: Any, thresholds: Sequence[float], observed: Any = None) -> np.ndarray:
+    """Pooled (hits, misses, false_alarms) per threshold (``>=`` events, at observed pixels); int64 array (K, 3)."""
     thr = _check_thresholds(thresholds)
-    p, t = _check_pair(pred, truth)
-    return _counts(p, t, thr)
+    p, t, m = _check_masked_pair(pred, truth, observed)
+    return _counts(p, t, thr, m)
 
 
 def categorical_scores(
@@ -452,32 +577,32 @@ def categorical_scores(
     return out
 
 
-def csi_scores(pred: Any, truth: Any, thresholds: Sequence[float]) -> dict[str, float]:
+def csi_scores(pred: Any, truth: Any, thresholds: Sequence[float], observed: Any = None) -> dict[str, float]:
     """One-shot CSI family (``csi_{thr:g}``, ``pod_*``, ``far_*``, ``bias_*``, ``csi_m``)."""
-    return categorical_scores(contingency_counts(pred, truth, thresholds), thresholds)
+    return categorical_scores(contingency_counts(pred, truth, thresholds, observed), thresholds)
 
 
-def fss(pred: Any, truth: Any, threshold: float, scale: int) -> float:
+def fss(pred: Any, truth: Any, threshold: float, scale: int, observed: Any = None) -> float:
     """Fractions Skill Score of the ``>= threshold`` events at ``scale`` pixels, pooled over all
     (B, T, C) images (see the module docstring); NaN when neither has an event."""
     thr = _check_thresholds([threshold])
     scales = _check_fss_scales([scale], thr)
-    p, t = _check_pair(pred, truth)
-    return float(_fss_from_sums(_fss_sums(p, t, thr, scales).sum(axis=0))[0, 0])
+    p, t, m = _check_masked_pair(pred, truth, observed)
+    return float(_fss_from_sums(_fss_sums(p, t, thr, scales, m).sum(axis=0))[0, 0])
 
 
 def evaluate(
     pred: Any, truth: Any, data_range: float, thresholds: Sequence[float] = (),
-    fss_scales: Sequence[int] = (),
+    fss_scales: Sequence[int] = (), observed: Any = None,
 ) -> dict[str, float]:
     """All metrics on one (B, T, C, H, W) pair; same keys as :meth:`MetricAccumulator.compute`."""
-    acc = MetricAccumulator(data_range, thresholds, fss_scales=fss_scales)
+    acc = MetricAccumulator(data_range, thresholds, fss_scales=fss_scales, observed=observed)
     acc.update(pred, truth)
     return acc.compute()
 
 
 def per_step(pred: Any, truth: Any, data_range: float, thresholds: Sequence[float] = (),
-             fss_scales: Sequence[int] = ()) -> dict[str, list[float]]:
+             fss_scales: Sequence[int] = (), observed: Any = None) -> dict[str, list[float]]:
     """Metrics per lead time t (length-T lists), for plots.
 
     ``mse`` and ``mae`` are per-pixel means over everything but T; ``psnr`` is the
@@ -485,7 +610,7 @@ def per_step(pred: Any, truth: Any, data_range: float, thresholds: Sequence[floa
     and channels of the image SSIM at step t (needs H, W >= 7); with thresholds,
     ``csi_{thr}`` from the counts at step t, and ``fss_{thr}_{scale}`` with scales.
     """
-    acc = MetricAccumulator(data_range, thresholds, fss_scales=fss_scales)
+    acc = MetricAccumulator(data_range, thresholds, fss_scales=fss_scales, observed=observed)
     acc.update(pred, truth)
     return acc.compute_per_step()
 
@@ -499,14 +624,17 @@ class MetricAccumulator:
 
     All batches must share (T, C, H, W). Sums are float64, contingency counts int64.
     ``fss_scales`` (window sizes in pixels; needs thresholds) adds ``fss_{thr:g}_{scale}``
-    for every threshold and scale; the default ``()`` computes no FSS.
+    for every threshold and scale; the default ``()`` computes no FSS. ``observed``: the
+    ``(H, W)`` mask of observed pixels (see the module docstring); None, or all True, scores
+    every pixel exactly as without it.
     """
 
     def __init__(self, data_range: float, thresholds: Sequence[float] = (),
-                 fss_scales: Sequence[int] = ()) -> None:
+                 fss_scales: Sequence[int] = (), observed: Any = None) -> None:
         self.data_range = _check_data_range(data_range)
         self.thresholds = _check_thresholds(thresholds)
         self.fss_scales = _check_fss_scales(fss_scales, self.thresholds)
+        self.observed = _check_observed(observed)
         self.reset()
 
     def reset(self) -> None:
@@ -527,7 +655,7 @@ class MetricAccumulator:
 
     def update(self, pred: Any, truth: Any) -> None:
         """Add a batch of forecasts and truths, each shaped (B, T, C, H, W)."""
-        p, t = _check_pair(pred, truth)
+        p, t, m = _check_masked_pair(pred, truth, self.observed)
         B, T, C, H, W = p.shape
         if self._frame_shape is None:
             if H < SSIM_WIN_SIZE or W < SSIM_WIN_SIZE:
@@ -545,10 +673,10 @@ class MetricAccumulator:
         ab = np.abs(d)
         sse_t = sq.sum(axis=(0, 2, 3, 4))
         sae_t = ab.sum(axis=(0, 2, 3, 4))
-        ssim_img = _ssim_images(p, t, self.data_range)  # (B, T, C)
-        psnr_fr = _psnr_frames(p, t, self.data_range)  # (B, T)
-        counts_t = _counts_per_step(p, t, self.thresholds)
-        fss_t = _fss_sums(p, t, self.thresholds, self.fss_scales)
+        ssim_img = _ssim_images(p, t, self.data_range, m)  # (B, T, C)
+        psnr_fr = _psnr_frames(p, t, self.data_range, m)  # (B, T)
+        counts_t = _counts_per_step(p, t, self.thresholds, m)
+        fss_t = _fss_sums(p, t, self.thresholds, self.fss_scales, m)
         # Commit state only after everything succeeded.
         if self._frame_shape is None:
             self._frame_shape = (T, C, H, W)
@@ -587,7 +715,7 @@ class MetricAccumulator:
         ``fss_{thr}_{scale}`` when fss_scales were given."""
         T, C, H, W = self._require_data()
         n_frames = self.n_samples * T
-        n_pixels = n_frames * C * H * W
+        n_pixels = n_frames * C * _observed_count(self.observed, H, W)
         n_images = n_frames * C
         out = {
             "mse": self._sse / n_pixels,
@@ -617,7 +745,7 @@ class MetricAccumulator:
         """Per-lead-time lists (length T) of mse, mae, psnr, ssim, and ``csi_{thr}`` and
         ``fss_{thr}_{scale}`` when thresholds / scales were given (see :func:`per_step`)."""
         T, C, H, W = self._require_data()
-        n_pix_t = self.n_samples * C * H * W
+        n_pix_t = self.n_samples * C * _observed_count(self.observed, H, W)
         out = {
             "mse": [float(v) for v in self._sse_t / n_pix_t],
             "mae": [float(v) for v in self._sae_t / n_pix_t],

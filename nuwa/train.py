@@ -13,6 +13,14 @@ holds the model, optimiser, scheduler, the batch rows' generators, the scheduled
 generator, every RNG that training could touch (torch, CUDA, numpy, Python's), the history and
 the best model so far.
 
+A field with never-observed pixels (``series.observed``, e.g. the sea of a land-only gridded
+product) leaves them out of the training and validation losses (the MSE over observed pixels,
+:func:`nuwa.methods.squared_error_mean`) and of every test metric; the model still sees their
+fill in its inputs. Without a mask every byte is as before.
+
+The super-resolution task (``input_factor`` > 1, :mod:`nuwa.superres`) trains the same way on
+block-averaged inputs, with a backbone that outputs full-resolution frames.
+
 Across processes (torchrun, :mod:`nuwa.distributed`) the run is the single-process run up to
 floating-point rounding: the same global batches, split across ranks, with averaged gradients.
 """
@@ -38,19 +46,25 @@ from nuwa.loader import BatchStream, PairedRows, TrainingPool
 from nuwa.methods import training_loss
 from nuwa.progress import progress
 from nuwa.seeding import seed_torch, torch_generator
-from nuwa.windows import SeriesData, WindowDataset, select_dataset
+from nuwa.superres import check_input_factor, coarsen
+from nuwa.windows import SeriesData, WindowDataset, select_dataset, training_subset
 
 
 # keys of a backbone entry that are not hyperparameters of the network
 PIPELINE_KEYS = ("kind", "init_from_upstream", "gpus")
 
 
-def build_model(backbone_config: dict, dataset_config: dict, channels: int) -> torch.nn.Module:
+def build_model(backbone_config: dict, dataset_config: dict, channels: int, input_factor: int = 1) -> torch.nn.Module:
+    """The backbone of a cell. ``input_factor`` > 1 (the super-resolution task, :mod:`nuwa.superres`):
+    built for inputs of ``height / input_factor`` x ``width / input_factor`` with ``scale =
+    input_factor``, so that it outputs frames of the dataset's full ``height`` x ``width``."""
+    height, width = dataset_config["height"], dataset_config["width"]
+    input_factor = check_input_factor(input_factor, height, width)
     overrides = {k: v for k, v in backbone_config.items() if k not in PIPELINE_KEYS}
     return create_backbone(backbone_config["kind"],
-                           in_shape=(dataset_config["input_frames"], channels, dataset_config["height"],
-                                     dataset_config["width"]),
-                           out_frames=dataset_config["output_frames"], **overrides)
+                           in_shape=(dataset_config["input_frames"], channels, height // input_factor,
+                                     width // input_factor),
+                           out_frames=dataset_config["output_frames"], scale=input_factor, **overrides)
 
 
 def validation_windows(count: int, budget: int) -> np.ndarray:
@@ -67,19 +81,35 @@ def validation_windows(count: int, budget: int) -> np.ndarray:
 
 @torch.no_grad()
 def validation_loss(model: torch.nn.Module, val: WindowDataset, batch_size: int, max_batches: int,
-                    device: torch.device | None = None) -> float:
-    """Mean squared error over :func:`validation_windows` (``max_batches`` x ``batch_size`` of them)."""
+                    device: torch.device | None = None, input_factor: int = 1) -> float:
+    """Mean squared error over :func:`validation_windows` (``max_batches`` x ``batch_size`` of them);
+    the model is fed the inputs coarsened by ``input_factor`` (:func:`nuwa.superres.coarsen`) and
+    scored against the full-resolution targets. A field with never-observed pixels
+    (``val.series.observed``): over the observed pixels only."""
     device = device or torch.device("cpu")
     model.eval()
     total, count = 0.0, 0
+    observed = observed_tensor(val.series, device)
+    observed_count = 0 if observed is None else int(np.count_nonzero(val.series.observed))
     chosen = validation_windows(len(val), max_batches * batch_size)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val, chosen.tolist()), batch_size=batch_size,
                                          shuffle=False)
     for _, inputs, targets in loader:
-        total += float(torch.sum((model(inputs.to(device)) - targets.to(device)) ** 2))
-        count += targets.numel()
+        inputs = coarsen(inputs, input_factor)  # factor 1: the inputs themselves
+        if observed is None:
+            total += float(torch.sum((model(inputs.to(device)) - targets.to(device)) ** 2))
+            count += targets.numel()
+        else:
+            squared = (model(inputs.to(device)) - targets.to(device)) ** 2
+            total += float(torch.sum(squared[..., observed]))  # (B, T, C, n): the observed pixels
+            count += targets[..., 0, 0].numel() * observed_count
     model.train()
     return total / max(count, 1)
+
+
+def observed_tensor(series: SeriesData, device: torch.device) -> torch.Tensor | None:
+    """The series' observed-pixel mask as a bool (H, W) tensor on ``device``; None: every pixel observed."""
+    return None if series.observed is None else torch.as_tensor(np.asarray(series.observed, dtype=bool), device=device)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -113,10 +143,16 @@ class _NoBar:
         pass
 
 
-def model_payload(model: torch.nn.Module, backbone_config: dict, dataset: str, variant: str, seed: int) -> dict:
-    """What ``model.pt`` holds: the weights, the backbone entry they were built from, and the cell."""
-    return {"state_dict": model.state_dict(), "backbone": dict(backbone_config), "dataset": dataset,
-            "variant": variant, "seed": seed}
+def model_payload(model: torch.nn.Module, backbone_config: dict, dataset: str, variant: str, seed: int,
+                  input_factor: int = 1) -> dict:
+    """What ``model.pt`` holds: the weights, the backbone entry they were built from, and the cell.
+    A super-resolution model (``input_factor`` > 1) also holds ``input_factor``, which
+    :func:`build_model` needs to rebuild it; a forecasting model's file is as before."""
+    payload = {"state_dict": model.state_dict(), "backbone": dict(backbone_config), "dataset": dataset,
+               "variant": variant, "seed": seed}
+    if input_factor != 1:
+        payload["input_factor"] = int(input_factor)
+    return payload
 
 
 def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, backbone_name: str,
@@ -125,7 +161,7 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
                mix_fraction: float = 0.0, mixup_alpha: float | None = None,
                checkpoint_path: str | Path | None = None, upstream: dict | None = None,
                upstream_source: str | Path | None = None, context: distributed.Context = distributed.SINGLE,
-               fss_scales: tuple[int, ...] = ()):
+               fss_scales: tuple[int, ...] = (), input_factor: int = 1, train_percent: int = 100):
     """Train and evaluate one cell. Returns (model, history DataFrame, metrics dict, examples dict,
     losses Dataset): ``losses`` holds the test mse and mae of every test window at every lead
     (:func:`nuwa.evaluate.losses_dataset`), what :mod:`nuwa.compare` draws intervals from.
@@ -141,6 +177,17 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     variant of one (dataset, backbone, seed) starts from the same weights and draws the same
     original windows.
 
+    ``input_factor`` > 1: the super-resolution task (:mod:`nuwa.superres`, the paper's Table 2).
+    The backbone is built with ``scale = input_factor`` (:func:`build_model`) and trained,
+    validated and tested on inputs block-averaged ``input_factor`` x ``input_factor`` (the bank's
+    rows too, as they are read: :class:`nuwa.loader.TrainingPool`) against full-resolution
+    targets; metrics, losses and examples' truths and predictions are at full resolution, the
+    examples' inputs coarse. 1 (the default): forecasting, every byte as before.
+
+    ``train_percent`` < 100: data scarcity; the cell trains on the training windows that
+    :func:`nuwa.windows.training_subset` keeps (``train_config['subset']``), and its bank must
+    have been built from the same windows (``nuwa bank --train-percent``).
+
     A non-finite training or validation loss raises :class:`nuwa.errors.DivergedError` (on every
     process) naming the cell and the step.
 
@@ -152,19 +199,22 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     cell = f"{dataset_name}/{backbone_name}/{variant}/seed{seed}"
     batch_size = train_config["batch_size"]
     my_rows = distributed.shard_rows(batch_size, context)  # checks that the batch splits evenly
+    input_factor = check_input_factor(input_factor, *series.field.shape[-2:], where=f"dataset {dataset_name!r}: ")
     device = context.device
     train = select_dataset(series, dataset_config, "train")
+    if train_percent != 100:  # data scarcity: the windows train_config['subset'] keeps (its bank has those alone)
+        train = training_subset(train, train_percent, train_config["subset"], seed, dataset_name)
     val = select_dataset(series, dataset_config, "val")
     test = select_dataset(series, dataset_config, "test")
     for split, windows in (("train", train), ("val", val), ("test", test)):
         if len(windows) == 0:
             raise ValueError(f"dataset {dataset_name!r}: no {split} window fits in the {split} split")
-    pool = TrainingPool(train, bank_inputs, bank_sources)
+    pool = TrainingPool(train, bank_inputs, bank_sources, input_factor=input_factor)
     # the pool's rows come from generators of their own, so that reading a batch ahead moves no other draw
     rows = PairedRows.seeded(pool, seed, *names, bank_copies=bank_copies, mix_fraction=mix_fraction,
                              mixup_alpha=mixup_alpha)
     seed_torch(seed, "train-init", *names)  # initial weights (and, on rank 0, dropout)
-    model = build_model(backbone_config, dataset_config, series.field.shape[1])
+    model = build_model(backbone_config, dataset_config, series.field.shape[1], input_factor)
     transferred = []
     if upstream is not None:
         if not hasattr(model, "load_upstream"):
@@ -190,6 +240,11 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         if missing:
             raise DataFileError(f"{checkpoint_path}: not a training checkpoint (missing {', '.join(missing)}); "
                                 "delete it to start the cell afresh")
+        # a checkpoint without the key was written by forecasting (factor 1), before tasks existed
+        if int(saved.get("input_factor", 1)) != input_factor:
+            raise DataFileError(f"{checkpoint_path}: a checkpoint of input_factor {int(saved.get('input_factor', 1))}, "
+                                f"this cell has input_factor {input_factor} (another task); delete it to start the "
+                                "cell afresh")
         check_state_dict(checkpoint_path, saved["model"], model.state_dict(), f"backbone {backbone_name!r}")
         if "rows" not in saved or "rng" not in saved:
             raise DataFileError(f"{checkpoint_path}: a checkpoint written before the paired batch design (no state "
@@ -218,6 +273,10 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
     # across processes, each computes the loss of its rows of the global batch (random draws are
     # still made for the whole batch); DDP's average of the gradients is the whole batch's gradient
     share = {"rows": my_rows, "batch": batch_size} if context.distributed else {}
+    # never-observed pixels (a gridded field's sea, say) are left out of the loss; no mask: as before
+    observed = observed_tensor(series, device)
+    if observed is not None:
+        share["observed"] = observed
     # the batch of step k + 1 is read (and sent to the device) while step k runs
     try:  # the bar ends its line even when the cell stops (an error is then printed on a line of its own)
         with BatchStream(pool, rows, batch_size, my_rows, device) as batches:
@@ -237,7 +296,8 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
                 check_finite_loss(row["train_loss"], "training", cell, step)
                 if step % train_config["eval_every"] == 0 or step == steps:
                     # rank 0 validates on the validation subset while the others wait for its result
-                    loss_here = validation_loss(model, val, batch_size, train_config["val_batches"], device) \
+                    loss_here = validation_loss(model, val, batch_size, train_config["val_batches"], device,
+                                                input_factor) \
                         if context.is_main else 0.0
                     row["val_loss"] = distributed.from_main(loss_here, context)
                     check_finite_loss(row["val_loss"], "validation", cell, step)
@@ -255,7 +315,9 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
                         save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                                          "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                                          "rows": batches.rows_state(),
-                                         "rng": rng, "world_size": context.world_size, "state": state},
+                                         "rng": rng, "world_size": context.world_size, "state": state,
+                                         # a forecasting cell's checkpoint as before (no key: factor 1)
+                                         **({"input_factor": input_factor} if input_factor != 1 else {})},
                                         checkpoint_path)
     finally:
         bar.close()
@@ -271,10 +333,13 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
         lambda inputs: model(inputs.to(device)).cpu(), test, dataset_config["csi_thresholds"], batch_size=32,
         example_count=train_config["example_samples"],
         attrs={"dataset": dataset_name, "backbone": backbone_name, "variant": variant, "seed": seed,
-               "window_stride": int(dataset_config["window_stride"])}, fss_scales=fss_scales)
+               "window_stride": int(dataset_config["window_stride"])}, fss_scales=fss_scales,
+        input_factor=input_factor)
     metrics.update({
         "best_step": state["best_step"], "best_val_loss": state["best_val"], "steps": steps, "seed": seed,
         "mix_fraction": rows.mix_fraction, "train_pool": len(pool), "bank_samples": len(pool) - len(train),
+        "train_windows": len(train),
+        "input_factor": input_factor,
         **({"mixup_alpha": float(mixup_alpha)} if mixup_alpha is not None else {}),
         "parameters": sum(p.numel() for p in model.parameters()),
         "upstream_tensors_loaded": len(transferred),

@@ -9,6 +9,8 @@ torch is imported only where a tensor is made: the stages that read physical-uni
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -34,6 +36,18 @@ class SeriesData:
     name: str
     attrs: dict
     segment: np.ndarray | None = None  # int per time step; None: one segment
+    # bool (y, x): pixels observed in at least one frame (the processed file's ``observed``);
+    # None: every pixel is. Never-observed pixels hold a fill and are left out of every loss and metric
+    observed: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.observed is not None:  # a bool (y, x) mask, or None when every pixel is observed
+            observed = np.asarray(self.observed).astype(bool)
+            if observed.shape != self.field.shape[2:]:
+                raise ValueError(f"observed has shape {observed.shape}, the field's (y, x) is {self.field.shape[2:]}")
+            if not observed.any():
+                raise ValueError("observed marks every pixel never observed: nothing to score")
+            self.observed = None if observed.all() else observed
 
     @cached_property
     def normalised(self) -> torch.Tensor:
@@ -102,9 +116,29 @@ def load_series(path) -> SeriesData:
     # files written before segments existed hold one segment
     segment = dataset["segment"].values.astype(np.int64) if "segment" in dataset.variables else None
     return SeriesData(field=values, split=split.astype(np.int8), segment=segment, mean=mean, std=std,
-                      data_range=float(data_range), name=name,
+                      data_range=float(data_range), name=name, observed=_observed_mask(dataset, values.shape, path),
                       attrs={**dataset.attrs, "units": field.attrs.get("units", "1"),
                              "long_name": field.attrs.get("long_name", name)})
+
+
+def _observed_mask(dataset, shape: tuple[int, ...], path) -> np.ndarray | None:
+    """The processed file's ``observed(y, x)`` flags (1 observed, 0 never observed: nuwa.datasets.gridded's
+    ``never_observed: mask``) as a bool array, or None when the file has none or every pixel is observed
+    (then losses and metrics are computed exactly as without a mask)."""
+    if "observed" not in dataset.variables:
+        return None
+    flags = dataset["observed"]
+    if tuple(flags.dims) != ("y", "x") or flags.shape != tuple(shape[2:]):
+        raise DataFileError(f"{path}: variable 'observed' has dims {tuple(flags.dims)} and shape {flags.shape}, "
+                            f"expected ('y', 'x') and {tuple(shape[2:])}")
+    values = np.asarray(flags.values)
+    unknown = sorted(set(np.unique(values).tolist()) - {0, 1})
+    if unknown:
+        raise DataFileError(f"{path}: variable 'observed' has value(s) {unknown} (allowed: 0 = never observed, "
+                            "1 = observed)")
+    if not values.any():
+        raise DataFileError(f"{path}: variable 'observed' marks every pixel never observed: nothing to score")
+    return None if values.all() else values.astype(bool)
 
 
 def window_starts(split_flags: np.ndarray, split: str, window_length: int, stride: int,
@@ -178,6 +212,38 @@ class WindowDataset:
 
 def select_dataset(series: SeriesData, config: dict, split: str) -> WindowDataset:
     return WindowDataset(series, split, config["input_frames"], config["output_frames"], config["window_stride"])
+
+
+SUBSET_SELECTIONS = ("recent", "seeded")
+
+
+def training_subset(train: WindowDataset, percent: int, selection: str, seed: int, *names: str) -> WindowDataset:
+    """The windows of ``train`` that a cell with ``percent`` % of the training data uses (data
+    scarcity): ``ceil(percent / 100 · n)`` windows of each segment's ``n`` (at least one), so that
+    every event of a pooled dataset keeps its share. ``recent``: each segment's last windows, the
+    block just before validation (what a forecaster with a short record has); ``seeded``: a
+    random subset drawn from (``seed``, ``names``), the same for every variant of a seed (the
+    paired design). 100: ``train`` itself. The bank of such a cell is built from the same windows."""
+    from nuwa.seeding import derive_seed
+
+    if not 1 <= int(percent) <= 100:
+        raise ValueError(f"train_percent {percent!r}: expected an integer in 1..100")
+    if selection not in SUBSET_SELECTIONS:
+        raise ValueError(f"train.subset {selection!r}: expected one of {', '.join(SUBSET_SELECTIONS)}")
+    if percent == 100:
+        return train
+    starts = np.asarray(train.starts)
+    segment = train.series.segment
+    segment_of = segment[starts] if segment is not None else np.zeros(len(starts), dtype=np.int64)
+    rng = np.random.default_rng(derive_seed(seed, "train-subset", *names))
+    keep = []
+    for value in dict.fromkeys(segment_of.tolist()):  # segments in time order
+        mine = np.flatnonzero(segment_of == value)
+        count = max(1, math.ceil(len(mine) * percent / 100))
+        keep.append(mine[-count:] if selection == "recent" else np.sort(rng.choice(mine, count, replace=False)))
+    subset = copy.copy(train)
+    subset.starts = starts[np.sort(np.concatenate(keep))]
+    return subset
 
 
 def patch_grid(series: SeriesData, config: dict) -> tuple[int, int, int]:

@@ -78,16 +78,22 @@ def test_degenerate_windows_fall_back_to_persistence_and_are_recorded():
     assert one[0]["reason"] == B.TOO_FEW_FRAMES
 
 
-def test_optical_flow_refuses_multichannel_fields():
-    field = np.repeat(blob_series(1, 1), 2, axis=1)  # (12, 2, 32, 32)
-    with pytest.raises(ValueError, match="2 channels"):
-        B.optical_flow(field[:6], 3)
+def test_optical_flow_tracks_each_channel_along_its_own_motion():
+    """In and out flows, two species...: each channel is tracked and extrapolated alone."""
+    field = np.concatenate([blob_series(1, 2, y0=8, x0=6), blob_series(-1.5, 0.5, y0=24, x0=12)], axis=1)
+    inputs, truth = field[:6], field[6:]
+    record = []
+    forecast = B.optical_flow(inputs, 6, record=record)
+    assert forecast.shape == truth.shape == (6, 2, 32, 32)
+    for channel in (0, 1):
+        alone = B.optical_flow(inputs[:, channel:channel + 1], 6)
+        np.testing.assert_array_equal(forecast[:, channel:channel + 1], alone)  # nothing ties the channels
+        flow_mse = np.mean((forecast[:, channel] - truth[:, channel]) ** 2)
+        persistence_mse = np.mean((inputs[-1, channel] - truth[:, channel]) ** 2)
+        assert flow_mse < 1e-2 * persistence_mse
+    assert len(record) == 2 and all(r["motion"] for r in record)  # one entry per window and channel
     series = in_memory_series(field)
-    with pytest.raises(ValueError, match="2 channels"):
-        B.normalised_forecaster("optical_flow", series, 6)
-    with pytest.raises(ValueError, match="2 channels"):
-        B.forecast_windows("optical_flow", WindowDataset(series, "test", 6, 6, 1))
-    assert B.persistence(field[:6], 3).shape == (3, 2, 32, 32)  # persistence has no such limit
+    assert B.normalised_forecaster("optical_flow", series, 6).name == "optical_flow"
 
 
 def test_unknown_baseline_is_named():

@@ -91,7 +91,7 @@ def test_a_checkpoint_holds_everything_a_resumed_run_draws_from(tiny_params, tin
 class EagerPool:
     """The training pool as it was before the bank was read per batch: every window in memory."""
 
-    def __init__(self, train, bank_inputs=None, bank_sources=None):
+    def __init__(self, train, bank_inputs=None, bank_sources=None, input_factor=1):
         self.train = train
         originals = torch.stack([train.normalised[s:s + train.input_frames] for s in train.starts])
         sources = np.asarray(train.starts)

@@ -19,7 +19,8 @@ strictly increasing (never reordered), the same y/x grid as the first file; and 
 overlap in time (the overlapping pair is named). A glob or folder that matches nothing is a
 :class:`nuwa.io.DataFileError` naming the pattern.
 
-Steps, in order (every one lazy; only small coordinate arrays are read):
+Steps, in order (every one lazy, only small coordinate arrays read, except ``never_observed:
+mask``'s one counting pass):
 
 1. ``variables`` (>= 1) are picked, one channel each, named after the variable; a missing
    one is an error listing the available ones.
@@ -42,21 +43,48 @@ Steps, in order (every one lazy; only small coordinate arrays are read):
    latitude runs 90 -> -90, and ``y: [30, 60]`` still gives 60..30 (the axis keeps its
    direction). Crops across the end of a periodic longitude axis (e.g. 350 -> 10) are not
    supported: roll the source first. A crop that keeps nothing is an error.
-6. ``fill_missing``: ``null`` (default) keeps NaN, which ingest then reports as an error
+6. ``convert`` (optional) ``{variable: {factor: f, offset: o, units: u}}``: values become
+   ``value * f + o`` (computed in float64; ``factor`` default 1, ``offset`` default 0) and the
+   channel's units ``u`` (required), e.g. precipitation flux to a rate,
+   ``{pr: {factor: 3600, units: mm h-1}}`` (1 kg m-2 s-1 of water = 1 mm s-1 = 3600 mm/h), or
+   ``{t2m: {offset: -273.15, units: degC}}``. The source's units are kept in
+   ``source_units``. Everything below (``fill_missing``, the thresholds of the params entry)
+   is in the converted units.
+7. ``never_observed``: ``missing`` (default) treats a pixel that is NaN in every frame like any
+   other missing value (step 8). ``mask``: a pixel that is NaN in every frame of the selected
+   period (after select, time_range and crop; e.g. the sea of a land-only product) is *never
+   observed*: it is filled with its channel's mean over the observed values (so that the
+   fill changes neither the data's min and max, hence the metrics' ``data_range``, nor, much,
+   the normalisation: a never-observed pixel is ~0 once normalised) and recorded in the
+   coordinate ``observed(y, x)`` (int8, 1 observed, 0 never observed; CF flag attributes),
+   from which training leaves it out of every loss and evaluation out of every metric
+   (:class:`nuwa.windows.SeriesData`'s ``observed``). Finding these pixels takes one pass
+   over the source (chunk by chunk, bounded memory: NaN counts per pixel and the channels'
+   sums). The variables must share their never-observed pixels. A pixel NaN in some frames
+   but not all stays missing data: without ``fill_missing`` the reader stops with an error
+   naming it. Attributes record the counts and the fill (``never_observed_*``).
+8. ``fill_missing``: ``null`` (default) keeps NaN, which ingest then reports as an error
    (ingest checks finiteness chunk by chunk; the reader never loads the field to check);
-   a number replaces NaN lazily (``fillna``) and is recorded in the attributes.
-7. ``coarsen`` (integer, default 1): block mean over ``coarsen x coarsen`` cells on y and x
+   a number replaces NaN lazily (``fillna``) and is recorded in the attributes (with
+   ``never_observed: mask``, only the NaN of observed pixels are left to it).
+9. ``coarsen`` (integer, default 1): block mean over ``coarsen x coarsen`` cells on y and x
    (``.coarsen(boundary="trim").mean()``, computed in float64, NaN propagates); the
-   coordinates become the block means.
-8. The grid must then be ``height`` x ``width`` of the params entry (a ``ValueError`` naming
-   both keys and the computed shape otherwise).
+   coordinates become the block means. With ``never_observed: mask`` a block is the mean of
+   its observed cells (a coastal block keeps its land mean); a block without one is never
+   observed.
+10. The grid must then be ``height`` x ``width`` of the params entry (a ``ValueError`` naming
+    both keys and the computed shape otherwise).
 
 Result: float32 ``(time, channel, y, x)``, dask-backed, chunked ``chunk_frames`` (default
 64) frames along time with whole y/x slabs. Coordinates: ``time`` (datetime64),
 ``segment``, and ``y``/``x`` holding the source's coordinate values (e.g. latitude and
 longitude) with their attributes plus ``source_dim``. ``units`` and ``long_name`` come from
 the first variable; ``channel_units`` and ``channel_long_names`` list every channel's. All
-settings and source details are recorded in the attributes.
+settings and source details are recorded in the attributes. With ``never_observed: mask``, also
+the coordinate ``observed(y, x)`` (int8 flags; ingest writes it into the processed file, and
+:func:`nuwa.windows.load_series` reads it into ``SeriesData.observed``). ``convert`` and
+``never_observed: mask`` add attributes only when set: an entry without them gives the same
+bytes as before they existed.
 """
 
 from __future__ import annotations
@@ -89,6 +117,8 @@ DEFAULT_DIMS = {"time": "time", "y": "latitude", "x": "longitude"}
 # names the processed file already uses: a data variable cannot take them
 RESERVED_NAMES = ("time", "channel", "y", "x", "split", "segment", "norm_mean", "norm_std")
 MAX_LISTED = 20
+# never_observed: how a pixel that is NaN in every frame is handled (see the module docstring)
+NEVER_OBSERVED = ("missing", "mask")
 
 _PAIR = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 SCHEMA = {
@@ -103,10 +133,21 @@ SCHEMA = {
     "time_step": {"type": "string", "minLength": 1},
     "time_range": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}, "minItems": 2, "maxItems": 2},
     "fill_missing": {"type": ["number", "null"]},
+    "never_observed": {"enum": list(NEVER_OBSERVED)},
+    "convert": {"type": ["object", "null"], "minProperties": 1, "additionalProperties": {
+        "type": "object", "additionalProperties": False, "required": ["units"],
+        "properties": {"factor": {"type": "number"}, "offset": {"type": "number"},
+                       "units": {"type": "string", "minLength": 1}}}},
     "chunk_frames": {"type": "integer", "minimum": 1},
 }
 DEFAULTS = {"dims": dict(DEFAULT_DIMS), "select": {}, "crop": None, "coarsen": 1, "time_range": None,
-            "fill_missing": None, "chunk_frames": 64}
+            "fill_missing": None, "never_observed": "missing", "convert": None, "chunk_frames": 64}
+OBSERVED_ATTRS = {
+    "long_name": "pixel observed in at least one frame (1) or never observed (0: NaN in every frame of the "
+                 "source, filled, left out of every loss and metric)",
+    "flag_values": np.array([0, 1], dtype=np.int8),
+    "flag_meanings": "never_observed observed",
+}
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -163,7 +204,40 @@ def _settings(config: dict) -> dict:
     fill = settings["fill_missing"]
     if fill is not None and (isinstance(fill, bool) or not isinstance(fill, (int, float)) or not np.isfinite(fill)):
         raise ValueError(f"gridded config fill_missing must be null or a finite number, got {fill!r}")
+    if settings["never_observed"] not in NEVER_OBSERVED:
+        raise ValueError(f"gridded config never_observed is {settings['never_observed']!r} "
+                         f"(allowed: {', '.join(NEVER_OBSERVED)})")
+    settings["convert"] = _convert_settings(settings["convert"], variables)
     return settings
+
+
+def _convert_settings(convert: dict | None, variables: list[str]) -> dict | None:
+    """``{variable: (factor, offset, units)}`` from the params entry's ``convert``, checked."""
+    if convert is None:
+        return None
+    if not isinstance(convert, dict) or not convert:
+        raise ValueError(f"gridded config convert must be null or a mapping {{variable: {{factor, offset, units}}}}, "
+                         f"got {convert!r}")
+    out = {}
+    for variable, rule in convert.items():
+        if variable not in variables:
+            raise ValueError(f"gridded config convert.{variable}: not one of the variables {variables}")
+        unknown = sorted(set(rule or {}) - {"factor", "offset", "units"}) if isinstance(rule, dict) else None
+        if unknown is None or unknown:
+            raise ValueError(f"gridded config convert.{variable} must be {{factor, offset, units}}, got {rule!r}")
+        values = []
+        for key, default in (("factor", 1.0), ("offset", 0.0)):
+            value = rule.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"gridded config convert.{variable}.{key} must be a finite number, got {value!r}")
+            values.append(float(value))
+        if values[0] == 0:
+            raise ValueError(f"gridded config convert.{variable}.factor must not be 0")
+        units = rule.get("units")
+        if not isinstance(units, str) or not units:
+            raise ValueError(f"gridded config convert.{variable}.units must name the converted units, got {units!r}")
+        out[variable] = (values[0], values[1], units)
+    return out
 
 
 # -- opening --------------------------------------------------------------------------------
@@ -377,6 +451,104 @@ def apply_crop(dataset: xr.Dataset, crop: dict | None, dims: dict, where: str) -
     return dataset
 
 
+def apply_convert(dataset: xr.Dataset, convert: dict | None) -> xr.Dataset:
+    """``value * factor + offset`` in float64 and the new units, per variable of ``convert``."""
+    for variable, (factor, offset, units) in (convert or {}).items():
+        attrs = {**dataset[variable].attrs, "units": units}
+        dataset[variable] = dataset[variable].astype(np.float64) * factor + offset
+        dataset[variable].attrs = attrs
+    return dataset
+
+
+def _pixel_name(dataset: xr.Dataset, dims: dict, row: int, column: int) -> str:
+    labels = []
+    for axis, index in (("y", row), ("x", column)):
+        dim = dims[axis]
+        value = dataset.indexes[dim][index] if dim in dataset.indexes else index
+        labels.append(f"{dim}={value:g}" if isinstance(value, (float, np.floating)) else f"{dim}={value}")
+    return f"{', '.join(labels)} (row {row}, column {column})"
+
+
+def find_never_observed(dataset: xr.Dataset, variables: list[str], dims: dict, fill_missing, where: str
+                        ) -> tuple[xr.DataArray, dict[str, float]]:
+    """``(observed, fills)``: the pixels observed in at least one frame, as a bool ``(y, x)``
+    DataArray, and each channel's fill (its mean over the finite values, rounded to float32).
+
+    One pass over the data (dask, chunk by chunk). Errors, naming the pixel: the variables'
+    never-observed pixels differ; a pixel NaN in some frames but not all while ``fill_missing``
+    is null; no pixel observed at all.
+    """
+    import dask
+    import xarray as xr
+
+    time_dim, y_dim, x_dim = dims["time"], dims["y"], dims["x"]
+    frames = dataset.sizes[time_dim]
+    lazy = []
+    for variable in variables:
+        values = dataset[variable]
+        finite = np.isfinite(values)
+        lazy.append((values.isnull().sum(time_dim), values.astype(np.float64).where(finite).sum(skipna=True),
+                     finite.sum()))
+    (computed,) = dask.compute(lazy)
+    nan_count = {v: np.asarray(c[0].transpose(y_dim, x_dim).values) for v, c in zip(variables, computed)}
+    never = nan_count[variables[0]] == frames
+    for variable in variables[1:]:
+        differ = (nan_count[variable] == frames) != never
+        if differ.any():
+            row, column = (int(i) for i in np.argwhere(differ)[0])
+            first, other = (variables[0], variable) if never[row, column] else (variable, variables[0])
+            raise DataFileError(f"{where}: at {_pixel_name(dataset, dims, row, column)} variable {first!r} is NaN in "
+                                f"every frame but {other!r} is not; never_observed: mask needs the variables to share "
+                                f"their never-observed pixels ({int(differ.sum())} pixel(s) differ)")
+    if never.all():
+        raise DataFileError(f"{where}: every pixel is NaN in every one of the {frames} frames (variables "
+                            f"{', '.join(variables)}): nothing is observed")
+    if fill_missing is None:
+        for variable in variables:
+            partial = (nan_count[variable] > 0) & ~never
+            if partial.any():
+                row, column = (int(i) for i in np.argwhere(partial)[0])
+                raise DataFileError(
+                    f"{where}: variable {variable!r} is NaN in {int(nan_count[variable][row, column])} of {frames} "
+                    f"frames at {_pixel_name(dataset, dims, row, column)}, observed in the others "
+                    f"({int(partial.sum())} such pixel(s)); never_observed: mask leaves out only pixels that are NaN "
+                    "in every frame: set fill_missing to a number to fill the NaN of observed pixels")
+    fills = {}
+    for variable, (_, total, count) in zip(variables, computed):
+        if int(count) == 0:
+            raise DataFileError(f"{where}: variable {variable!r} has no finite value at all")
+        fills[variable] = float(np.float32(float(total) / int(count)))
+    coords = {dim: dataset[dim] for dim in (y_dim, x_dim) if dim in dataset.coords}
+    return xr.DataArray(~never, dims=(y_dim, x_dim), coords=coords), fills
+
+
+def fill_never_observed(dataset: xr.Dataset, observed: xr.DataArray, fills: dict[str, float]) -> xr.Dataset:
+    """Never-observed pixels of each variable set to its fill (lazily)."""
+    for variable, fill in fills.items():
+        attrs = dict(dataset[variable].attrs)
+        dataset[variable] = dataset[variable].where(observed, np.asarray(fill, dtype=dataset[variable].dtype))
+        dataset[variable].attrs = attrs
+    return dataset
+
+
+def coarsen_observed(dataset: xr.Dataset, observed: xr.DataArray, fills: dict[str, float], factor: int,
+                     dims: dict) -> tuple[xr.Dataset, xr.DataArray]:
+    """Block means over the observed cells of each block (float64, trimmed); a block without an
+    observed cell is never observed and takes the fill. Returns the coarse dataset and mask."""
+    window = {dims["y"]: factor, dims["x"]: factor}
+    attrs = {v: dict(dataset[v].attrs) for v in dataset.data_vars}
+    # np.sum propagates NaN, as the plain coarsen's np.mean does
+    total = dataset.astype(np.float64).where(observed, 0.0).coarsen(window, boundary="trim").reduce(np.sum)
+    count = observed.astype(np.float64).coarsen(window, boundary="trim").reduce(np.sum)
+    coarse_observed = count > 0
+    coarse = total / count.where(coarse_observed)
+    for variable, fill in fills.items():
+        coarse[variable] = coarse[variable].where(coarse_observed, fill)
+        coarse[variable].attrs = attrs[variable]
+    coarse.attrs = dict(dataset.attrs)
+    return coarse, coarse_observed
+
+
 def _scalar_attrs(attrs: dict) -> dict:
     """Attributes NetCDF can hold as plain scalars (str/int/float)."""
     out = {}
@@ -434,10 +606,18 @@ def generate(config: dict, seed: int) -> xr.DataArray:
 
     dataset = apply_crop(dataset, settings["crop"], dims, where)
     cropped_shape = (dataset.sizes[dims["y"]], dataset.sizes[dims["x"]])
+    source_units = [str(dataset[v].attrs.get("units", "unknown")) for v in variables]
+    dataset = apply_convert(dataset, settings["convert"])
+    observed = fills = None
+    if settings["never_observed"] == "mask":
+        observed, fills = find_never_observed(dataset, variables, dims, settings["fill_missing"], where)
+        dataset = fill_never_observed(dataset, observed, fills)
     if settings["fill_missing"] is not None:
         dataset = dataset.fillna(float(settings["fill_missing"]))
     factor = int(settings["coarsen"])
-    if factor > 1:
+    if factor > 1 and observed is not None:
+        dataset, observed = coarsen_observed(dataset, observed, fills, factor, dims)
+    elif factor > 1:
         dataset = (dataset.astype(np.float64)
                    .coarsen({dims["y"]: factor, dims["x"]: factor}, boundary="trim")
                    .reduce(np.mean))  # NaN propagates (.mean() would skip it and hide holes)
@@ -488,6 +668,27 @@ def generate(config: dict, seed: int) -> xr.DataArray:
         "seed": int(seed),
         **source_attrs,
     }
+    coords = {"y": _grid_coord(dataset, dims["y"], "y"), "x": _grid_coord(dataset, dims["x"], "x")}
+    # recorded only when set: an entry without them ingests to the same bytes as before they existed
+    if settings["convert"] is not None:
+        attrs["convert"] = "; ".join(f"{v}: x {f:g} + {o:g} ({u_in} -> {u})" for (v, (f, o, u)), u_in in
+                                     ((item, source_units[variables.index(item[0])])
+                                      for item in settings["convert"].items()))
+        attrs["source_units"] = "; ".join(f"{v}: {u}" for v, u in zip(variables, source_units))
+    if observed is not None:
+        flags = np.asarray(observed.values, dtype=np.int8)
+        coords["observed"] = (("y", "x"), flags, dict(OBSERVED_ATTRS))
+        attrs.update({
+            "never_observed": "mask",
+            "never_observed_definition": "NaN in every frame after select, time_range and crop"
+                                         + (f"; after coarsen {factor}, a block without an observed cell" if factor > 1
+                                            else ""),
+            "never_observed_pixels": int(flags.size - flags.sum()),
+            "observed_pixels": int(flags.sum()),
+            "never_observed_fraction": float(1.0 - flags.mean()),
+            "never_observed_fill": "; ".join(f"{v}: {fills[v]:.7g}" for v in variables),
+            "never_observed_fill_rule": "the channel's mean over the observed values of the selected period",
+        })
     return field_array(
         values,
         name=name,
@@ -496,5 +697,5 @@ def generate(config: dict, seed: int) -> xr.DataArray:
         time=times,
         time_attrs={"long_name": "time", "standard_name": "time"},
         segment=segment,
-        coords={"y": _grid_coord(dataset, dims["y"], "y"), "x": _grid_coord(dataset, dims["x"], "x")},
+        coords=coords,
     )
