@@ -28,8 +28,8 @@ def _params(args, stage=None, uses_torch=False, **wildcards):
     from nuwa.config import load_params
 
     params = load_params(args.params)
-    for section, name in (("datasets", wildcards.get("dataset")), ("backbones", wildcards.get("backbone")),
-                          ("variants", wildcards.get("variant"))):
+    for section, name in (("datasets", wildcards.get("dataset")), ("tasks", wildcards.get("task")),
+                          ("backbones", wildcards.get("backbone")), ("variants", wildcards.get("variant"))):
         if name is not None:
             grid.check_name(params, section, name)
     if uses_torch:
@@ -62,6 +62,24 @@ def cmd_validate(args):
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps({"params_valid": True}) + "\n")
+
+
+def cmd_params(args):
+    """The merged, validated parameters of a params or experiment file, as one YAML file (what DVC,
+    which reads params.yaml only, needs to run an experiment file)."""
+    import yaml
+
+    from nuwa.config import load_params
+
+    text = yaml.safe_dump(load_params(args.file), sort_keys=False, width=110)
+    header = f"# {args.file} merged with the files it extends (nuwa params); validated\n"
+    if args.out:
+        from nuwa.io import write_text
+
+        write_text(header + text, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(header + text)
 
 
 def cmd_dvc_yaml(args):
@@ -205,16 +223,20 @@ def cmd_bank(args):
     from nuwa.bank import (BANK_CONTIGUOUS, IMPORTANCE_METHODS, LazyWindows, empty_bank_dataset, load_importance,
                            write_bank)
     from nuwa.io import write_netcdf
-    from nuwa.windows import load_series, patch_grid, select_dataset
+    from nuwa.windows import load_series, patch_grid, select_dataset, training_subset
 
-    params = _params(args, "bank", dataset=args.dataset, variant=args.variant, seed=args.seed)
+    params = _params(args, "bank", dataset=args.dataset, train_percent=args.train_percent, variant=args.variant,
+                     seed=args.seed)
     config = params["datasets"][args.dataset]
     settings = grid.variant_settings(params, args.variant)
     method = settings.pop("method")
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    train = select_dataset(series, config, "train")
+    # a cell with a share of the training windows gets a bank of those windows alone
+    every_window = select_dataset(series, config, "train")
+    train = training_subset(every_window, args.train_percent, params["train"]["subset"], args.seed, args.dataset)
     source_index = np.asarray(train.starts)
-    out = args.out or grid.BANK.format(dataset=args.dataset, variant=args.variant, seed=args.seed)
+    out = args.out or grid.BANK.format(dataset=args.dataset, train_percent=args.train_percent, variant=args.variant,
+                                       seed=args.seed)
     if method in grid.BANKLESS_METHODS:
         # Ori trains on the original windows, mixup mixes them at batch time: the bank is empty by
         # definition, which keeps the DAG uniform (every variant's training reads its bank) in
@@ -225,8 +247,10 @@ def cmd_bank(args):
         return
     importance = None
     if method in IMPORTANCE_METHODS:
-        importance = load_importance(args.saliency or grid.SALIENCY.format(dataset=args.dataset), source_index,
-                                     patch_grid(series, config))
+        # the saliency covers every training window (one upstream model per dataset): the subset's rows
+        importance = load_importance(args.saliency or grid.SALIENCY.format(dataset=args.dataset),
+                                     every_window.starts, patch_grid(series, config))
+        importance = importance[np.isin(every_window.starts, source_index)]
     # windows fetched chunk by chunk while the bank streams to the file: neither the windows nor
     # the bank are ever whole in memory
     windows = LazyWindows(lambda a, b: train.inputs(source_index[a:b]),
@@ -264,7 +288,7 @@ def cmd_train(args):
 
 
 def _train(args, params, context):
-    from nuwa.evaluate import METRIC_CONVENTIONS, examples_dataset
+    from nuwa.evaluate import examples_dataset
     from nuwa.io import DataFileError, NetCDFRows, load_checkpoint, open_netcdf, save_checkpoint, write_csv, \
         write_json, write_netcdf
     from nuwa.train import model_payload, train_cell
@@ -280,7 +304,8 @@ def _train(args, params, context):
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     settings = grid.variant_settings(params, args.variant, grid.TRAIN_KNOBS)
     method = settings["method"]
-    bank_path = args.bank or grid.BANK.format(dataset=args.dataset, variant=args.variant, seed=args.seed)
+    bank_path = args.bank or grid.BANK.format(dataset=args.dataset, train_percent=args.train_percent,
+                                              variant=args.variant, seed=args.seed)
     # the bank's metadata, sources and copies only: its windows are read per batch, by every process itself
     with open_netcdf(bank_path, variables=("augmented", "source_index", "copy"), load=False,
                      dims={"augmented": ("bank_sample", "step", "channel", "y", "x"),
@@ -298,11 +323,12 @@ def _train(args, params, context):
     mixup_alpha = settings.get("mixup_alpha")
     if mixup_alpha is not None:  # no bank: mixup's strength in the banks' terms, from one mixed copy per window
         from nuwa.loader import mixup_strength
-        from nuwa.windows import select_dataset
+        from nuwa.windows import select_dataset, training_subset
 
         config = params["datasets"][args.dataset]
-        mixed = mixup_strength(select_dataset(series, config, "train"), mixup_alpha, args.seed, args.dataset,
-                               patch_size=config["patch_size"])
+        train = training_subset(select_dataset(series, config, "train"), args.train_percent,
+                                params["train"]["subset"], args.seed, args.dataset)
+        mixed = mixup_strength(train, mixup_alpha, args.seed, args.dataset, patch_size=config["patch_size"])
         strength = {"bank_changed_cell_fraction": mixed["changed_cell_fraction"],
                     "bank_mean_abs_change": mixed["mean_abs_change_std"]}
     upstream = upstream_path = None
@@ -315,52 +341,66 @@ def _train(args, params, context):
             series, dataset_name=args.dataset, dataset_config=params["datasets"][args.dataset],
             backbone_name=args.backbone, backbone_config=params["backbones"][args.backbone], variant=args.variant,
             train_config=params["train"], mix_fraction=settings["mix_fraction"], mixup_alpha=mixup_alpha,
-            seed=args.seed,
+            seed=args.seed, train_percent=args.train_percent, input_factor=grid.task_factor(params, args.task),
             bank_inputs=bank_inputs, bank_sources=bank_sources, bank_copies=bank_copies,
             checkpoint_path=checkpoint_path, upstream=upstream, upstream_source=upstream_path, context=context,
             fss_scales=params["evaluation"]["fss_scales"])
     if not context.is_main:
         return
-    metrics.update({"dataset": args.dataset, "backbone": args.backbone, "variant": args.variant, "method": method,
-                    **strength, "split": "test", "conventions": METRIC_CONVENTIONS})
+    metrics.update({"dataset": args.dataset, "task": args.task, "train_percent": args.train_percent,
+                    "backbone": args.backbone, "variant": args.variant, "method": method,
+                    **strength, "split": "test", "conventions": conventions_of(series)})
     write_csv(history, out_dir / "history.csv")
-    write_netcdf(examples_dataset(examples, series, {"dataset": args.dataset, "backbone": args.backbone,
+    write_netcdf(examples_dataset(examples, series, {"dataset": args.dataset, "task": args.task,
+                                                     "train_percent": args.train_percent, "backbone": args.backbone,
                                                      "variant": args.variant, "seed": args.seed}),
                  out_dir / "examples.nc")
     # every test window's mse and mae at every lead: what the comparisons draw their intervals from
     losses.attrs["method"] = method
     write_netcdf(losses, out_dir / "test_losses.nc")
-    save_checkpoint(model_payload(model, params["backbones"][args.backbone], args.dataset, args.variant, args.seed),
-                    out_dir / "model.pt")
+    save_checkpoint(model_payload(model, params["backbones"][args.backbone], args.dataset, args.variant, args.seed,
+                                  input_factor=grid.task_factor(params, args.task)), out_dir / "model.pt")
     # metrics.json last: its presence marks a finished run
     write_json(metrics, out_dir / "metrics.json")
     checkpoint_path.unlink(missing_ok=True)
     print(f"wrote {out_dir} (test mse {metrics['mse']:.4g}, ssim {metrics['ssim']:.4f})")
 
 
+def conventions_of(series) -> dict:
+    """The metric conventions a run's metrics.json states: those of a field with never-observed
+    pixels (left out of every score) when it has them."""
+    from nuwa.metrics import conventions
+
+    return conventions(masked=getattr(series, "observed", None) is not None)
+
+
 def cmd_baseline(args):
     from nuwa.baselines import normalised_forecaster
-    from nuwa.evaluate import METRIC_CONVENTIONS, evaluate_forecaster
+    from nuwa.evaluate import evaluate_forecaster
     from nuwa.io import write_json, write_netcdf
     from nuwa.windows import load_series, select_dataset
 
-    params = _params(args, "baseline", uses_torch=True, dataset=args.dataset, baseline=args.baseline)
+    params = _params(args, "baseline", uses_torch=True, dataset=args.dataset, task=args.task, baseline=args.baseline)
     config = params["datasets"][args.dataset]
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     test = select_dataset(series, config, "test")
+    factor = grid.task_factor(params, args.task)  # super-resolution: the baseline sees the coarsened inputs
     try:
-        forecaster = normalised_forecaster(args.baseline, series, config["output_frames"])
-    except ValueError as exc:  # a baseline this dataset's field cannot take (optical flow, several channels)
+        forecaster = normalised_forecaster(args.baseline, series, config["output_frames"], input_factor=factor)
+    except ValueError as exc:  # a baseline this dataset's field cannot take
         raise ValueError(f"dataset {args.dataset!r}: {exc}; remove {args.baseline!r} from grid.baselines for "
                          "it") from None
     metrics, _, losses = evaluate_forecaster(forecaster, test, config["csi_thresholds"],
-                                             fss_scales=params["evaluation"]["fss_scales"],
-                                             attrs={"dataset": args.dataset, "baseline": args.baseline,
+                                             fss_scales=params["evaluation"]["fss_scales"], input_factor=factor,
+                                             attrs={"dataset": args.dataset, "task": args.task,
+                                                    "baseline": args.baseline,
                                                     "window_stride": int(config["window_stride"])})
-    metrics.update({"dataset": args.dataset, "baseline": args.baseline, "split": "test",
-                    **forecaster.summary(), "conventions": METRIC_CONVENTIONS})
-    out = args.out or grid.BASELINE.format(dataset=args.dataset, baseline=args.baseline)
-    write_netcdf(losses, args.losses_out or grid.BASELINE_LOSSES.format(dataset=args.dataset, baseline=args.baseline))
+    metrics.update({"dataset": args.dataset, "task": args.task, "input_factor": factor, "baseline": args.baseline,
+                    "split": "test",
+                    **forecaster.summary(), "conventions": conventions_of(series)})
+    out = args.out or grid.BASELINE.format(dataset=args.dataset, task=args.task, baseline=args.baseline)
+    write_netcdf(losses, args.losses_out or grid.BASELINE_LOSSES.format(dataset=args.dataset, task=args.task,
+                                                                       baseline=args.baseline))
     write_json(metrics, out)  # last: it marks the stage done
     print(f"wrote {out} (test mse {metrics['mse']:.4g})")
 
@@ -368,9 +408,10 @@ def cmd_baseline(args):
 def cmd_tables(args):
     import pandas as pd
 
+    from nuwa import paper
     from nuwa.compare import default_block, lead_time_table
     from nuwa.io import open_netcdf, read_json, write_csv, write_text
-    from nuwa.metrics import METRIC_CONVENTIONS
+    from nuwa.metrics import conventions
     from nuwa.tables import comparison_table, summarise, to_markdown
 
     params = _params(args, "tables")
@@ -383,9 +424,9 @@ def cmd_tables(args):
         losses[tuple(getattr(cell, axis) for axis in grid.AXES)] = open_netcdf(cell.file("test_losses.nc"),
                                                                               variables=("mse", "mae", "target_mean",
                                                                                          "target_max"))
-    datasets, names = params["grid"]["datasets"], params["grid"]["baselines"]
-    baselines = {d: {name: read_json(grid.BASELINE.format(dataset=d, baseline=name)) for name in names}
-                 for d in datasets}
+    datasets, tasks, names = params["grid"]["datasets"], params["grid"]["tasks"], params["grid"]["baselines"]
+    baselines = {(d, t): {name: read_json(grid.BASELINE.format(dataset=d, task=t, baseline=name)) for name in names}
+                 for d in datasets for t in tasks}
     methods = {name: entry["method"] for name, entry in params["variants"].items()}
     summary = summarise(records, baselines, methods)
     blocks = {d: settings["block_windows"] or default_block(params["datasets"][d]["input_frames"],
@@ -393,9 +434,11 @@ def cmd_tables(args):
                                                             params["datasets"][d]["window_stride"]) for d in datasets}
     comparisons = comparison_table(losses, settings["comparisons"], blocks, confidence=settings["confidence"],
                                    resamples=settings["resamples"], extreme_quantile=settings["extreme_quantile"])
-    by_run = {**losses, **{(d, name, "-", "-"): open_netcdf(grid.BASELINE_LOSSES.format(dataset=d, baseline=name),
-                                                            variables=("mse", "mae"))
-                           for d in datasets for name in names}}
+    # a baseline's row: its name as the backbone, '-' for the axes it has no value of
+    by_run = {**losses, **{(d, t, "-", name, "-", "-"): open_netcdf(grid.BASELINE_LOSSES.format(dataset=d, task=t,
+                                                                                               baseline=name),
+                                                                    variables=("mse", "mae"))
+                           for d in datasets for t in tasks for name in names}}
     lead_time = lead_time_table(by_run)
     keys = pd.DataFrame(lead_time["key"].tolist(), columns=list(grid.AXES), index=lead_time.index)
     lead_time = pd.concat([keys, lead_time.drop(columns="key")], axis=1)
@@ -403,7 +446,18 @@ def cmd_tables(args):
     write_csv(comparisons.drop(columns=["seeds", "seed_differences"], errors="ignore"),
               args.out_comparisons or grid.COMPARISONS_CSV)
     write_csv(lead_time, args.out_lead_time or grid.LEAD_TIME_CSV)
-    write_text(to_markdown(summary, METRIC_CONVENTIONS, comparisons), args.out_md or grid.SUMMARY_MD)
+    masked = any(params["datasets"][d].get("never_observed") == "mask" for d in datasets)
+    write_text(to_markdown(summary, conventions(masked), comparisons), args.out_md or grid.SUMMARY_MD)
+    # the paper's tables in its layout, and its claims beside ours, in the summary's folder
+    folder = Path(args.out_csv or grid.SUMMARY_CSV).parent
+    comparisons_read = comparisons.drop(columns=["seeds", "seed_differences"], errors="ignore")
+    for name, (build, title, empty) in paper.TABLES.items():
+        part, grid_table = build(comparisons_read, params["tasks"])
+        write_csv(part, folder / Path(grid.PAPER_TABLE.format(name=name, extension="csv")).name)
+        write_text(paper.markdown_grid(grid_table, title, paper.HOW_TO_READ, empty),
+                   folder / Path(grid.PAPER_TABLE.format(name=name, extension="md")).name)
+    write_text(paper.paper_vs_ours(comparisons_read, summary, params["datasets"], params["tasks"]),
+               folder / Path(grid.PAPER_VS_OURS).name)
     print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows) and {len(comparisons)} comparison(s)")
 
 
@@ -416,27 +470,32 @@ def cmd_figures(args):
     from nuwa.stages import figure_bank_variants
 
     params = _params(args, "figures", dataset=args.dataset)
-    backbone, seed = params["figures"]["backbone"], grid.first_seed(params)
+    # the figures show one setting: the first task, the largest train percent (grid.shown_value)
+    task, percent, seed = (grid.shown_value(params, axis) for axis in ("task", "train_percent", "seed"))
+    backbone = params["figures"]["backbone"]
     examples = {}
     for variant in params["grid"]["variants"]:
-        path = grid.Cell(args.dataset, backbone, variant, seed).file("examples.nc")
+        path = grid.Cell(args.dataset, task, percent, backbone, variant, seed).file("examples.nc")
         examples[variant] = open_netcdf(path, variables=("inputs", "truth", "prediction"))
-    figure = prediction_strip(examples, f"{args.dataset} ({backbone}, seed {seed})")
+    figure = prediction_strip(examples, f"{args.dataset} ({task}, {percent} %, {backbone}, seed {seed})")
     save_figure(figure, args.out_predictions or grid.PREDICTION_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
     # the saliency figure outlines the mask a bank used: the first saliency variant's, if any (the
     # figures stage's input, nuwa.stages)
-    bank = next((grid.BANK.format(dataset=args.dataset, variant=variant, seed=seed)
+    bank = next((grid.BANK.format(dataset=args.dataset, train_percent=percent, variant=variant, seed=seed)
                  for variant in figure_bank_variants(params)), None)
     out = args.out_saliency or grid.SALIENCY_FIGURE.format(dataset=args.dataset)
     show_mask(grid.SALIENCY.format(dataset=args.dataset), None, out, data=grid.PROCESSED.format(dataset=args.dataset),
               bank=bank)
-    # the paired differences with their intervals, and the error by lead time (runs and baselines)
-    comparisons = pd.read_csv(grid.COMPARISONS_CSV, keep_default_na=False, na_values=[""])
+    # the paired differences with their intervals, and the error by lead time (runs and baselines), of that setting
+    comparisons = pd.read_csv(grid.COMPARISONS_CSV, keep_default_na=False, na_values=[""],
+                              dtype={"train_percent": str})
+    comparisons = comparisons[(comparisons["task"] == task) & (comparisons["train_percent"] == str(percent))]
     figure = comparison_figure(comparisons, args.dataset)
     save_figure(figure, args.out_comparisons or grid.COMPARISON_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
-    lead_time = pd.read_csv(grid.LEAD_TIME_CSV, dtype={"seed": str})
+    lead_time = pd.read_csv(grid.LEAD_TIME_CSV, dtype={"seed": str, "train_percent": str})
+    lead_time = lead_time[(lead_time["task"] == task) & lead_time["train_percent"].isin([str(percent), "-"])]
     figure = lead_time_figure(lead_time, args.dataset, lead_time_metrics(lead_time, args.dataset))
     save_figure(figure, args.out_lead_time or grid.LEAD_TIME_FIGURE.format(dataset=args.dataset), dpi=110)
     plt.close(figure)
@@ -525,6 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = add("validate", cmd_validate, "check params.yaml and print the size of the grid", dataset=False)
     c.add_argument("--out", help=f"on success also write this file (DVC's first stage: {grid.PARAMS_OK})")
+    c = sub.add_parser("params", help="print (or --out: write) the merged parameters of a params or experiment file",
+                       description="An experiment file (extends: ../params.yaml) merged with the file it extends and "
+                                   "validated, as one YAML file: e.g. `nuwa params experiments/table1_cpu.yaml > "
+                                   "params.yaml` for `dvc repro`, which reads params.yaml only")
+    c.set_defaults(func=cmd_params)
+    c.add_argument("file", help="a params or experiment file")
+    c.add_argument("--out", help="write it here instead of printing it (e.g. params.yaml)")
     c = sub.add_parser("dvc-yaml", help="print (or --out: write) dvc.yaml, generated from the stage table",
                        description="dvc.yaml generated from nuwa/stages.py (the table Snakemake's rules read too)")
     c.set_defaults(func=cmd_dvc_yaml)
@@ -551,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out-per-seed")
     c.add_argument("--out-figure")
     c = add("bank", cmd_bank, "DistriXplorer bank of augmented training windows for one variant and seed")
+    c.add_argument("--train-percent", dest="train_percent", type=int, default=100,
+                   help="the share of the training windows the bank is built from (grid.train_percents; default "
+                        "100; which windows: train.subset)")
     c.add_argument("--variant", required=True)
     c.add_argument("--seed", type=int, required=True, help="the training seed the bank is drawn for")
     c.add_argument("--data")
@@ -559,7 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("train", cmd_train, "train one backbone for one variant and seed; evaluate once on the test split")
     for axis, spec in grid.AXES.items():  # one option per grid axis (--dataset comes with every stage)
         if axis != "dataset":
-            c.add_argument(f"--{axis}", type=spec.type, required=True, help=f"a value of {spec.values}")
+            c.add_argument(grid.option(axis), dest=axis, type=spec.type, required=spec.default is None,
+                           default=spec.default, help=f"a value of {spec.values}"
+                           + (f" (default: {spec.default})" if spec.default is not None else ""))
     c.add_argument("--data")
     c.add_argument("--bank")
     c.add_argument("--upstream", help="upstream ViT model.pt, read when the backbone entry sets init_from_upstream")
@@ -568,9 +639,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): cuda (cuda:LOCAL_RANK under torchrun) when available, else cpu. Several "
                         "GPUs: torchrun --standalone --nnodes 1 --nproc_per_node N -m nuwa train ...")
     c = add("baseline", cmd_baseline, "a reference forecast's metrics and per-window losses on the test split")
+    c.add_argument("--task", default="forecast", help="an entry of params tasks (default forecast; a "
+                   "super-resolution task scores the baseline from coarsened inputs at full size)")
     c.add_argument("--baseline", required=True, choices=("persistence", "optical_flow"),
                    help="persistence (the last input frame) or optical_flow (pysteps: Lucas-Kanade motion, "
-                        "semi-Lagrangian extrapolation; single-channel fields)")
+                        "semi-Lagrangian extrapolation; each channel along its own motion)")
     c.add_argument("--data")
     c.add_argument("--out")
     c.add_argument("--losses-out", help="per-window test losses (NetCDF)")

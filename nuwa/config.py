@@ -28,12 +28,28 @@ def load_schema() -> dict:
     return yaml.safe_load(text)
 
 
+EXTENDS = "extends"  # an experiment file's key: the params file it overlays (a path relative to it)
+
+
 def load_params(path: str | Path = "params.yaml") -> dict:
+    """The validated parameters of ``path``. A file with ``extends: <file>`` (an experiment file,
+    e.g. experiments/table1_cpu.yaml with ``extends: ../params.yaml``) overlays that file:
+    mappings merge key by key, any other value (a list, a number) replaces the base's; the
+    merged parameters are validated as one file."""
     path = Path(path)
+    params, bases = _read_params_file(path, ())
+    source = str(path) + (f" (extends {' -> '.join(map(str, bases))})" if bases else "")
+    validate_params(params, source=source)
+    return params
+
+
+def _read_params_file(path: Path, chain: tuple[Path, ...]) -> tuple[object, list[Path]]:
+    """(the file's parameters with the files it extends overlaid, the files it extends in order)."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ParamsError(f"{path}: parameter file not found") from None
+        where = f" (named by {EXTENDS!r} in {chain[-1]})" if chain else ""
+        raise ParamsError(f"{path}: parameter file not found{where}") from None
     try:
         params = yaml.safe_load(text)
         duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
@@ -41,8 +57,32 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if duplicate:
         raise ParamsError(f"{path}: {duplicate}")
-    validate_params(params, source=str(path))
-    return params
+    if not isinstance(params, dict) or EXTENDS not in params:
+        return params, []
+    base = params.pop(EXTENDS)
+    if not isinstance(base, str) or not base:
+        raise ParamsError(f"{path}: {EXTENDS}: expected the path of the params file this one overlays "
+                          f"(relative to {path.parent or '.'}), got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in (*chain, path.resolve()):
+        raise ParamsError(f"{path}: {EXTENDS}: {base!r} extends this file again (a cycle)")
+    if len(chain) >= 8:
+        raise ParamsError(f"{path}: {EXTENDS}: more than 8 files deep")
+    merged, bases = _read_params_file(base_path, (*chain, path.resolve()))
+    if not isinstance(merged, dict):
+        raise ParamsError(f"{base_path}: expected a mapping of keys at the top level (named by {EXTENDS!r} in {path})")
+    return overlay(merged, params), [base_path, *bases]
+
+
+def overlay(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied: mappings merged key by key, other values replaced (a new dict)."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _duplicate_key(node, path=(), done=None) -> str | None:
@@ -218,7 +258,23 @@ MOVED_KEYS = (
 )
 
 
+# Keys added with the task and train-percent axes: a file written before them is told what to add.
+NEW_KEYS = (
+    (("grid", "tasks"), "new grid axis: add `tasks: [forecast]` under grid and a `tasks:` section with "
+                        "`forecast: {kind: forecast}` (see params.yaml)"),
+    (("grid", "train_percents"), "new grid axis: add `train_percents: [100]` under grid (all training windows)"),
+    (("tasks",), "new section: `tasks: {forecast: {kind: forecast}}` (see params.yaml)"),
+    (("train", "subset"), "new key: `subset: recent` under train (which windows a train_percent below 100 keeps)"),
+)
+
+
 def _moved_keys(params: dict):
+    for path, message in NEW_KEYS:
+        value = params
+        for part in path[:-1]:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, dict) and path[-1] not in value:
+            yield f"{_dotted(path)}: {message}"
     for path, message in MOVED_KEYS:
         value = params
         for part in path[:-1]:
@@ -234,7 +290,8 @@ def _cross_checks(params: dict):
     from nuwa.grid import BANK_KNOBS, BANKLESS_METHODS
 
     grid = params["grid"]
-    for section, grid_key in (("datasets", "datasets"), ("backbones", "backbones"), ("variants", "variants")):
+    for section, grid_key in (("datasets", "datasets"), ("tasks", "tasks"), ("backbones", "backbones"),
+                              ("variants", "variants")):
         for name in grid[grid_key]:
             if name not in params[section]:
                 yield (f"grid.{grid_key}: {name!r} has no entry under {section} "
@@ -271,6 +328,14 @@ def _cross_checks(params: dict):
                 if frames < window:
                     yield (f"{key}: the {part} split has {frames} frames (length {entry['length']} x {split[part]}), "
                            f"fewer than one window of input_frames + output_frames = {window}")
+    for task in grid["tasks"]:
+        factor = params["tasks"].get(task, {}).get("factor")
+        for name in grid["datasets"] if factor else ():
+            entry = params["datasets"].get(name, {})
+            for side in ("height", "width"):
+                if side in entry and entry[side] % factor:
+                    yield (f"tasks.{task}.factor: {factor} does not divide datasets.{name}.{side} {entry[side]} "
+                           "(the inputs are block-averaged by factor x factor)")
     registered_backbones = backbone_kinds()
     for name, entry in params["backbones"].items():
         if entry["kind"] not in registered_backbones:

@@ -25,15 +25,27 @@ class Axis:
     type: type
     folder: str  # this axis' part of a run's folder, a format string of the axis name
     pattern: str  # the Snakemake wildcard constraint (values are validated names or integers)
+    option: str = ""  # its command-line option (default: --<axis name>, underscores as hyphens)
+    default: object = None  # the option's value when not given (None: the option is required)
 
 
 NAME_PATTERN = "[a-z][a-z0-9_]*"
 AXES = {
     "dataset": Axis("grid.datasets", str, "{dataset}", NAME_PATTERN),
+    # forecast, or the paper's long-range super-resolution (Table 2): an entry of `tasks`
+    "task": Axis("grid.tasks", str, "{task}", NAME_PATTERN, default="forecast"),
+    # data scarcity: the share of the training windows a cell (and its bank) may use
+    "train_percent": Axis("grid.train_percents", int, "{train_percent}pct", r"\d+", default=100),
     "backbone": Axis("grid.backbones", str, "{backbone}", NAME_PATTERN),
     "variant": Axis("grid.variants", str, "{variant}", NAME_PATTERN),
     "seed": Axis("grid.seeds", int, "seed{seed}", r"\d+"),
 }
+
+
+def option(axis: str) -> str:
+    """The command-line option of a grid axis (``--train-percent``)."""
+    return STAGE_AXES[axis].option or "--" + axis.replace("_", "-")
+
 
 # Axes of stages that are not training axes: a baseline is scored on the test windows, not trained.
 STAGE_AXES = {**AXES, "baseline": Axis("grid.baselines", str, "{baseline}", NAME_PATTERN)}
@@ -44,15 +56,21 @@ PROCESSED = "data/processed/{dataset}.nc"
 UPSTREAM_MODEL = "results/upstream/{dataset}/model.pt"
 UPSTREAM_HISTORY = "results/upstream/{dataset}/history.csv"
 SALIENCY = "results/saliency/{dataset}.nc"
-BANK = "results/bank/{dataset}/{variant}/seed{seed}.nc"  # one bank per training seed: its draws are the seed's
+# one bank per training seed (its draws are the seed's) and share of the training windows (it is
+# built from those windows alone)
+BANK = "results/bank/{dataset}/{variant}/{train_percent}pct/seed{seed}.nc"
 RUN_DIR = "results/runs/" + "/".join(axis.folder for axis in AXES.values())
 RUN_FILES = ("model.pt", "history.csv", "metrics.json", "examples.nc", "test_losses.nc")
-BASELINE = "results/baselines/{dataset}/{baseline}.json"
-BASELINE_LOSSES = "results/baselines/{dataset}/{baseline}_losses.nc"  # per test window and lead, as a run's
+BASELINE = "results/baselines/{dataset}/{task}/{baseline}.json"
+BASELINE_LOSSES = "results/baselines/{dataset}/{task}/{baseline}_losses.nc"  # per test window and lead, as a run's
 SUMMARY_CSV = "results/tables/summary.csv"
 SUMMARY_MD = "results/tables/summary.md"
 COMPARISONS_CSV = "results/tables/comparisons.csv"  # paired differences, intervals and verdicts
 LEAD_TIME_CSV = "results/tables/lead_time.csv"
+# the paper's tables in its layout, beside summary.csv (nuwa.paper.TABLES; a test keeps the two equal)
+PAPER_TABLES = ("table1", "table2", "scarcity", "ablations")
+PAPER_TABLE = "results/tables/{name}.{extension}"
+PAPER_VS_OURS = "results/tables/paper_vs_ours.md"
 DIAGNOSTICS = "results/diagnostics/{dataset}.csv"  # saliency diagnostics, one row per (objective, layers)
 DIAGNOSTICS_PER_SEED = "results/diagnostics/{dataset}_per_seed.csv"
 DIAGNOSTICS_FIGURE = "results/figures/{dataset}_diagnostics.png"
@@ -114,9 +132,17 @@ def variant_settings(params: dict, variant: str, knobs=BANK_KNOBS) -> dict:
                                           for knob in knobs}}
 
 
-def first_seed(params: dict) -> int:
-    """The seed whose runs the figures show."""
-    return axis_values(params, "seed")[0]
+def shown_value(params: dict, axis: str):
+    """The value of an axis whose runs the figures show: the first task and seed, and the largest
+    train percent (the one whose bank holds the most windows, every window at 100)."""
+    values = axis_values(params, axis)
+    return max(values) if axis == "train_percent" else values[0]
+
+
+def task_factor(params: dict, task: str) -> int:
+    """The input coarsening factor of a task: 1 for a forecast, ``factor`` for super-resolution."""
+    entry = params["tasks"][task]
+    return int(entry["factor"]) if entry["kind"] == "super_resolution" else 1
 
 
 def check_name(params: dict, section: str, name: str) -> None:

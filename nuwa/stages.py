@@ -93,6 +93,11 @@ IMPORTANCE_METHODS = ("saliency", "random_matched", "saliency_inverted")
 EVALUATION_KEYS = ("comparisons", "confidence", "resamples", "block_windows", "extreme_quantile")
 TRAIN_AXES = tuple(grid.AXES)
 
+
+def shown_of(*axes: str) -> dict:
+    """``fixed`` choices of an Input: the value of each axis whose runs the figures show (grid.shown_value)."""
+    return {axis: (lambda params, axis=axis: [grid.shown_value(params, axis)]) for axis in axes}
+
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("validate", (), {}, {"ok": Output(grid.PARAMS_OK, "report")}, ("",),
           "nuwa validate --out {ok}", threads=False, mem_mb=1000,
@@ -104,10 +109,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           ("datasets.{dataset}",),
           "nuwa ingest --dataset {dataset} --out {data}", settings=("ingest",),
           comment="ingest.* (dask chunks and scheduler) never changes the bytes: read, not a dependency."),
-    Stage("baseline", ("dataset", "baseline"), {"data": Input(grid.PROCESSED)},
+    Stage("baseline", ("dataset", "task", "baseline"), {"data": Input(grid.PROCESSED)},
           {"metrics": Output(grid.BASELINE, "metrics"), "losses": Output(grid.BASELINE_LOSSES)},
-          ("datasets.{dataset}", "evaluation.fss_scales"),
-          "nuwa baseline --dataset {dataset} --baseline {baseline} --data {data} --out {metrics}"
+          ("datasets.{dataset}", "tasks.{task}", "evaluation.fss_scales"),
+          "nuwa baseline --dataset {dataset} --task {task} --baseline {baseline} --data {data} --out {metrics}"
           " --losses-out {losses}"),
     Stage("pretrain", ("dataset",), {"data": Input(grid.PROCESSED)},
           {"model": Output(grid.UPSTREAM_MODEL), "history": Output(grid.UPSTREAM_HISTORY, "plots", ("step", "loss"))},
@@ -126,13 +131,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           comment="What the saliency calls environmental: upstream ViTs pretrained in process per objective and "
                   "seed, their masks scored against the field's anomaly and change and compared across seeds; "
                   "and the masks the banks use, from the saliency file."),
-    Stage("bank", ("dataset", "variant", "seed"),
+    Stage("bank", ("dataset", "train_percent", "variant", "seed"),
           {"data": Input(grid.PROCESSED),
            "saliency": Input(grid.SALIENCY, when=lambda params, w: _method(params, w) in IMPORTANCE_METHODS)},
           {"bank": Output(grid.BANK)},
-          ("datasets.{dataset}", *(f"bank.{knob}" for knob in grid.BANK_KNOBS), "variants.{variant}"),
-          "nuwa bank --dataset {dataset} --variant {variant} --seed {seed} --data {data} --saliency {saliency}"
-          " --out {bank}",
+          ("datasets.{dataset}", *(f"bank.{knob}" for knob in grid.BANK_KNOBS), "variants.{variant}", "train.subset"),
+          "nuwa bank --dataset {dataset} --train-percent {train_percent} --variant {variant} --seed {seed}"
+          " --data {data} --saliency {saliency} --out {bank}",
           settings=("bank.chunk_size",), threads=False, mem_mb=6000, params_without_bank=("variants.{variant}",),
           comment="DVC cannot vary deps by variant, so every bank stage lists the saliency file; a variant that "
                   "does not read it rewrites identical bytes, and DVC then leaves its training cells alone."),
@@ -144,9 +149,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "losses": Output(RUN.replace("{name}", "test_losses.nc")),
            "metrics": Output(RUN.replace("{name}", "metrics.json"), "metrics"),
            "history": Output(RUN.replace("{name}", "history.csv"), "plots", ("step", "train_loss"))},
-          ("datasets.{dataset}", "backbones.{backbone}", "variants.{variant}", "bank.mix_fraction", "train",
-           "evaluation.fss_scales"),
-          "nuwa train " + " ".join(f"--{axis} {{{axis}}}" for axis in TRAIN_AXES)
+          ("datasets.{dataset}", "tasks.{task}", "backbones.{backbone}", "variants.{variant}", "bank.mix_fraction",
+           "train", "evaluation.fss_scales"),
+          "nuwa train " + " ".join(f"{grid.option(axis)} {{{axis}}}" for axis in TRAIN_AXES)
           + " --data {data} --bank {bank} --upstream {upstream} --out-dir {run_dir}",
           paths={"run_dir": grid.RUN_DIR}, mem_mb=6000, gpu=True,
           comment="The upstream model is read only by backbones with init_from_upstream, but DVC cannot vary deps "
@@ -154,25 +159,28 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("tables", (),
           {"metrics": Input(RUN.replace("{name}", "metrics.json"), over=TRAIN_AXES),
            "losses": Input(RUN.replace("{name}", "test_losses.nc"), over=TRAIN_AXES),
-           "baselines": Input(grid.BASELINE, over=("dataset", "baseline")),
-           "baseline_losses": Input(grid.BASELINE_LOSSES, over=("dataset", "baseline"))},
+           "baselines": Input(grid.BASELINE, over=("dataset", "task", "baseline")),
+           "baseline_losses": Input(grid.BASELINE_LOSSES, over=("dataset", "task", "baseline"))},
           {"csv": Output(grid.SUMMARY_CSV, "report"), "md": Output(grid.SUMMARY_MD, "report"),
-           "comparisons": Output(grid.COMPARISONS_CSV, "report"), "lead_time": Output(grid.LEAD_TIME_CSV, "report")},
-          ("grid", "variants", "datasets", *(f"evaluation.{key}" for key in EVALUATION_KEYS)),
+           "comparisons": Output(grid.COMPARISONS_CSV, "report"), "lead_time": Output(grid.LEAD_TIME_CSV, "report"),
+           # written beside the summary CSV (the command names that folder through --out-csv)
+           **{f"{name}_{extension}": Output(grid.PAPER_TABLE.format(name=name, extension=extension), "report")
+              for name in grid.PAPER_TABLES for extension in ("csv", "md")},
+           "paper_vs_ours": Output(grid.PAPER_VS_OURS, "report")},
+          ("grid", "variants", "datasets", "tasks", *(f"evaluation.{key}" for key in EVALUATION_KEYS)),
           "nuwa tables --out-csv {csv} --out-md {md} --out-comparisons {comparisons} --out-lead-time {lead_time}",
           threads=False, mem_mb=2000),
     Stage("figures", ("dataset",),
           {"data": Input(grid.PROCESSED), "saliency": Input(grid.SALIENCY),
            "examples": Input(RUN.replace("{name}", "examples.nc"), over=("variant",),
                              fixed={"backbone": lambda params: [params["figures"]["backbone"]],
-                                    "seed": lambda params: [grid.first_seed(params)]}),
-           "bank": Input(grid.BANK, fixed={"variant": figure_bank_variants,
-                                           "seed": lambda params: [grid.first_seed(params)]}),
+                                    **shown_of("task", "train_percent", "seed")}),
+           "bank": Input(grid.BANK, fixed={"variant": figure_bank_variants, **shown_of("train_percent", "seed")}),
            "comparisons": Input(grid.COMPARISONS_CSV), "lead_time": Input(grid.LEAD_TIME_CSV)},
           {"predictions": Output(grid.PREDICTION_FIGURE, "report"), "saliency_png": Output(grid.SALIENCY_FIGURE, "report"),
            "comparisons_png": Output(grid.COMPARISON_FIGURE, "report"),
            "lead_time_png": Output(grid.LEAD_TIME_FIGURE, "report")},
-          ("grid.variants", "grid.seeds", "variants", "figures"),
+          ("grid.variants", "grid.tasks", "grid.train_percents", "grid.seeds", "variants", "figures"),
           "nuwa figures --dataset {dataset} --out-predictions {predictions} --out-saliency {saliency_png}"
           " --out-comparisons {comparisons_png} --out-lead-time {lead_time_png}",
           threads=False, mem_mb=2000),

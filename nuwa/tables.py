@@ -1,6 +1,8 @@
 """Stage 6, tables: every cell's test metrics beside the baselines, and the paired comparisons.
 
-The summary has one row per (dataset, backbone, variant): means over seeds (± the sample std),
+A *setting* is a (dataset, task, train percent): the grid's axes other than backbone, variant and
+seed; runs are compared within a setting only.
+The summary has one row per (setting, backbone, variant): means over seeds (± the sample std),
 how strongly the variant perturbs, and skill against persistence. The comparisons
 (:func:`comparison_table`) pair each ``evaluation.comparisons`` entry A − B on the same seeds and
 the same test windows, with an interval that resamples seeds and blocks of windows
@@ -19,9 +21,11 @@ REPORTED = ("mse", "mae", "mse_frame", "mae_frame", "ssim", "psnr")
 # taken from the bank, the share of (step, patch) cells of the bank whose bytes changed, and the
 # mean absolute change in training-std units. Comparing variants means comparing these too.
 PERTURBATION = ("mix_fraction", "bank_changed_cell_fraction", "bank_mean_abs_change")
-KEYS = ("dataset", "backbone", "variant", "method", "seeds")
+SETTING = ("dataset", "task", "train_percent")  # what runs must share to be compared
+GROUP = (*SETTING, "backbone")  # the cell of a paired comparison: the variants and seeds within it
+KEYS = (*SETTING, "backbone", "variant", "method", "seeds")
 # the columns of comparisons.csv, also when no comparison's variants are in the grid (a header only)
-COMPARISON_COLUMNS = ("dataset", "backbone", "comparison", "a", "b", "metric", "windows", "lead", "n_seeds",
+COMPARISON_COLUMNS = (*GROUP, "comparison", "a", "b", "metric", "windows", "lead", "n_seeds",
                       "unpaired_seeds", "n_windows", "block", "confidence", "resamples", "mean_a", "mean_b",
                       "mean_difference", "low", "high", "relative_difference", "units", "verdict")
 REFERENCE = "persistence"  # skill is 1 - MSE / MSE of this baseline
@@ -32,20 +36,21 @@ def _metric_names(frame: pd.DataFrame) -> list[str]:
             + sorted(c for c in frame if c.startswith("fss_")))
 
 
-def summarise(records: list[dict], baselines: dict[str, dict[str, dict]], variant_methods: dict[str, str]) -> pd.DataFrame:
-    """``records``: one dict per run (dataset, backbone, variant, seed, metrics...); ``baselines``:
-    dataset -> baseline name -> its metrics.
+def summarise(records: list[dict], baselines: dict[tuple, dict[str, dict]], variant_methods: dict[str, str]) -> pd.DataFrame:
+    """``records``: one dict per run (the grid's axes, metrics...); ``baselines``: (dataset, task)
+    -> baseline name -> its metrics.
 
-    Returns one row per (dataset, backbone, variant) with ``<metric>`` = mean and
-    ``<metric>_std`` = sample std over seeds (NaN for one seed), then one row per baseline; every
-    row has ``skill`` = 1 - mse / persistence's mse, and ``beats_persistence``.
+    Returns one row per (setting, backbone, variant) with ``<metric>`` = mean and
+    ``<metric>_std`` = sample std over seeds (NaN for one seed), then one row per baseline
+    (train_percent empty: a baseline is not trained); every row has ``skill`` = 1 - mse /
+    persistence's mse on the same (dataset, task), and ``beats_persistence``.
     """
     frame = pd.DataFrame(records)
     metric_names = _metric_names(frame)
     rows = []
-    for (dataset, backbone, variant), group in frame.groupby(["dataset", "backbone", "variant"], sort=False):
-        row = {"dataset": dataset, "backbone": backbone, "variant": variant,
-               "method": variant_methods.get(variant, ""), "seeds": len(group)}
+    for key, group in frame.groupby([*SETTING, "backbone", "variant"], sort=False):
+        row = dict(zip((*SETTING, "backbone", "variant"), key))
+        row.update(method=variant_methods.get(row["variant"], ""), seeds=len(group))
         for column in PERTURBATION:
             row[column] = float(group[column].mean()) if column in group else float("nan")
         for metric in metric_names:
@@ -53,18 +58,19 @@ def summarise(records: list[dict], baselines: dict[str, dict[str, dict]], varian
             row[metric] = float(np.mean(values))
             row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
         rows.append(row)
-    for dataset, by_name in baselines.items():
+    for (dataset, task), by_name in baselines.items():
         for name, metrics in by_name.items():
-            row = {"dataset": dataset, "backbone": name, "variant": "-", "method": "baseline", "seeds": 0,
-                   **{column: float("nan") for column in PERTURBATION}}
+            row = {"dataset": dataset, "task": task, "train_percent": None, "backbone": name, "variant": "-",
+                   "method": "baseline", "seeds": 0, **{column: float("nan") for column in PERTURBATION}}
             for metric in metric_names:
                 row[metric] = float(metrics.get(metric, float("nan")))
                 row[f"{metric}_std"] = float("nan")
             rows.append(row)
     summary = pd.DataFrame(rows)
-    reference = {dataset: float(by_name[REFERENCE]["mse"]) for dataset, by_name in baselines.items()
-                 if REFERENCE in by_name}
-    persistence_mse = summary["dataset"].map(reference).astype(float)
+    summary["train_percent"] = summary["train_percent"].astype("Int64")  # empty for the baselines
+    reference = {key: float(by_name[REFERENCE]["mse"]) for key, by_name in baselines.items() if REFERENCE in by_name}
+    persistence_mse = pd.Series([reference.get((d, t), np.nan) for d, t in zip(summary["dataset"], summary["task"])],
+                                index=summary.index, dtype=float)
     summary["skill"] = 1.0 - summary["mse"] / persistence_mse
     summary["beats_persistence"] = summary["mse"] < persistence_mse
     ordered = [*KEYS, *PERTURBATION, "skill", "beats_persistence"]
@@ -75,31 +81,30 @@ def summarise(records: list[dict], baselines: dict[str, dict[str, dict]], varian
 
 def comparison_table(losses: dict[tuple, object], comparisons: list[list[str]], blocks: dict[str, int], *,
                      metric: str = "mse", confidence: float, resamples: int, extreme_quantile: float) -> pd.DataFrame:
-    """Paired differences A - B per (dataset, backbone, comparison) and window set.
+    """Paired differences A - B per (setting, backbone, comparison) and window set.
 
-    ``losses``: (dataset, backbone, variant, seed) -> a run's per-window test losses
-    (:func:`nuwa.evaluate.evaluate_forecaster`); ``blocks``: dataset -> bootstrap block length
-    in windows. Comparisons whose variants are not both in ``losses`` are left out. Window sets:
-    ``all`` and ``extreme`` (the top 1 - ``extreme_quantile`` of the targets' mean intensity).
+    ``losses``: (dataset, task, train_percent, backbone, variant, seed) -> a run's per-window test
+    losses (:func:`nuwa.evaluate.evaluate_forecaster`); ``blocks``: dataset -> bootstrap block
+    length in windows. Comparisons whose variants are not both in ``losses`` are left out. Window
+    sets: ``all`` and ``extreme`` (the top 1 - ``extreme_quantile`` of the targets' mean intensity).
     """
     from nuwa.compare import compare_runs, extreme_windows
 
-    cells = dict.fromkeys((d, b) for d, b, _, _ in losses)  # in the grid's order
+    cells: dict[tuple, dict] = {}  # (setting, backbone) -> variant -> seed -> losses, in the grid's order
+    for key, value in losses.items():
+        *group, variant, seed = key
+        cells.setdefault(tuple(group), {}).setdefault(variant, {})[seed] = value
     rows = []
-    for dataset, backbone in cells:
-        runs = {}
-        for (d, b, variant, seed), value in losses.items():
-            if (d, b) == (dataset, backbone):
-                runs.setdefault(variant, {})[seed] = value
+    for group, runs in cells.items():
         any_run = next(iter(next(iter(runs.values())).values()))
         extreme = extreme_windows(any_run, extreme_quantile)
         for a, b in comparisons:
             if a not in runs or b not in runs:
                 continue
             for windows, select in (("all", None), ("extreme", extreme)):
-                result = compare_runs(runs[a], runs[b], metric=metric, block=blocks[dataset], select=select,
+                result = compare_runs(runs[a], runs[b], metric=metric, block=blocks[group[0]], select=select,
                                       confidence=confidence, resamples=resamples)
-                rows.append({"dataset": dataset, "backbone": backbone, "comparison": f"{a} - {b}", "a": a, "b": b,
+                rows.append({**dict(zip(GROUP, group)), "comparison": f"{a} - {b}", "a": a, "b": b,
                              "metric": metric, "windows": windows, **result})
     if not rows:
         return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
@@ -107,18 +112,19 @@ def comparison_table(losses: dict[tuple, object], comparisons: list[list[str]], 
 
 
 def verdict_lines(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, comparison, window set): counts of better / worse / no detectable difference
+    """Per (setting, comparison, window set): counts of better / worse / no detectable difference
     across backbones, a two-sided sign test and its Holm correction across the comparisons of
-    that dataset and window set."""
+    that setting and window set."""
     from nuwa.compare import TOO_FEW, holm, sign_test
 
     rows = []
-    for (dataset, windows), group in comparisons.groupby(["dataset", "windows"], sort=False):
+    for key, group in comparisons.groupby([*SETTING, "windows"], sort=False):
+        setting = dict(zip((*SETTING, "windows"), key))
         tests = {}
         for comparison, part in group.groupby("comparison", sort=False):
             counts = part["verdict"].value_counts()
             better, worse = int(counts.get("better", 0)), int(counts.get("worse", 0))
-            tests[comparison] = {"dataset": dataset, "windows": windows, "comparison": comparison, "better": better,
+            tests[comparison] = {**setting, "comparison": comparison, "better": better,
                                  "worse": worse, "no_difference": int(counts.get("no detectable difference", 0)),
                                  "too_few": int(counts.get(TOO_FEW, 0)),
                                  "sign_p": sign_test(better, worse)}
@@ -136,8 +142,15 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
                     and not c.endswith("_std")]
     verdicts = verdict_lines(comparisons) if comparisons is not None and len(comparisons) else pd.DataFrame()
     lines = []
-    for dataset, group in summary.groupby("dataset", sort=False):
-        lines += [f"## {dataset}", "", "| backbone | variant | seeds | mix | changed | abs change | skill | "
+    runs = summary[summary["method"] != "baseline"]
+    baselines = summary[summary["method"] == "baseline"]
+    for (dataset, task, percent), trained in runs.groupby(list(SETTING), sort=False):
+        group = pd.concat([trained, baselines[(baselines["dataset"] == dataset) & (baselines["task"] == task)]])
+        in_setting = ((comparisons["dataset"] == dataset) & (comparisons["task"] == task)
+                      & (comparisons["train_percent"] == percent)) if comparisons is not None and len(comparisons) \
+            else None
+        lines += [f"## {dataset}: {task}, {percent} % of the training windows", "",
+                  "| backbone | variant | seeds | mix | changed | abs change | skill | "
                   + " | ".join(metric_names) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(metric_names)]
         ori = group[group["method"] == "none"].set_index("backbone")["beats_persistence"].to_dict()
         for _, row in group.iterrows():
@@ -152,8 +165,8 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
             lines += ["", "† this backbone's Ori does not beat persistence here: a difference between its variants "
                           "says little about forecasting skill (README, 'Reading the comparisons')."]
         lines.append("")
-        if comparisons is not None and len(comparisons):
-            part = comparisons[comparisons["dataset"] == dataset]
+        if in_setting is not None:
+            part = comparisons[in_setting]
             if len(part):
                 lines += ["| backbone | comparison (A - B, mse) | windows | seeds | mean difference | relative | "
                           "interval | verdict |", "|---|---|---|---|---|---|---|---|"]
@@ -163,7 +176,9 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
                                  f"{_number(100 * row['relative_difference'], 3)} % | "
                                  f"[{_number(row['low'], 3)}, {_number(row['high'], 3)}] | {row['verdict']} |")
                 lines.append("")
-                for _, row in verdicts[verdicts["dataset"] == dataset].iterrows():
+                mine = ((verdicts["dataset"] == dataset) & (verdicts["task"] == task)
+                        & (verdicts["train_percent"] == percent))
+                for _, row in verdicts[mine].iterrows():
                     lines.append(f"- {row['comparison']}, {row['windows']} windows: better {row['better']}, worse "
                                  f"{row['worse']}, no detectable difference {row['no_difference']}, too few to tell "
                                  f"{row['too_few']} (across backbones; "

@@ -98,7 +98,7 @@ def test_variant_keys_its_method_does_not_read_are_refused(tiny_params, entry, p
 def test_default_tiny_and_full_params_are_valid():
     load_params(REPO / "params.yaml")
     load_params(TINY_PARAMS)
-    full = load_params(REPO / "params.full.yaml")
+    full = load_params(REPO / "experiments" / "table1.yaml")
     assert len(full["grid"]["backbones"]) == 8  # the paper's Table 1
 
 
@@ -108,7 +108,7 @@ def test_validating_params_imports_no_heavy_library():
     heavy = ("torch", "timm", "xarray", "dask", "matplotlib", "h5py", "pysteps", "netCDF4", "numba")
     code = ("import sys; from nuwa.config import load_params; load_params(sys.argv[1]); "
             f"print(' '.join(name for name in {heavy!r} if name in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code, str(REPO / "params.full.yaml")], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "experiments" / "table1.yaml")], capture_output=True,
                             text=True, check=True, env=tool_env())
     assert result.stdout.strip() == "", f"validation imported {result.stdout.strip()}"
 

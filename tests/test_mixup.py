@@ -173,7 +173,8 @@ def test_the_mixup_variant_through_the_cli(tmp_path):
     assert cli.main(["bank", *common, "--variant", "mixup", "--seed", "0", "--data", str(data), "--out", str(bank)]) == 0
     with xr.open_dataset(bank) as written:
         assert written.attrs["method"] == "mixup" and written.sizes["bank_sample"] == 0
-    assert cli.main(["train", *common, "--backbone", "simvp", "--variant", "mixup", "--seed", "0", "--device", "cpu",
+    assert cli.main(["train", *common, "--task", "forecast", "--train-percent", "100", "--backbone", "simvp",
+                     "--variant", "mixup", "--seed", "0", "--device", "cpu",
                      "--data", str(data), "--bank", str(bank), "--out-dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "mixup" and metrics["mixup_alpha"] == 0.2 and metrics["mix_fraction"] == 0.5

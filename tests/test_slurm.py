@@ -96,7 +96,7 @@ def test_workflow_on_slurm_equals_local_and_survives_a_cancelled_job(cluster, un
 
     # same bytes as the local run (the cancelled cell restarted deterministically): every file of
     # the two cells and of the stages before them (history.csv without its wall-clock column); the summary table's rows are the local one's
-    cells = [f"results/runs/moving_glyphs/simvp/{variant}/seed0" for variant in ("ori", "nuwa")]
+    cells = [f"results/runs/moving_glyphs/forecast/100pct/simvp/{variant}/seed0" for variant in ("ori", "nuwa")]
     produced = output_files(on_slurm)
     assert produced <= output_files(local), produced - output_files(local)
     for relative in sorted(produced):

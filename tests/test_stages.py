@@ -13,9 +13,10 @@ def test_a_stage_reads_only_the_keys_it_declares(tiny_params):
     assert bank["datasets"]["moving_glyphs"] == tiny_params["datasets"]["moving_glyphs"]
     assert bank["variants"]["nuwa"] == tiny_params["variants"]["nuwa"]
     assert bank["bank"]["chunk_size"] == tiny_params["bank"]["chunk_size"]  # a setting: read, no rerun
-    with pytest.raises(UndeclaredParamsKey, match=r"stage 'bank' read params key 'train', which nuwa/stages.py does "
-                                                   r"not declare for it"):
-        bank["train"]
+    assert bank["train"]["subset"] == "recent"  # which windows a train_percent keeps: the bank's too
+    with pytest.raises(UndeclaredParamsKey, match=r"stage 'bank' read params key 'train.steps', which nuwa/stages.py "
+                                                   r"does not declare for it"):
+        bank["train"]["steps"]
     with pytest.raises(UndeclaredParamsKey, match="'bank.mix_fraction'"):  # the training stage's key
         bank["bank"]["mix_fraction"]
     with pytest.raises(UndeclaredParamsKey, match="'variants.random'"):  # another variant's entry
@@ -27,8 +28,8 @@ def test_a_stage_reads_only_the_keys_it_declares(tiny_params):
 def test_declared_keys_are_the_rerun_keys_plus_settings(tiny_params):
     """What reruns a job (Snakemake's params JSON, DVC's params list) is what its code may read,
     less the settings that never change its bytes."""
-    wildcards = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": 0,
-                 "baseline": "optical_flow"}
+    wildcards = {"dataset": "moving_glyphs", "task": "forecast", "train_percent": 100, "backbone": "simvp",
+                 "variant": "nuwa", "seed": 0, "baseline": "optical_flow"}
     for name, stage in STAGES.items():
         if name == "validate":
             continue
@@ -51,22 +52,27 @@ def test_every_grid_axis_reaches_the_run_folder_the_cell_and_the_train_stage(tin
     cell = grid.train_cells(tiny_params)[0]
     for axis, spec in grid.AXES.items():
         assert spec.folder.format(**{axis: getattr(cell, axis)}) in cell.run_dir.split("/")
-        assert axis in STAGES["train"].axes and f"--{axis} {{{axis}}}" in STAGES["train"].command
-    assert cell.run_dir == "results/runs/moving_glyphs/simvp/ori/seed0"
+        assert axis in STAGES["train"].axes and f"{grid.option(axis)} {{{axis}}}" in STAGES["train"].command
+    assert cell.run_dir == "results/runs/moving_glyphs/forecast/100pct/simvp/ori/seed0"
+    assert grid.option("train_percent") == "--train-percent"
     assert len(grid.train_cells(dict(tiny_params, grid=dict(tiny_params["grid"], seeds=[0, 3])))) == 12
+    more = dict(tiny_params["grid"], tasks=["forecast", "sr4"], train_percents=[25, 100])
+    assert len(grid.train_cells(dict(tiny_params, grid=more))) == 6 * 2 * 2
 
 
 def test_snakemake_inputs_follow_the_variant_and_backbone(tiny_params):
-    random = input_files("bank", tiny_params, {"dataset": "moving_glyphs", "variant": "random", "seed": 0})
-    nuwa = input_files("bank", tiny_params, {"dataset": "moving_glyphs", "variant": "nuwa", "seed": 0})
+    bank = {"dataset": "moving_glyphs", "train_percent": 25, "seed": 0}
+    random = input_files("bank", tiny_params, {**bank, "variant": "random"})
+    nuwa = input_files("bank", tiny_params, {**bank, "variant": "nuwa"})
     assert random["saliency"] == [] and nuwa["saliency"] == "results/saliency/moving_glyphs.nc"
-    train = input_files("train", tiny_params, {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa",
-                                               "seed": 0})
-    assert train["bank"] == "results/bank/moving_glyphs/nuwa/seed0.nc" and train["upstream"] == []
+    train = input_files("train", tiny_params, {**bank, "task": "sr4", "backbone": "simvp", "variant": "nuwa"})
+    assert train["bank"] == "results/bank/moving_glyphs/nuwa/25pct/seed0.nc" and train["upstream"] == []
     figures = input_files("figures", tiny_params, {"dataset": "moving_glyphs"})
-    assert figures["bank"] == ["results/bank/moving_glyphs/nuwa/seed0.nc"]
-    assert figures["examples"] == [f"results/runs/moving_glyphs/simvp/{v}/seed0/examples.nc"
+    assert figures["bank"] == ["results/bank/moving_glyphs/nuwa/100pct/seed0.nc"]
+    assert figures["examples"] == [f"results/runs/moving_glyphs/forecast/100pct/simvp/{v}/seed0/examples.nc"
                                    for v in ("ori", "nuwa", "random")]
+    baselines = input_files("tables", dict(tiny_params, grid=dict(tiny_params["grid"], tasks=["forecast", "sr4"])), {})
+    assert "results/baselines/moving_glyphs/sr4/persistence.json" in baselines["baselines"]
 
 
 def test_the_banks_that_read_the_saliency_file_are_the_bank_modules():

@@ -12,6 +12,7 @@ import xarray as xr
 import yaml
 
 from conftest import REPO, copy_run, digest, make_workdir, output_files, tool_env
+from nuwa import grid
 
 pytestmark = pytest.mark.slow
 
@@ -86,18 +87,18 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
         assert f"results/upstream/{dataset}/history.csv" in files
         assert f"results/saliency/{dataset}.nc" in files
         for variant in params["grid"]["variants"]:
-            assert f"results/bank/{dataset}/{variant}/seed0.nc" in files
+            assert f"results/bank/{dataset}/{variant}/100pct/seed0.nc" in files
         for backbone in params["grid"]["backbones"]:
             for variant in params["grid"]["variants"]:
                 for name in ("model.pt", "history.csv", "metrics.json", "examples.nc"):
-                    assert f"results/runs/{dataset}/{backbone}/{variant}/seed0/{name}" in files
+                    assert f"results/runs/{dataset}/forecast/100pct/{backbone}/{variant}/seed0/{name}" in files
         assert f"results/diagnostics/{dataset}.csv" in files and f"results/diagnostics/{dataset}_per_seed.csv" in files
         assert f"results/figures/{dataset}_diagnostics.png" in files
         diagnostics = (snakemake_run / f"results/diagnostics/{dataset}.csv").read_text()
         assert diagnostics.count("pretrained here") == 3 and "in use (results/saliency/" in diagnostics
         for baseline in params["grid"]["baselines"]:
-            assert f"results/baselines/{dataset}/{baseline}.json" in files
-            assert f"results/baselines/{dataset}/{baseline}_losses.nc" in files
+            assert f"results/baselines/{dataset}/forecast/{baseline}.json" in files
+            assert f"results/baselines/{dataset}/forecast/{baseline}_losses.nc" in files
         assert f"results/figures/{dataset}_predictions.png" in files
         assert f"results/figures/{dataset}_comparisons.png" in files and f"results/figures/{dataset}_lead_time.png" in files
         assert f"results/figures/{dataset}_saliency.png" in files
@@ -107,7 +108,7 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
     comparisons = (snakemake_run / "results/tables/comparisons.csv").read_text()
     assert "nuwa - ori" in comparisons and "nuwa - random" in comparisons
     assert "results/tables/lead_time.csv" in files
-    losses = xr.open_dataset(snakemake_run / "results/runs/moving_glyphs/simvp/nuwa/seed0/test_losses.nc")
+    losses = xr.open_dataset(snakemake_run / "results/runs/moving_glyphs/forecast/100pct/simvp/nuwa/seed0/test_losses.nc")
     assert losses["mse"].dims == ("window", "lead")
     saliency = xr.open_dataset(snakemake_run / "results/saliency/moving_glyphs.nc")
     assert saliency["importance"].dims == ("sample", "step", "patch_y", "patch_x")
@@ -115,7 +116,7 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
     assert set(saliency.attrs) >= {"patch_size", "layers"}
     # the ratio has one owner, the bank variant: the saliency file holds importance only
     assert "causal" not in saliency and "environment_ratio" not in saliency.attrs
-    bank = xr.open_dataset(snakemake_run / "results/bank/moving_glyphs/nuwa/seed0.nc")
+    bank = xr.open_dataset(snakemake_run / "results/bank/moving_glyphs/nuwa/100pct/seed0.nc")
     assert bank.attrs["environment_ratio"] == params["bank"]["environment_ratio"] and bank.attrs["seed"] == 0
     assert 0 < bank.attrs["changed_cell_fraction"] < 1 and bank.attrs["mean_abs_change_std"] > 0
     assert not list(snakemake_run.rglob("*.tmp")), "a temporary file survived"
@@ -127,7 +128,7 @@ def test_show_mask_writes_a_png_of_a_window(snakemake_run):
         snakemake_run)
     assert (snakemake_run / "mask.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", str(sample), "--out", "bank.png",
-         "--bank", "results/bank/moving_glyphs/nuwa/seed0.nc"], snakemake_run)
+         "--bank", "results/bank/moving_glyphs/nuwa/100pct/seed0.nc"], snakemake_run)
     assert (snakemake_run / "bank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", "99999"], snakemake_run,
                   check=False)
@@ -159,8 +160,8 @@ def test_stages_that_compute_without_torch_start_without_it(snakemake_run, tmp_p
 def test_snakemake_and_dvc_build_the_same_files_with_the_same_bytes(snakemake_run, dvc_run):
     assert output_files(snakemake_run) == output_files(dvc_run)
     for relative in ("data/processed/moving_glyphs.nc", "results/saliency/moving_glyphs.nc",
-                     "results/bank/moving_glyphs/nuwa/seed0.nc", "results/bank/moving_glyphs/random/seed0.nc",
-                     "results/runs/moving_glyphs/simvp/nuwa/seed0/metrics.json", "results/tables/summary.csv"):
+                     "results/bank/moving_glyphs/nuwa/100pct/seed0.nc", "results/bank/moving_glyphs/random/100pct/seed0.nc",
+                     "results/runs/moving_glyphs/forecast/100pct/simvp/nuwa/seed0/metrics.json", "results/tables/summary.csv"):
         assert digest(snakemake_run / relative) == digest(dvc_run / relative), relative
 
 
@@ -196,9 +197,9 @@ def test_snakemake_reruns_only_the_cells_a_change_touches(snakemake_run):
         _edit_params(snakemake_run, lambda p: p["variants"]["random"].update(environment_ratio=0.5))
         jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
         trains = {j for j in jobs if j.startswith("train[")}
-        assert trains == {f"train[dataset=moving_glyphs, backbone={b}, variant=random, seed=0]"
+        assert trains == {f"train[dataset=moving_glyphs, task=forecast, train_percent=100, backbone={b}, variant=random, seed=0]"
                           for b in ("simvp", "convlstm")}
-        assert "bank[dataset=moving_glyphs, variant=random, seed=0]" in jobs
+        assert "bank[dataset=moving_glyphs, train_percent=100, variant=random, seed=0]" in jobs
         assert not any("ori" in j or "nuwa" in j for j in jobs), jobs
         assert not any(j.startswith(("pretrain", "saliency", "ingest")) for j in jobs)
 
@@ -209,9 +210,9 @@ def test_snakemake_reruns_only_the_cells_a_change_touches(snakemake_run):
                                               p["grid"]["variants"].append("nuwa_r50")))
         jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
         trains = {j for j in jobs if j.startswith("train[")}
-        assert trains == {f"train[dataset=moving_glyphs, backbone={b}, variant=nuwa_r50, seed=0]"
+        assert trains == {f"train[dataset=moving_glyphs, task=forecast, train_percent=100, backbone={b}, variant=nuwa_r50, seed=0]"
                           for b in ("simvp", "convlstm")}
-        assert {j for j in jobs if j.startswith("bank[")} == {"bank[dataset=moving_glyphs, variant=nuwa_r50, seed=0]"}
+        assert {j for j in jobs if j.startswith("bank[")} == {"bank[dataset=moving_glyphs, train_percent=100, variant=nuwa_r50, seed=0]"}
 
         # bank.chunk_size bounds memory and never changes the bytes: it reruns no stage (only the
         # check of the whole file, `validate`, whose marker no stage reads under Snakemake)
@@ -225,9 +226,9 @@ def test_snakemake_reruns_only_the_cells_a_change_touches(snakemake_run):
         _edit_params(snakemake_run, lambda p: p["grid"]["seeds"].append(7))
         jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
         assert {j for j in jobs if j.startswith(("train[", "bank["))} == (
-            {f"train[dataset=moving_glyphs, backbone={b}, variant={v}, seed=7]"
+            {f"train[dataset=moving_glyphs, task=forecast, train_percent=100, backbone={b}, variant={v}, seed=7]"
              for b in ("simvp", "convlstm") for v in ("ori", "nuwa", "random")}
-            | {f"bank[dataset=moving_glyphs, variant={v}, seed=7]" for v in ("ori", "nuwa", "random")})
+            | {f"bank[dataset=moving_glyphs, train_percent=100, variant={v}, seed=7]" for v in ("ori", "nuwa", "random")})
         assert not any(j.startswith(("pretrain", "saliency", "ingest")) for j in jobs)
     finally:
         (snakemake_run / "params.yaml").write_text(original)
@@ -240,11 +241,11 @@ def test_dvc_reruns_only_the_cells_a_change_touches(dvc_run):
     result = run(["dvc", "repro"], dvc_run)
     ran = set(re.findall(r"Running stage '([^']+)'", result.stdout))
     trains = {s for s in ran if s.startswith("train@")}
-    assert trains == {"train@moving_glyphs-simvp-random-0", "train@moving_glyphs-convlstm-random-0"}, ran
+    assert trains == {"train@moving_glyphs-forecast-100-simvp-random-0", "train@moving_glyphs-forecast-100-convlstm-random-0"}, ran
     assert not any(s.startswith(("pretrain", "saliency", "ingest")) for s in ran), ran
     after = {p: digest(dvc_run / p) for p in output_files(dvc_run) if p.endswith("metrics.json")}
     changed = {p for p in before if before[p] != after[p]}
-    assert changed == {f"results/runs/moving_glyphs/{b}/random/seed0/metrics.json" for b in ("simvp", "convlstm")}
+    assert changed == {f"results/runs/moving_glyphs/forecast/100pct/{b}/random/seed0/metrics.json" for b in ("simvp", "convlstm")}
 
 
 def test_dvc_yaml_is_the_one_generated_from_the_stage_table():
@@ -256,7 +257,7 @@ def test_dvc_yaml_is_the_one_generated_from_the_stage_table():
 
     stages = yaml.safe_load(generated)["stages"]
     assert set(stages) == set(STAGES)
-    wildcards = {axis: "${item.%s}" % axis for axis in ("dataset", "backbone", "variant", "seed", "baseline")}
+    wildcards = {axis: "${item.%s}" % axis for axis in grid.STAGE_AXES}
     for name in STAGES:
         if name != "validate":
             assert stages[name]["params"] == stage_param_keys(name, **wildcards), name
@@ -268,7 +269,8 @@ def test_snakemake_rules_run_the_stage_table_commands(tmp_path):
     same command DVC runs, with its placeholders."""
     dry = run(["snakemake", "--dry-run", "--printshellcmds", "--cores", "2"], make_workdir(tmp_path)).stdout
     dvc_stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    item = {"dataset": "moving_glyphs", "backbone": "simvp", "variant": "nuwa", "seed": "0", "baseline": "optical_flow"}
+    item = {"dataset": "moving_glyphs", "task": "forecast", "train_percent": "100", "backbone": "simvp",
+            "variant": "nuwa", "seed": "0", "baseline": "optical_flow"}
     for name in ("ingest", "baseline", "pretrain", "saliency", "bank", "train", "tables", "figures"):
         command = dvc_stages[name]["cmd"]
         for axis, value in item.items():
@@ -290,21 +292,68 @@ def test_vit_cell_starts_from_the_upstream_weights(snakemake_run):
             params["grid"]["backbones"].append("vit")
 
         _edit_params(snakemake_run, add_vit)
-        target = "results/runs/moving_glyphs/vit/ori/seed0/metrics.json"
+        target = "results/runs/moving_glyphs/forecast/100pct/vit/ori/seed0/metrics.json"
         dry = run(["snakemake", "--dry-run", "--cores", "1", target], snakemake_run).stdout
         inputs = [line for line in dry.splitlines() if line.strip().startswith("input:")]
         assert any("results/upstream/moving_glyphs/model.pt" in line for line in inputs), dry
         run(["snakemake", "--cores", "1", target], snakemake_run)
         metrics = json.loads((snakemake_run / target).read_text())
         assert metrics["upstream_tensors_loaded"] > 0
-        log = (snakemake_run / "logs/train/moving_glyphs/vit/ori/seed0.log").read_text()
+        log = (snakemake_run / "logs/train/moving_glyphs/forecast/100pct/vit/ori/seed0.log").read_text()
         assert "Traceback" not in log
         # a backbone that cannot take the weights says so
         _edit_params(snakemake_run, lambda p: p["backbones"]["simvp"].update(init_from_upstream=True))
         failed = run(["nuwa", "train", "--dataset", "moving_glyphs", "--backbone", "simvp", "--variant", "ori",
-                      "--seed", "0", "--bank", "results/bank/moving_glyphs/ori/seed0.nc", "--out-dir", "elsewhere"],
+                      "--seed", "0", "--bank", "results/bank/moving_glyphs/ori/100pct/seed0.nc", "--out-dir", "elsewhere"],
                      snakemake_run, check=False)
         assert failed.returncode == 2 and "cannot start from the upstream ViT's weights" in failed.stderr
+    finally:
+        (snakemake_run / "params.yaml").write_text(original)
+
+
+def test_the_task_and_train_percent_axes_run_end_to_end(snakemake_run):
+    """A tiny version of each axis of the paper's other questions: super-resolution (inputs 2 x 2
+    block means, targets at full size) and half the training windows, through Snakemake; the
+    tables hold every setting, each compared within itself."""
+    import json
+
+    import pandas as pd
+
+    original = (snakemake_run / "params.yaml").read_text()
+    try:
+        def axes(params):
+            params["tasks"]["sr2"] = {"kind": "super_resolution", "factor": 2}
+            params["grid"].update(tasks=["forecast", "sr2"], train_percents=[50, 100], backbones=["simvp"],
+                                  variants=["ori", "nuwa"])
+
+        _edit_params(snakemake_run, axes)
+        jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
+        trains = {j for j in jobs if j.startswith("train[")}
+        # the forecast cells at 100 % exist already: the new settings' cells alone run
+        assert trains == {f"train[dataset=moving_glyphs, task={t}, train_percent={p}, backbone=simvp, variant={v}, "
+                          "seed=0]" for t, p in (("sr2", 50), ("sr2", 100), ("forecast", 50)) for v in ("ori", "nuwa")}
+        assert {j for j in jobs if j.startswith("bank[")} == {
+            f"bank[dataset=moving_glyphs, train_percent=50, variant={v}, seed=0]" for v in ("ori", "nuwa")}
+        assert not any(j.startswith(("pretrain", "saliency", "ingest")) for j in jobs)
+        run(["snakemake", "--cores", "2"], snakemake_run)
+        runs = snakemake_run / "results/runs/moving_glyphs"
+        sr = json.loads((runs / "sr2/100pct/simvp/nuwa/seed0/metrics.json").read_text())
+        half = json.loads((runs / "forecast/50pct/simvp/nuwa/seed0/metrics.json").read_text())
+        full = json.loads((runs / "forecast/100pct/simvp/nuwa/seed0/metrics.json").read_text())
+        assert sr["input_factor"] == 2 and full["input_factor"] == 1
+        assert half["train_windows"] == -(-full["train_windows"] // 2)  # ceil: the most recent half
+        bank = xr.open_dataset(snakemake_run / "results/bank/moving_glyphs/nuwa/50pct/seed0.nc")
+        copies = yaml.safe_load(original)["bank"]["copies"]
+        assert bank.sizes["bank_sample"] == copies * half["train_windows"]  # the bank of those windows alone
+        examples = xr.open_dataset(runs / "sr2/100pct/simvp/nuwa/seed0/examples.nc")
+        assert examples.sizes["input_y"] * 2 == examples.sizes["y"]
+        baseline = json.loads((snakemake_run / "results/baselines/moving_glyphs/sr2/persistence.json").read_text())
+        assert baseline["input_factor"] == 2
+        comparisons = pd.read_csv(snakemake_run / "results/tables/comparisons.csv")
+        settings = set(zip(comparisons["task"], comparisons["train_percent"]))
+        assert settings == {("forecast", 50), ("forecast", 100), ("sr2", 50), ("sr2", 100)}
+        summary = (snakemake_run / "results/tables/summary.md").read_text()
+        assert "## moving_glyphs: sr2, 50 % of the training windows" in summary
     finally:
         (snakemake_run / "params.yaml").write_text(original)
 
@@ -330,10 +379,10 @@ def test_radar_pipeline_end_to_end(tmp_path):
     assert processed["missing_fraction"].dims == ("time",)
     assert 0 < float(processed["missing_fraction"].max()) < 0.05
     assert str(processed["time"].values[1] - processed["time"].values[0]) == "300000000000 nanoseconds"
-    bank = xr.open_dataset(directory / "results/bank/radar_knmi/nuwa/seed0.nc")
+    bank = xr.open_dataset(directory / "results/bank/radar_knmi/nuwa/100pct/seed0.nc")
     assert bank.sizes["bank_sample"] == 44  # one copy per training window
     for variant in ("ori", "nuwa"):
-        metrics = json.loads((directory / f"results/runs/radar_knmi/simvp/{variant}/seed0/metrics.json").read_text())
+        metrics = json.loads((directory / f"results/runs/radar_knmi/forecast/100pct/simvp/{variant}/seed0/metrics.json").read_text())
         assert metrics["mse"] >= 0 and "csi" in json.dumps(metrics)
     summary = (directory / "results/tables/summary.csv").read_text()
     assert "radar_knmi" in summary and "persistence" in summary
@@ -366,12 +415,12 @@ def test_a_multi_gpu_cell_runs_under_torchrun(tmp_path):
     params = yaml.safe_load((REPO / "tests/data/tiny_params.yaml").read_text())
     params["backbones"]["simvp"]["gpus"] = 2
     directory = make_workdir(tmp_path, params)
-    target = "results/runs/moving_glyphs/simvp/ori/seed0/metrics.json"
+    target = "results/runs/moving_glyphs/forecast/100pct/simvp/ori/seed0/metrics.json"
     dry = run(["snakemake", "--dry-run", "--cores", "2", target], directory).stdout
     train_job = dry[dry.index("rule train:"):]
     assert "gpu=2" in train_job.split("\n\n")[0], train_job
     run(["snakemake", "--cores", "2", target], directory)
     metrics = json.loads((directory / target).read_text())
     assert metrics["world_size"] == 2 and metrics["backend"] == "gloo"
-    log = (directory / "logs/train/moving_glyphs/simvp/ori/seed0.log").read_text()
+    log = (directory / "logs/train/moving_glyphs/forecast/100pct/simvp/ori/seed0.log").read_text()
     assert "running under torchrun" in log

@@ -2,7 +2,7 @@
 
 Times ``snakemake --dry-run`` of our workflow (the Snakefile and workflow/rules of the
 repository, copied into a temporary folder with the given parameter file, by default the
-paper's full grid ``params.full.yaml``) against a trivial Snakefile, written in the same run,
+paper's full grid ``experiments/table1.yaml``) against a trivial Snakefile, written in the same run,
 that plans the same number of jobs: one rule with a wildcard expanded to N - 2 targets, one
 rule aggregating them and ``all``. The trivial workflow is Snakemake's own cost of planning N
 jobs; the difference is ours (parsing and validating params.yaml, input functions, params,
@@ -67,7 +67,7 @@ rule leaf:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--params", type=Path,
-                        help="parameter file planned (default: params.full.yaml of the workflow folder)")
+                        help="parameter file planned (default: experiments/table1.yaml of the workflow folder)")
     parser.add_argument("--workflow", type=Path,
                         help="folder with Snakefile and workflow/ (default: this checkout, else the current folder)")
     parser.add_argument("--repeats", type=int, default=3,
@@ -145,11 +145,11 @@ def benchmark(params: Path | None = None, workflow: Path | None = None, repeats:
               progress=None) -> list[dict]:
     import os
 
-    import yaml
+    from nuwa.config import load_params
 
     root = workflow_root(workflow)
-    params_path = Path(params) if params is not None else root / "params.full.yaml"
-    settings = yaml.safe_load(params_path.read_text())
+    params_path = Path(params) if params is not None else root / "experiments" / "table1.yaml"
+    settings = load_params(params_path)  # an experiment file: merged with the file it extends
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with tempfile.TemporaryDirectory(prefix="nuwa-bench-dag-") as temporary:

@@ -2,6 +2,8 @@
 # DVC and `nuwa` accept and reject exactly the same parameter files.
 import json
 
+from snakemake.utils import update_config
+
 from nuwa import grid, stages
 from nuwa.config import load_params, validate_params
 
@@ -10,12 +12,17 @@ PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfil
 # then Snakemake's own config loader, which would evaluate a YTE template (`__use_yte__: true`
 # runs the Python expressions in the file). A file named with --configfile is read by Snakemake
 # before any workflow code runs: pass only files you trust there.
-load_params(PARAMS_FILE)
+# An experiment file (`extends: ../params.yaml`, experiments/) overlays the file it extends:
+# `nuwa` merges the two (every job reads PARAMS_FILE), and so does the config here.
+PARAMS = load_params(PARAMS_FILE)
 
 
 configfile: PARAMS_FILE
 
 
+update_config(config, PARAMS)  # the merged parameters, for an experiment file
+update_config(config, workflow.config_settings.overwrite_config)  # --config on the command line wins
+config.pop("extends", None)
 validate_params(config, source=str(PARAMS_FILE))  # with any --config overrides
 
 ENV = "../envs/nuwa.yaml"
