@@ -366,6 +366,52 @@ def _train(args, params, context):
     print(f"wrote {out_dir} (test mse {metrics['mse']:.4g}, ssim {metrics['ssim']:.4f})")
 
 
+def cmd_transfer(args):
+    """A trained cell evaluated on another dataset's test split, without retraining (grid.eval_on)."""
+    from dataclasses import replace
+
+    import torch
+
+    from nuwa.evaluate import evaluate_forecaster
+    from nuwa.io import DataFileError, check_state_dict, load_checkpoint, write_json, write_netcdf
+    from nuwa.train import build_model
+    from nuwa.windows import load_series, select_dataset
+
+    axes = {axis: getattr(args, axis) for axis in grid.AXES}
+    params = _params(args, "transfer", uses_torch=True, eval_on=args.eval_on, **axes)
+    cell = grid.Cell(**axes)
+    trained_config, config = params["datasets"][args.dataset], params["datasets"][args.eval_on]
+    train_path = args.train_data or grid.PROCESSED.format(dataset=args.dataset)
+    data_path = args.data or grid.PROCESSED.format(dataset=args.eval_on)
+    trained, other = load_series(train_path), load_series(data_path)
+    if trained.field.shape[1:] != other.field.shape[1:]:
+        raise DataFileError(f"{data_path}: frames of (channel, y, x) = {other.field.shape[1:]}, but the model was "
+                            f"trained on {train_path} with {trained.field.shape[1:]}; it cannot be evaluated there")
+    # the model sees inputs normalised as in training: the training dataset's statistics
+    series = replace(other, mean=trained.mean, std=trained.std)
+    factor = grid.task_factor(params, args.task)
+    model_path = args.model or cell.file("model.pt")
+    payload = load_checkpoint(model_path)
+    model = build_model(params["backbones"][args.backbone], trained_config, trained.field.shape[1], factor)
+    check_state_dict(model_path, payload.get("state_dict"), model.state_dict(), f"backbone {args.backbone!r}")
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    test = select_dataset(series, config, "test")
+    if len(test) == 0:
+        raise ValueError(f"dataset {args.eval_on!r}: no test window fits in its test split")
+    with torch.no_grad():
+        metrics, _, losses = evaluate_forecaster(
+            model, test, config["csi_thresholds"], fss_scales=params["evaluation"]["fss_scales"], input_factor=factor,
+            attrs={**{k: str(v) for k, v in axes.items()}, "eval_on": args.eval_on,
+                   "window_stride": int(config["window_stride"])})
+    metrics.update({**axes, "eval_on": args.eval_on, "input_factor": factor, "split": "test",
+                    "normalised_with": args.dataset, "conventions": conventions_of(series)})
+    out = args.out or grid.TRANSFER_DIR.format(eval_on=args.eval_on, **axes) + "/metrics.json"
+    write_netcdf(losses, args.losses_out or str(Path(out).with_name("test_losses.nc")))
+    write_json(metrics, out)  # last: it marks the stage done
+    print(f"wrote {out} ({args.dataset} cell on {args.eval_on}'s {len(test)} test windows: mse {metrics['mse']:.4g})")
+
+
 def conventions_of(series) -> dict:
     """The metric conventions a run's metrics.json states: those of a field with never-observed
     pixels (left out of every score) when it has them."""
@@ -451,14 +497,40 @@ def cmd_tables(args):
     # the paper's tables in its layout, and its claims beside ours, in the summary's folder
     folder = Path(args.out_csv or grid.SUMMARY_CSV).parent
     comparisons_read = comparisons.drop(columns=["seeds", "seed_differences"], errors="ignore")
+    transfers = transfer_comparisons(params, settings).drop(columns=["seeds", "seed_differences"], errors="ignore")
     for name, (build, title, empty) in paper.TABLES.items():
-        part, grid_table = build(comparisons_read, params["tasks"])
+        part, grid_table = build(transfers if name == "generalisation" else comparisons_read, params["tasks"])
         write_csv(part, folder / Path(grid.PAPER_TABLE.format(name=name, extension="csv")).name)
         write_text(paper.markdown_grid(grid_table, title, paper.HOW_TO_READ, empty),
                    folder / Path(grid.PAPER_TABLE.format(name=name, extension="md")).name)
     write_text(paper.paper_vs_ours(comparisons_read, summary, params["datasets"], params["tasks"]),
                folder / Path(grid.PAPER_VS_OURS).name)
     print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows) and {len(comparisons)} comparison(s)")
+
+
+def transfer_comparisons(params, settings):
+    """The paired comparisons of the cells evaluated on other datasets (grid.eval_on): their
+    ``dataset`` is "trained → evaluated", their windows the evaluated dataset's test windows."""
+    from dataclasses import asdict
+
+    from nuwa.compare import default_block
+    from nuwa.io import open_netcdf
+    from nuwa.tables import comparison_table
+
+    losses, blocks = {}, {}
+    for pair in params["grid"]["eval_on"]:
+        label = f"{pair['train']} → {pair['test']}"
+        evaluated = params["datasets"][pair["test"]]
+        blocks[label] = settings["block_windows"] or default_block(evaluated["input_frames"],
+                                                                   evaluated["output_frames"],
+                                                                   evaluated["window_stride"])
+        for cell in grid.train_cells(params):
+            if cell.dataset == pair["train"]:
+                path = grid.TRANSFER_DIR.format(eval_on=pair["test"], **asdict(cell)) + "/test_losses.nc"
+                key = (label, *(getattr(cell, axis) for axis in grid.AXES if axis != "dataset"))
+                losses[key] = open_netcdf(path, variables=("mse", "mae", "target_mean", "target_max"))
+    return comparison_table(losses, settings["comparisons"], blocks, confidence=settings["confidence"],
+                            resamples=settings["resamples"], extreme_quantile=settings["extreme_quantile"])
 
 
 def cmd_figures(args):
@@ -647,6 +719,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data")
     c.add_argument("--out")
     c.add_argument("--losses-out", help="per-window test losses (NetCDF)")
+    c = add("transfer", cmd_transfer, "evaluate a trained cell on another dataset's test split, without retraining "
+            "(grid.eval_on; normalised with the training dataset's statistics)")
+    for axis, spec in grid.AXES.items():
+        if axis != "dataset":
+            c.add_argument(grid.option(axis), dest=axis, type=spec.type, required=spec.default is None,
+                           default=spec.default, help=f"the trained cell's {axis} (a value of {spec.values})")
+    c.add_argument("--eval-on", dest="eval_on", required=True, help="the dataset whose test split it is scored on")
+    c.add_argument("--data", help="that dataset's processed file (default: its contract path)")
+    c.add_argument("--train-data", help="the training dataset's processed file: its normalisation (default: contract)")
+    c.add_argument("--model", help="the cell's model.pt (default: its run folder)")
+    c.add_argument("--out", help="metrics.json (default: <run folder>/eval_on/<dataset>/metrics.json)")
+    c.add_argument("--losses-out", help="per-window test losses (default: beside --out)")
     c = add("tables", cmd_tables, "summary table over the grid (mean ± std over seeds, baselines, skill) and the "
             "paired comparisons (intervals over seeds and test windows, verdicts)", dataset=False)
     c.add_argument("--out-csv")

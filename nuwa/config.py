@@ -263,6 +263,7 @@ NEW_KEYS = (
     (("grid", "tasks"), "new grid axis: add `tasks: [forecast]` under grid and a `tasks:` section with "
                         "`forecast: {kind: forecast}` (see params.yaml)"),
     (("grid", "train_percents"), "new grid axis: add `train_percents: [100]` under grid (all training windows)"),
+    (("grid", "eval_on"), "new grid key: add `eval_on: []` under grid (datasets a trained cell is also evaluated on)"),
     (("tasks",), "new section: `tasks: {forecast: {kind: forecast}}` (see params.yaml)"),
     (("train", "subset"), "new key: `subset: recent` under train (which windows a train_percent below 100 keeps)"),
 )
@@ -328,6 +329,26 @@ def _cross_checks(params: dict):
                 if frames < window:
                     yield (f"{key}: the {part} split has {frames} frames (length {entry['length']} x {split[part]}), "
                            f"fewer than one window of input_frames + output_frames = {window}")
+    for index, pair in enumerate(grid["eval_on"]):
+        key = f"grid.eval_on.{index}"
+        if pair["train"] not in grid["datasets"]:
+            yield (f"{key}.train: {pair['train']!r} is not in grid.datasets (only trained cells can be evaluated "
+                   f"elsewhere; grid.datasets: {', '.join(grid['datasets'])})")
+            continue
+        if pair["test"] not in params["datasets"]:
+            yield (f"{key}.test: {pair['test']!r} has no entry under datasets "
+                   f"(defined: {', '.join(sorted(params['datasets']))})")
+            continue
+        if pair["test"] == pair["train"]:
+            yield f"{key}: {pair['train']!r} is evaluated on itself (its own test split is in the tables already)"
+            continue
+        trained, other = params["datasets"][pair["train"]], params["datasets"][pair["test"]]
+        shape = ("height", "width", "input_frames", "output_frames")
+        if any(trained.get(k) != other.get(k) for k in shape):
+            describe = lambda entry: " x ".join(str(entry.get(k)) for k in shape)  # noqa: E731
+            yield (f"{key}: datasets.{pair['train']} ({describe(trained)}) and datasets.{pair['test']} "
+                   f"({describe(other)}) differ in height x width x input_frames x output_frames: a model "
+                   "trained on one cannot be evaluated on the other")
     for task in grid["tasks"]:
         factor = params["tasks"].get(task, {}).get("factor")
         for name in grid["datasets"] if factor else ():

@@ -47,8 +47,13 @@ def option(axis: str) -> str:
     return STAGE_AXES[axis].option or "--" + axis.replace("_", "-")
 
 
-# Axes of stages that are not training axes: a baseline is scored on the test windows, not trained.
-STAGE_AXES = {**AXES, "baseline": Axis("grid.baselines", str, "{baseline}", NAME_PATTERN)}
+# Axes of stages that are not training axes: a baseline is scored on the test windows, not trained;
+# a trained cell is evaluated on another dataset's test windows (eval_on, without retraining).
+STAGE_AXES = {**AXES, "baseline": Axis("grid.baselines", str, "{baseline}", NAME_PATTERN),
+              "eval_on": Axis("grid.eval_on", str, "{eval_on}", NAME_PATTERN)}
+# An axis whose params list holds pairs: each grid.eval_on entry {train: A, test: B} gives the
+# `dataset` wildcard (the trained cells' dataset) and its own (the dataset evaluated on) together.
+PAIRED_AXES = {"eval_on": {"dataset": "train", "eval_on": "test"}}
 
 # File contract (later stages and external checks rely on these paths).
 PARAMS_OK = "results/params_ok.json"  # DVC's validate stage; every other stage depends on it
@@ -61,6 +66,8 @@ SALIENCY = "results/saliency/{dataset}.nc"
 BANK = "results/bank/{dataset}/{variant}/{train_percent}pct/seed{seed}.nc"
 RUN_DIR = "results/runs/" + "/".join(axis.folder for axis in AXES.values())
 RUN_FILES = ("model.pt", "history.csv", "metrics.json", "examples.nc", "test_losses.nc")
+# a trained cell evaluated on another dataset's test split, beside the cell's own files
+TRANSFER_DIR = RUN_DIR + "/eval_on/{eval_on}"
 BASELINE = "results/baselines/{dataset}/{task}/{baseline}.json"
 BASELINE_LOSSES = "results/baselines/{dataset}/{task}/{baseline}_losses.nc"  # per test window and lead, as a run's
 SUMMARY_CSV = "results/tables/summary.csv"
@@ -68,7 +75,7 @@ SUMMARY_MD = "results/tables/summary.md"
 COMPARISONS_CSV = "results/tables/comparisons.csv"  # paired differences, intervals and verdicts
 LEAD_TIME_CSV = "results/tables/lead_time.csv"
 # the paper's tables in its layout, beside summary.csv (nuwa.paper.TABLES; a test keeps the two equal)
-PAPER_TABLES = ("table1", "table2", "scarcity", "ablations")
+PAPER_TABLES = ("table1", "table2", "scarcity", "ablations", "generalisation")
 PAPER_TABLE = "results/tables/{name}.{extension}"
 PAPER_VS_OURS = "results/tables/paper_vs_ours.md"
 DIAGNOSTICS = "results/diagnostics/{dataset}.csv"  # saliency diagnostics, one row per (objective, layers)
@@ -103,6 +110,15 @@ def lookup(params: dict, dotted: str):
 
 def axis_values(params: dict, axis: str) -> list:
     return list(lookup(params, STAGE_AXES[axis].values))
+
+
+def axis_choices(params: dict, axis: str) -> list[dict]:
+    """The wildcard values one value of ``axis`` sets: ``{axis: value}``, or for a paired axis
+    (:data:`PAIRED_AXES`) both of its wildcards."""
+    if axis in PAIRED_AXES:
+        return [{wildcard: entry[key] for wildcard, key in PAIRED_AXES[axis].items()}
+                for entry in axis_values(params, axis)]
+    return [{axis: value} for value in axis_values(params, axis)]
 
 
 def train_cells(params: dict) -> list:

@@ -111,6 +111,14 @@ def ablations(comparisons: pd.DataFrame, tasks: dict) -> tuple[pd.DataFrame, pd.
     return part, layout(part, ["backbone", "a"], ["dataset"])
 
 
+def generalisation(comparisons: pd.DataFrame, tasks: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cells evaluated on another dataset without retraining (``comparisons`` of the transfer
+    losses, whose ``dataset`` is "trained → evaluated"): rows (task, backbone, comparison),
+    columns that pair, every training window."""
+    part = comparisons[comparisons["train_percent"] == 100] if len(comparisons) else comparisons
+    return part, layout(part, ["task", "backbone", "comparison"], ["dataset"])
+
+
 TABLES = {  # name -> (builder, title, what an empty one says)
     "table1": (table1, "Table 1: forecasting (every training window)", "No forecasting cell with 100 % of the "
                "training windows in this grid."),
@@ -120,6 +128,8 @@ TABLES = {  # name -> (builder, title, what an empty one says)
                  "Only one train percent in this grid (grid.train_percents)."),
     "ablations": (ablations, "Ablations: every variant against Ori (forecasting, every training window)",
                   "No comparison against Ori in this grid (evaluation.comparisons)."),
+    "generalisation": (generalisation, "Generalisation: trained on one dataset, evaluated on another's test split "
+                       "without retraining", "No evaluation on another dataset in this grid (grid.eval_on)."),
 }
 
 

@@ -86,6 +86,7 @@ def figure_bank_variants(params) -> list[str]:
 
 
 RUN = grid.RUN_DIR + "/{name}"
+TRANSFER = grid.TRANSFER_DIR + "/{name}"
 # bank methods that read the saliency file (nuwa.bank.IMPORTANCE_METHODS; a test keeps the two
 # equal: importing nuwa.bank here would load numba wherever the table is read)
 IMPORTANCE_METHODS = ("saliency", "random_matched", "saliency_inverted")
@@ -156,9 +157,22 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           paths={"run_dir": grid.RUN_DIR}, mem_mb=6000, gpu=True,
           comment="The upstream model is read only by backbones with init_from_upstream, but DVC cannot vary deps "
                   "by backbone: under DVC every cell lists it (Snakemake asks only for those that read it)."),
+    Stage("transfer", ("dataset", "eval_on", *TRAIN_AXES[1:]),
+          {"data": Input(grid.PROCESSED.replace("{dataset}", "{eval_on}")), "train_data": Input(grid.PROCESSED),
+           "model": Input(RUN.replace("{name}", "model.pt"))},
+          {"metrics": Output(TRANSFER.replace("{name}", "metrics.json"), "metrics"),
+           "losses": Output(TRANSFER.replace("{name}", "test_losses.nc"))},
+          ("datasets.{dataset}", "datasets.{eval_on}", "tasks.{task}", "backbones.{backbone}", "evaluation.fss_scales"),
+          "nuwa transfer " + " ".join(f"{grid.option(axis)} {{{axis}}}" for axis in TRAIN_AXES)
+          + " --eval-on {eval_on} --data {data} --train-data {train_data} --model {model} --out {metrics}"
+          " --losses-out {losses}", mem_mb=4000, gpu=True,
+          comment="A trained cell evaluated on another dataset's test split without retraining (grid.eval_on: "
+                  "{train, test} pairs), normalised with the training dataset's statistics."),
     Stage("tables", (),
           {"metrics": Input(RUN.replace("{name}", "metrics.json"), over=TRAIN_AXES),
            "losses": Input(RUN.replace("{name}", "test_losses.nc"), over=TRAIN_AXES),
+           "transfers": Input(TRANSFER.replace("{name}", "metrics.json"), over=("eval_on", *TRAIN_AXES[1:])),
+           "transfer_losses": Input(TRANSFER.replace("{name}", "test_losses.nc"), over=("eval_on", *TRAIN_AXES[1:])),
            "baselines": Input(grid.BASELINE, over=("dataset", "task", "baseline")),
            "baseline_losses": Input(grid.BASELINE_LOSSES, over=("dataset", "task", "baseline"))},
           {"csv": Output(grid.SUMMARY_CSV, "report"), "md": Output(grid.SUMMARY_MD, "report"),
@@ -282,7 +296,7 @@ def input_files(stage: str, params: dict, wildcards: dict) -> dict[str, list[str
             continue
         choices = [{}]
         for axis in spec.over:
-            choices = [{**c, axis: value} for c in choices for value in grid.axis_values(params, axis)]
+            choices = [{**c, **choice} for c in choices for choice in grid.axis_choices(params, axis)]
         for axis, choose in spec.fixed.items():
             choices = [{**c, axis: value} for c in choices for value in choose(params)]
         paths = [spec.path.format(**{**wildcards, **choice}) for choice in choices]
@@ -318,10 +332,27 @@ def log_path(stage_name: str, suffix: str = ".log", root: str = "logs") -> str:
 # DVC: dvc.yaml, generated
 
 
+def _dvc_item(axes: tuple[str, ...]) -> dict[str, str]:
+    """DVC's placeholder of each wildcard of a stage running over ``axes``: ``${item.<axis>}``, or
+    for the wildcards a paired axis sets (grid.PAIRED_AXES) ``${item.<axis>.<key>}``."""
+    item = {axis: f"${{item.{axis}}}" for axis in axes}
+    for paired, wildcards in grid.PAIRED_AXES.items():
+        if paired in axes:
+            item.update({wildcard: f"${{item.{paired}.{key}}}" for wildcard, key in wildcards.items()})
+    return item
+
+
+def _dvc_matrix_axes(axes: tuple[str, ...]) -> list[str]:
+    """The matrix keys of a stage: its axes less the wildcards a paired axis sets."""
+    set_by_pairs = {w for paired, wildcards in grid.PAIRED_AXES.items() if paired in axes
+                    for w in wildcards if w != paired}
+    return [axis for axis in axes if axis not in set_by_pairs]
+
+
 def _dvc_dep(spec: Input, axes: tuple[str, ...]) -> str:
     """DVC's dep for an input: the file, or for a set of files (over/fixed axes) the folder that holds them."""
-    path = spec.path.format(**{axis: f"${{item.{axis}}}" if axis in axes else f"{{{axis}}}"
-                               for axis in grid.STAGE_AXES})
+    item = _dvc_item(axes)
+    path = spec.path.format(**{axis: item.get(axis, f"{{{axis}}}") for axis in grid.STAGE_AXES})
     if not (spec.over or spec.fixed):
         return path
     return re.split(r"/[^/]*(?<!\$)\{", path, maxsplit=1)[0]
@@ -338,10 +369,12 @@ def dvc_yaml() -> str:
         if stage.comment:
             lines += ["  # " + line for line in _wrap(stage.comment, 94)]
         lines.append(f"  {stage.name}:")
+        item = _dvc_item(stage.axes)
+        every = {axis: item.get(axis, "${item." + axis + "}") for axis in grid.STAGE_AXES}
         if stage.axes:
             lines.append("    matrix:")
-            lines += [f"      {axis}: ${{{grid.STAGE_AXES[axis].values}}}" for axis in stage.axes]
-        lines.append(f"    cmd: {_render(stage, lambda axis: '${item.' + axis + '}')}")
+            lines += [f"      {axis}: ${{{grid.STAGE_AXES[axis].values}}}" for axis in _dvc_matrix_axes(stage.axes)]
+        lines.append(f"    cmd: {_render(stage, lambda axis: every[axis])}")
         deps = [] if stage.name == "validate" else [grid.PARAMS_OK]
         deps += [_dvc_dep(spec, stage.axes) for spec in stage.inputs.values() if spec.path]
         if deps:
@@ -349,14 +382,13 @@ def dvc_yaml() -> str:
             lines += [f"      - {dep}" for dep in dict.fromkeys(deps)]
         lines.append("    params:")
         for key in stage.params:
-            lines.append("      - params.yaml:" if key == "" else
-                         f"      - {key.format(**{axis: '${item.' + axis + '}' for axis in grid.STAGE_AXES})}")
+            lines.append("      - params.yaml:" if key == "" else f"      - {key.format(**every)}")
         for section, kinds in (("outs", ("out", "report")), ("metrics", ("metrics",)), ("plots", ("plots",))):
             outputs = [spec for spec in stage.outputs.values() if spec.kind in kinds]
             if outputs:
                 lines.append(f"    {section}:")
             for spec in outputs:
-                path = spec.path.format(**{axis: f"${{item.{axis}}}" for axis in grid.STAGE_AXES})
+                path = spec.path.format(**every)
                 if spec.kind == "out":  # cached by DVC; the others are small files kept in the workspace
                     lines.append(f"      - {path}")
                     continue

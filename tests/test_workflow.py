@@ -257,9 +257,11 @@ def test_dvc_yaml_is_the_one_generated_from_the_stage_table():
 
     stages = yaml.safe_load(generated)["stages"]
     assert set(stages) == set(STAGES)
-    wildcards = {axis: "${item.%s}" % axis for axis in grid.STAGE_AXES}
+    from nuwa.stages import _dvc_item
+
     for name in STAGES:
         if name != "validate":
+            wildcards = {**{axis: "${item.%s}" % axis for axis in grid.STAGE_AXES}, **_dvc_item(STAGES[name].axes)}
             assert stages[name]["params"] == stage_param_keys(name, **wildcards), name
     assert stages["train"]["matrix"]["seed"] == "${grid.seeds}" and "${item.seed}" in stages["train"]["cmd"]
 
@@ -354,6 +356,42 @@ def test_the_task_and_train_percent_axes_run_end_to_end(snakemake_run):
         assert settings == {("forecast", 50), ("forecast", 100), ("sr2", 50), ("sr2", 100)}
         summary = (snakemake_run / "results/tables/summary.md").read_text()
         assert "## moving_glyphs: sr2, 50 % of the training windows" in summary
+    finally:
+        (snakemake_run / "params.yaml").write_text(original)
+
+
+def test_cells_are_evaluated_on_another_dataset_without_retraining(snakemake_run):
+    """grid.eval_on: the trained cells of one dataset scored on another's test split (here faster
+    glyphs of the same shape), normalised as in training; the generalisation table pairs them."""
+    import json
+
+    import pandas as pd
+
+    original = (snakemake_run / "params.yaml").read_text()
+    try:
+        def faster(params):
+            params["datasets"]["glyphs_fast"] = dict(params["datasets"]["moving_glyphs"], max_speed=4.0, seed=9)
+            params["grid"]["eval_on"] = [{"train": "moving_glyphs", "test": "glyphs_fast"}]
+
+        _edit_params(snakemake_run, faster)
+        jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
+        assert not any(j.startswith("train[") for j in jobs)  # nothing is retrained
+        transfers = {j for j in jobs if j.startswith("transfer[")}
+        assert len(transfers) == 2 * 3  # backbones x variants of the one seed
+        assert "ingest[dataset=glyphs_fast]" in jobs
+        run(["snakemake", "--cores", "2"], snakemake_run)
+        cell = snakemake_run / "results/runs/moving_glyphs/forecast/100pct/simvp/nuwa/seed0"
+        metrics = json.loads((cell / "eval_on/glyphs_fast/metrics.json").read_text())
+        own = json.loads((cell / "metrics.json").read_text())
+        assert metrics["eval_on"] == "glyphs_fast" and metrics["normalised_with"] == "moving_glyphs"
+        assert metrics["mse"] != own["mse"] and metrics["test_windows"] > 0
+        table = pd.read_csv(snakemake_run / "results/tables/generalisation.csv")
+        assert set(table["dataset"]) == {"moving_glyphs → glyphs_fast"}
+        assert "moving_glyphs → glyphs_fast" in (snakemake_run / "results/tables/generalisation.md").read_text()
+        # a dataset of another shape is refused by validation, with both shapes
+        _edit_params(snakemake_run, lambda p: p["datasets"]["glyphs_fast"].update(height=32, width=32))
+        failed = run(["nuwa", "validate"], snakemake_run, check=False)
+        assert failed.returncode != 0 and "16 x 16 x" in failed.stderr and "32 x 32 x" in failed.stderr
     finally:
         (snakemake_run / "params.yaml").write_text(original)
 

@@ -157,7 +157,7 @@ CASES = {
     "duplicate_yaml_key": (_text(lambda t: t.replace("  random: {method: random, environment_ratio: 0.25}\n",
                                                      "  random: {method: random, environment_ratio: 0.25}\n"
                                                      "  nuwa: {method: none}\n", 1)),
-                           "variants: key 'nuwa' appears twice (lines 56 and 58; allowed: each key once)"),
+                           "variants: key 'nuwa' appears twice (lines 57 and 59; allowed: each key once)"),
     # frame geometry
     "patch_not_dividing": (_set("datasets.moving_glyphs.patch_size", 5),
                            "datasets.moving_glyphs.patch_size: 5 does not divide height 16 "
