@@ -66,7 +66,8 @@ def planned(tmp_path: Path, experiment: Path) -> dict[str, int]:
             (work / "placeholders" / name / "PLACEHOLDER").write_text("a dry run reads no data\n")
             entry["source"] = f"placeholders/{name}"
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy(experiment, work / "experiments" / experiment.name)
+    for path in EXPERIMENTS:  # an experiment file may extend another
+        shutil.copy(path, work / "experiments" / path.name)
     result = subprocess.run(["snakemake", "--dry-run", "--cores", "1", "--configfile", f"experiments/{experiment.name}"],
                             cwd=work, env=tool_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
