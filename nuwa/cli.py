@@ -29,6 +29,7 @@ def _params(args, stage=None, uses_torch=False, **wildcards):
 
     params = load_params(args.params)
     for section, name in (("datasets", wildcards.get("dataset")), ("tasks", wildcards.get("task")),
+                          ("upstreams", wildcards.get("upstream")),
                           ("backbones", wildcards.get("backbone")), ("variants", wildcards.get("variant"))):
         if name is not None:
             grid.check_name(params, section, name)
@@ -143,12 +144,15 @@ def cmd_pretrain(args):
     from nuwa.pretrain import checkpoint, pretrain
     from nuwa.windows import load_series
 
-    params = _params(args, "pretrain", uses_torch=True, dataset=args.dataset)
+    stage = "pretrain_ablation" if args.upstream else "pretrain"
+    params = _params(args, stage, uses_torch=True, dataset=args.dataset, upstream=args.upstream)
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    settings = params["pretrain"]
+    settings = grid.upstream_settings(params, "pretrain", args.upstream)
     model, history = pretrain(series, args.dataset, params["datasets"][args.dataset], settings, settings["seed"])
-    model_out = args.model_out or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
-    history_out = args.history_out or grid.UPSTREAM_HISTORY.format(dataset=args.dataset)
+    model_path, history_path = ((grid.ABLATION_UPSTREAM_MODEL, grid.ABLATION_UPSTREAM_HISTORY) if args.upstream
+                                else (grid.UPSTREAM_MODEL, grid.UPSTREAM_HISTORY))
+    model_out = args.model_out or model_path.format(dataset=args.dataset, upstream=args.upstream)
+    history_out = args.history_out or history_path.format(dataset=args.dataset, upstream=args.upstream)
     write_csv(history, history_out)
     save_checkpoint(checkpoint(model, args.dataset, settings), model_out)
     print(f"wrote {model_out} (final loss {history['loss'].iloc[-1]:.4g})")
@@ -160,21 +164,24 @@ def cmd_saliency(args):
     from nuwa.saliency import compute_importance, saliency_dataset
     from nuwa.windows import load_series, select_dataset
 
-    params = _params(args, "saliency", uses_torch=True, dataset=args.dataset)
+    stage = "saliency_ablation" if args.upstream else "saliency"
+    params = _params(args, stage, uses_torch=True, dataset=args.dataset, upstream=args.upstream)
     config = params["datasets"][args.dataset]
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    model_path = args.model or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
+    model_path = args.model or (grid.ABLATION_UPSTREAM_MODEL if args.upstream else grid.UPSTREAM_MODEL).format(
+        dataset=args.dataset, upstream=args.upstream)
     frames, channels, height, width = config["input_frames"], *series.field.shape[1:]
     model = load_upstream(load_checkpoint(model_path), model_path,
                           expected={"frames": frames, "channels": channels, "height": height, "width": width,
                                     "patch_size": config["patch_size"]})
     train = select_dataset(series, config, "train")
-    settings = params["saliency"]
+    settings = grid.upstream_settings(params, "saliency", args.upstream)
     source_index, importance = compute_importance(model, train, settings["layers"], settings["batch_size"],
                                                   args.dataset)
     dataset = saliency_dataset(source_index, importance, config["patch_size"], settings["layers"], len(model.blocks),
                                args.dataset)
-    out = args.out or grid.SALIENCY.format(dataset=args.dataset)
+    out = args.out or (grid.ABLATION_SALIENCY if args.upstream else grid.SALIENCY).format(dataset=args.dataset,
+                                                                                         upstream=args.upstream)
     write_netcdf(dataset, out)
     print(f"wrote {out} ({len(source_index)} training windows)")
 
@@ -248,8 +255,11 @@ def cmd_bank(args):
     importance = None
     if method in IMPORTANCE_METHODS:
         # the saliency covers every training window (one upstream model per dataset): the subset's rows
-        importance = load_importance(args.saliency or grid.SALIENCY.format(dataset=args.dataset),
-                                     every_window.starts, patch_grid(series, config))
+        # --saliency is the pipeline's file; a variant that names an ablation upstream reads that one's
+        saliency_path = (grid.bank_saliency(params, args.dataset, args.variant)
+                         if "upstream" in params["variants"][args.variant]
+                         else args.saliency or grid.SALIENCY.format(dataset=args.dataset))
+        importance = load_importance(saliency_path, every_window.starts, patch_grid(series, config))
         importance = importance[np.isin(every_window.starts, source_index)]
     # windows fetched chunk by chunk while the bank streams to the file: neither the windows nor
     # the bank are ever whole in memory
@@ -672,11 +682,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("ingest", cmd_ingest, "generate or read a dataset into data/processed/{dataset}.nc")
     c.add_argument("--out")
     c = add("pretrain", cmd_pretrain, "train the upstream ViT to reconstruct its input (training split only)")
+    c.add_argument("--upstream", help="an entry of params upstreams (an ablation's ViT; default: the pipeline's)")
     c.add_argument("--data")
     c.add_argument("--model-out")
     c.add_argument("--history-out")
     c = add("saliency", cmd_saliency, "attention importance of every patch of every training window (the bank "
             "variants turn it into masks)")
+    c.add_argument("--upstream", help="an entry of params upstreams (an ablation's ViT; default: the pipeline's)")
     c.add_argument("--data")
     c.add_argument("--model")
     c.add_argument("--out")

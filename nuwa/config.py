@@ -264,6 +264,8 @@ NEW_KEYS = (
                         "`forecast: {kind: forecast}` (see params.yaml)"),
     (("grid", "train_percents"), "new grid axis: add `train_percents: [100]` under grid (all training windows)"),
     (("grid", "eval_on"), "new grid key: add `eval_on: []` under grid (datasets a trained cell is also evaluated on)"),
+    (("grid", "upstreams"), "new grid key: add `upstreams: []` under grid (other upstream ViTs for ablations)"),
+    (("upstreams",), "new section: `upstreams: {}` (other upstream ViTs, named by variants' `upstream`)"),
     (("tasks",), "new section: `tasks: {forecast: {kind: forecast}}` (see params.yaml)"),
     (("train", "subset"), "new key: `subset: recent` under train (which windows a train_percent below 100 keeps)"),
 )
@@ -329,6 +331,21 @@ def _cross_checks(params: dict):
                 if frames < window:
                     yield (f"{key}: the {part} split has {frames} frames (length {entry['length']} x {split[part]}), "
                            f"fewer than one window of input_frames + output_frames = {window}")
+    for name in grid["upstreams"]:
+        if name not in params["upstreams"]:
+            yield (f"grid.upstreams: {name!r} has no entry under upstreams "
+                   f"(defined: {', '.join(sorted(params['upstreams'])) or 'none'})")
+    importance_methods = ("saliency", "random_matched", "saliency_inverted")  # nuwa.bank.IMPORTANCE_METHODS
+    for name, entry in params["variants"].items():
+        upstream = entry.get("upstream")
+        if upstream is None:
+            continue
+        if entry["method"] not in importance_methods:
+            yield (f"variants.{name}.upstream: method {entry['method']!r} reads no saliency (only "
+                   f"{', '.join(importance_methods)} do)")
+        elif name in grid["variants"] and upstream not in grid["upstreams"]:
+            yield (f"variants.{name}.upstream: {upstream!r} is not in grid.upstreams "
+                   f"({', '.join(grid['upstreams']) or 'empty'}): add it there to pretrain it")
     for index, pair in enumerate(grid["eval_on"]):
         key = f"grid.eval_on.{index}"
         if pair["train"] not in grid["datasets"]:

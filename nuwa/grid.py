@@ -50,7 +50,9 @@ def option(axis: str) -> str:
 # Axes of stages that are not training axes: a baseline is scored on the test windows, not trained;
 # a trained cell is evaluated on another dataset's test windows (eval_on, without retraining).
 STAGE_AXES = {**AXES, "baseline": Axis("grid.baselines", str, "{baseline}", NAME_PATTERN),
-              "eval_on": Axis("grid.eval_on", str, "{eval_on}", NAME_PATTERN)}
+              "eval_on": Axis("grid.eval_on", str, "{eval_on}", NAME_PATTERN),
+              # other upstream ViTs (objective, seed, saliency layers) whose masks a variant may use
+              "upstream": Axis("grid.upstreams", str, "{upstream}", NAME_PATTERN)}
 # An axis whose params list holds pairs: each grid.eval_on entry {train: A, test: B} gives the
 # `dataset` wildcard (the trained cells' dataset) and its own (the dataset evaluated on) together.
 PAIRED_AXES = {"eval_on": {"dataset": "train", "eval_on": "test"}}
@@ -61,6 +63,12 @@ PROCESSED = "data/processed/{dataset}.nc"
 UPSTREAM_MODEL = "results/upstream/{dataset}/model.pt"
 UPSTREAM_HISTORY = "results/upstream/{dataset}/history.csv"
 SALIENCY = "results/saliency/{dataset}.nc"
+# an upstream of the ablations (grid.upstreams): its own model and masks, for the variants that name it
+ABLATION_UPSTREAM_MODEL = "results/upstream/{dataset}/ablations/{upstream}/model.pt"
+ABLATION_UPSTREAM_HISTORY = "results/upstream/{dataset}/ablations/{upstream}/history.csv"
+ABLATION_SALIENCY = "results/saliency/ablations/{dataset}/{upstream}.nc"
+# what an `upstreams` entry may change: keys of `pretrain` and of `saliency`
+UPSTREAM_KEYS = {"objective": "pretrain", "mask_ratio": "pretrain", "seed": "pretrain", "layers": "saliency"}
 # one bank per training seed (its draws are the seed's) and share of the training windows (it is
 # built from those windows alone)
 BANK = "results/bank/{dataset}/{variant}/{train_percent}pct/seed{seed}.nc"
@@ -153,6 +161,20 @@ def shown_value(params: dict, axis: str):
     train percent (the one whose bank holds the most windows, every window at 100)."""
     values = axis_values(params, axis)
     return max(values) if axis == "train_percent" else values[0]
+
+
+def upstream_settings(params: dict, section: str, upstream: str | None) -> dict:
+    """``params[section]`` (pretrain or saliency) with an ablation upstream's own values, if any."""
+    entry = params["upstreams"][upstream] if upstream is not None else {}
+    return {**params[section], **{k: v for k, v in entry.items() if UPSTREAM_KEYS.get(k) == section}}
+
+
+def bank_saliency(params: dict, dataset: str, variant: str) -> str:
+    """The saliency file a variant's bank reads: its `upstream`'s, or the pipeline's."""
+    upstream = params["variants"][variant].get("upstream")
+    if upstream is None:
+        return SALIENCY.format(dataset=dataset)
+    return ABLATION_SALIENCY.format(dataset=dataset, upstream=upstream)
 
 
 def task_factor(params: dict, task: str) -> int:

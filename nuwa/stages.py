@@ -35,7 +35,8 @@ class Input:
     fixed: dict[str, Callable[[dict], list]] = field(default_factory=dict)
     when: Callable[[dict, dict], bool] | None = None
     files: Callable[[dict, dict], list[str]] | None = None  # files a function of (params, wildcards) lists
-    # (path None): Snakemake only; DVC cannot list them, so under DVC they are no dependency
+    # (path None): Snakemake only; DVC cannot list them, so under DVC they are no dependency, unless
+    dvc_path: str | None = None  # a file or folder that holds them all, DVC's dependency instead
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class Stage:
 
 def _method(params, wildcards) -> str:
     return params["variants"][wildcards["variant"]]["method"]
+
+
+def _ablation_saliency(params, wildcards) -> list[str]:
+    if _method(params, wildcards) not in IMPORTANCE_METHODS or "upstream" not in params["variants"][wildcards["variant"]]:
+        return []
+    return [grid.bank_saliency(params, wildcards["dataset"], wildcards["variant"])]
 
 
 def dataset_source(params, wildcards) -> list[str]:
@@ -122,6 +129,19 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("saliency", ("dataset",), {"data": Input(grid.PROCESSED), "model": Input(grid.UPSTREAM_MODEL)},
           {"saliency": Output(grid.SALIENCY)}, ("datasets.{dataset}", "saliency"),
           "nuwa saliency --dataset {dataset} --data {data} --model {model} --out {saliency}", gpu=True),
+    Stage("pretrain_ablation", ("dataset", "upstream"), {"data": Input(grid.PROCESSED)},
+          {"model": Output(grid.ABLATION_UPSTREAM_MODEL),
+           "history": Output(grid.ABLATION_UPSTREAM_HISTORY, "plots", ("step", "loss"))},
+          ("datasets.{dataset}", "pretrain", "upstreams.{upstream}"),
+          "nuwa pretrain --dataset {dataset} --upstream {upstream} --data {data} --model-out {model}"
+          " --history-out {history}", gpu=True,
+          comment="Ablations of the upstream ViT (grid.upstreams): another objective, seed or saliency layers, "
+                  "for the variants that name it."),
+    Stage("saliency_ablation", ("dataset", "upstream"),
+          {"data": Input(grid.PROCESSED), "model": Input(grid.ABLATION_UPSTREAM_MODEL)},
+          {"saliency": Output(grid.ABLATION_SALIENCY)}, ("datasets.{dataset}", "saliency", "upstreams.{upstream}"),
+          "nuwa saliency --dataset {dataset} --upstream {upstream} --data {data} --model {model} --out {saliency}",
+          gpu=True),
     Stage("diagnostics", ("dataset",), {"data": Input(grid.PROCESSED), "saliency": Input(grid.SALIENCY)},
           {"table": Output(grid.DIAGNOSTICS, "report"), "per_seed": Output(grid.DIAGNOSTICS_PER_SEED, "report"),
            "figure": Output(grid.DIAGNOSTICS_FIGURE, "report")},
@@ -134,7 +154,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                   "and the masks the banks use, from the saliency file."),
     Stage("bank", ("dataset", "train_percent", "variant", "seed"),
           {"data": Input(grid.PROCESSED),
-           "saliency": Input(grid.SALIENCY, when=lambda params, w: _method(params, w) in IMPORTANCE_METHODS)},
+           "saliency": Input(grid.SALIENCY, when=lambda params, w: _method(params, w) in IMPORTANCE_METHODS
+                             and "upstream" not in params["variants"][w["variant"]]),
+           # a variant that names an ablation upstream reads its masks instead (DVC: the folder of them all)
+           "ablation_saliency": Input(None, files=_ablation_saliency, dvc_path="results/saliency")},
           {"bank": Output(grid.BANK)},
           ("datasets.{dataset}", *(f"bank.{knob}" for knob in grid.BANK_KNOBS), "variants.{variant}", "train.subset"),
           "nuwa bank --dataset {dataset} --train-percent {train_percent} --variant {variant} --seed {seed}"
@@ -144,7 +167,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                   "does not read it rewrites identical bytes, and DVC then leaves its training cells alone."),
     Stage("train", TRAIN_AXES,
           {"data": Input(grid.PROCESSED), "bank": Input(grid.BANK),
-           "upstream": Input(grid.UPSTREAM_MODEL,
+           "upstream_model": Input(grid.UPSTREAM_MODEL,
                              when=lambda params, w: bool(params["backbones"][w["backbone"]].get("init_from_upstream")))},
           {"model": Output(RUN.replace("{name}", "model.pt")), "examples": Output(RUN.replace("{name}", "examples.nc")),
            "losses": Output(RUN.replace("{name}", "test_losses.nc")),
@@ -153,7 +176,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           ("datasets.{dataset}", "tasks.{task}", "backbones.{backbone}", "variants.{variant}", "bank.mix_fraction",
            "train", "evaluation.fss_scales"),
           "nuwa train " + " ".join(f"{grid.option(axis)} {{{axis}}}" for axis in TRAIN_AXES)
-          + " --data {data} --bank {bank} --upstream {upstream} --out-dir {run_dir}",
+          + " --data {data} --bank {bank} --upstream {upstream_model} --out-dir {run_dir}",
           paths={"run_dir": grid.RUN_DIR}, mem_mb=6000, gpu=True,
           comment="The upstream model is read only by backbones with init_from_upstream, but DVC cannot vary deps "
                   "by backbone: under DVC every cell lists it (Snakemake asks only for those that read it)."),
@@ -377,6 +400,7 @@ def dvc_yaml() -> str:
         lines.append(f"    cmd: {_render(stage, lambda axis: every[axis])}")
         deps = [] if stage.name == "validate" else [grid.PARAMS_OK]
         deps += [_dvc_dep(spec, stage.axes) for spec in stage.inputs.values() if spec.path]
+        deps += [spec.dvc_path for spec in stage.inputs.values() if not spec.path and spec.dvc_path]
         if deps:
             lines.append("    deps:")
             lines += [f"      - {dep}" for dep in dict.fromkeys(deps)]

@@ -29,7 +29,7 @@ def test_declared_keys_are_the_rerun_keys_plus_settings(tiny_params):
     """What reruns a job (Snakemake's params JSON, DVC's params list) is what its code may read,
     less the settings that never change its bytes."""
     wildcards = {"dataset": "moving_glyphs", "task": "forecast", "train_percent": 100, "backbone": "simvp",
-                 "variant": "nuwa", "seed": 0, "baseline": "optical_flow", "eval_on": "pollutant"}
+                 "variant": "nuwa", "seed": 0, "baseline": "optical_flow", "eval_on": "pollutant", "upstream": "masked"}
     tiny_params = dict(tiny_params, datasets=dict(tiny_params["datasets"],
                                                   pollutant=tiny_params["datasets"]["moving_glyphs"]))
     for name, stage in STAGES.items():
@@ -68,7 +68,7 @@ def test_snakemake_inputs_follow_the_variant_and_backbone(tiny_params):
     nuwa = input_files("bank", tiny_params, {**bank, "variant": "nuwa"})
     assert random["saliency"] == [] and nuwa["saliency"] == "results/saliency/moving_glyphs.nc"
     train = input_files("train", tiny_params, {**bank, "task": "sr4", "backbone": "simvp", "variant": "nuwa"})
-    assert train["bank"] == "results/bank/moving_glyphs/nuwa/25pct/seed0.nc" and train["upstream"] == []
+    assert train["bank"] == "results/bank/moving_glyphs/nuwa/25pct/seed0.nc" and train["upstream_model"] == []
     figures = input_files("figures", tiny_params, {"dataset": "moving_glyphs"})
     assert figures["bank"] == ["results/bank/moving_glyphs/nuwa/100pct/seed0.nc"]
     assert figures["examples"] == [f"results/runs/moving_glyphs/forecast/100pct/simvp/{v}/seed0/examples.nc"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 import yaml
@@ -392,6 +393,39 @@ def test_cells_are_evaluated_on_another_dataset_without_retraining(snakemake_run
         _edit_params(snakemake_run, lambda p: p["datasets"]["glyphs_fast"].update(height=32, width=32))
         failed = run(["nuwa", "validate"], snakemake_run, check=False)
         assert failed.returncode != 0 and "16 x 16 x" in failed.stderr and "32 x 32 x" in failed.stderr
+    finally:
+        (snakemake_run / "params.yaml").write_text(original)
+
+
+def test_a_variant_can_take_its_masks_from_another_upstream_vit(snakemake_run):
+    """The upstream objective or saliency layer as an ablation: grid.upstreams pretrains another
+    ViT, and a variant naming it draws its bank's masks from that ViT's saliency."""
+    original = (snakemake_run / "params.yaml").read_text()
+    try:
+        def masked(params):
+            params["grid"]["upstreams"] = ["masked"]
+            params["variants"]["nuwa_masked"] = {"method": "saliency", "upstream": "masked"}
+            params["grid"].update(variants=["ori", "nuwa", "nuwa_masked"], backbones=["simvp"])
+
+        _edit_params(snakemake_run, masked)
+        jobs = snakemake_jobs(run(["snakemake", "--dry-run", "--cores", "2"], snakemake_run).stdout)
+        assert {j for j in jobs if j.startswith(("pretrain", "saliency"))} == {
+            "pretrain_ablation[dataset=moving_glyphs, upstream=masked]",
+            "saliency_ablation[dataset=moving_glyphs, upstream=masked]"}
+        assert {j for j in jobs if j.startswith(("bank[", "train["))} == {
+            "bank[dataset=moving_glyphs, train_percent=100, variant=nuwa_masked, seed=0]",
+            "train[dataset=moving_glyphs, task=forecast, train_percent=100, backbone=simvp, variant=nuwa_masked, seed=0]"}
+        run(["snakemake", "--cores", "2"], snakemake_run)
+        ours = xr.open_dataset(snakemake_run / "results/saliency/ablations/moving_glyphs/masked.nc")
+        default = xr.open_dataset(snakemake_run / "results/saliency/moving_glyphs.nc")
+        assert not np.array_equal(ours["importance"].values, default["importance"].values)
+        bank = xr.open_dataset(snakemake_run / "results/bank/moving_glyphs/nuwa_masked/100pct/seed0.nc")
+        nuwa = xr.open_dataset(snakemake_run / "results/bank/moving_glyphs/nuwa/100pct/seed0.nc")
+        assert not np.array_equal(bank["causal"].values, nuwa["causal"].values)  # other masks, same draws
+        # a variant naming an upstream that is not pretrained is refused before anything runs
+        _edit_params(snakemake_run, lambda p: p["grid"].update(upstreams=[]))
+        failed = run(["nuwa", "validate"], snakemake_run, check=False)
+        assert failed.returncode != 0 and "'masked' is not in grid.upstreams" in failed.stderr
     finally:
         (snakemake_run / "params.yaml").write_text(original)
 

@@ -95,9 +95,9 @@ def _grid_only(section: str, name: str):
 
 SALIENCY_KEYS = "batch_size, layers"
 TOP_KEYS = ("backbones, bank, datasets, diagnostics, evaluation, figures, grid, ingest, pretrain, saliency, tasks, "
-            "train, variants")
+            "train, upstreams, variants")
 VARIANT_KEYS = ("copies, environment_ratio, exclude_causal_neighbours, history, history_decay, method, mix_fraction, "
-                "mixup_alpha, sigma")
+                "mixup_alpha, sigma, upstream")
 
 # id -> (params text maker, the one line every entry point prints after "params.yaml: ")
 CASES = {
@@ -157,7 +157,7 @@ CASES = {
     "duplicate_yaml_key": (_text(lambda t: t.replace("  random: {method: random, environment_ratio: 0.25}\n",
                                                      "  random: {method: random, environment_ratio: 0.25}\n"
                                                      "  nuwa: {method: none}\n", 1)),
-                           "variants: key 'nuwa' appears twice (lines 57 and 59; allowed: each key once)"),
+                           "variants: key 'nuwa' appears twice (lines 62 and 64; allowed: each key once)"),
     # frame geometry
     "patch_not_dividing": (_set("datasets.moving_glyphs.patch_size", 5),
                            "datasets.moving_glyphs.patch_size: 5 does not divide height 16 "
