@@ -515,6 +515,14 @@ def cmd_tables(args):
                    folder / Path(grid.PAPER_TABLE.format(name=name, extension="md")).name)
     write_text(paper.paper_vs_ours(comparisons_read, summary, params["datasets"], params["tasks"]),
                folder / Path(grid.PAPER_VS_OURS).name)
+    import matplotlib.pyplot as plt
+
+    from nuwa.figures import scarcity_figure
+    from nuwa.io import save_figure
+
+    figure = scarcity_figure(comparisons_read)
+    save_figure(figure, args.out_scarcity or grid.SCARCITY_FIGURE, dpi=110)
+    plt.close(figure)
     print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows) and {len(comparisons)} comparison(s)")
 
 
@@ -749,6 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out-md")
     c.add_argument("--out-comparisons", help=f"comparisons CSV (default {grid.COMPARISONS_CSV})")
     c.add_argument("--out-lead-time", help=f"per-lead-time mse/mae CSV (default {grid.LEAD_TIME_CSV})")
+    c.add_argument("--out-scarcity", help=f"the comparisons against the train percent, PNG (default {grid.SCARCITY_FIGURE})")
     c = add("figures", cmd_figures, "prediction strip, saliency overlay, paired comparisons and lead-time curves "
             "for one dataset")
     c.add_argument("--out-predictions")

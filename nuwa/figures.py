@@ -373,3 +373,44 @@ def lead_time_figure(lead_time, dataset_name: str, metric: str | Sequence[str] =
     figure.suptitle(f"{dataset_name}: test {title} by lead time (dashed: baselines)", fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def scarcity_figure(comparisons):
+    """The gain against the share of training windows (data scarcity): one panel per (dataset,
+    task, backbone), one line per comparison A − B: the relative difference of the test MSE in per
+    cent of B against the train percent, with its interval as error bars (all test windows).
+    Below 0: A has the lower error. A grid with one train percent gives a figure that says so."""
+    part = comparisons[comparisons["windows"] == "all"] if len(comparisons) else comparisons
+    if len(part) == 0 or part["train_percent"].nunique() < 2:
+        return _message_figure("Data scarcity", "only one train percent in this grid (grid.train_percents)")
+    panels = list(dict.fromkeys(zip(part["dataset"], part["task"], part["backbone"])))
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.0 + 3.4 * columns, 0.6 + 2.8 * rows), squeeze=False)
+    comparisons_seen = list(dict.fromkeys(part["comparison"]))
+    colours = {name: plt.get_cmap("tab10")(index % 10) for index, name in enumerate(comparisons_seen)}
+    for axis, (dataset, task, backbone) in zip(axes.flat, panels):
+        mine = part[(part["dataset"] == dataset) & (part["task"] == task) & (part["backbone"] == backbone)]
+        for name, rows_of in mine.groupby("comparison", sort=False):
+            rows_of = rows_of.sort_values("train_percent")
+            base = rows_of["mean_b"].to_numpy(dtype=float)
+            centre = 100 * rows_of["mean_difference"].to_numpy(dtype=float) / base
+            low = 100 * rows_of["low"].to_numpy(dtype=float) / base
+            high = 100 * rows_of["high"].to_numpy(dtype=float) / base
+            axis.errorbar(rows_of["train_percent"].to_numpy(dtype=float), centre, yerr=[centre - low, high - centre],
+                          color=colours[name], marker="o", markersize=3, capsize=2, linewidth=1.2, label=name,
+                          gid=f"comparison:{name}")
+        axis.axhline(0.0, color="black", linewidth=0.8)
+        axis.set_xscale("log")
+        percents = sorted(mine["train_percent"].unique())
+        axis.set_xticks(percents, [f"{p:g}" for p in percents])
+        axis.set_title(f"{dataset} ({task}), {backbone}", fontsize=8)
+        axis.set_xlabel("training windows used (%)", fontsize=8)
+        axis.tick_params(labelsize=7)
+    for axis in axes.flat[len(panels):]:
+        axis.axis("off")
+    axes[0][0].set_ylabel("A − B, % of B's test MSE\n(below 0: A better; 95 % interval)", fontsize=8)
+    axes[0][0].legend(fontsize=6, loc="best")
+    figure.suptitle("Data scarcity: each comparison against the share of training windows", fontsize=9)
+    figure.tight_layout()
+    return figure

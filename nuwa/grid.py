@@ -86,6 +86,7 @@ LEAD_TIME_CSV = "results/tables/lead_time.csv"
 PAPER_TABLES = ("table1", "table2", "scarcity", "ablations", "generalisation")
 PAPER_TABLE = "results/tables/{name}.{extension}"
 PAPER_VS_OURS = "results/tables/paper_vs_ours.md"
+SCARCITY_FIGURE = "results/figures/scarcity.png"  # the comparisons against the train percent
 DIAGNOSTICS = "results/diagnostics/{dataset}.csv"  # saliency diagnostics, one row per (objective, layers)
 DIAGNOSTICS_PER_SEED = "results/diagnostics/{dataset}_per_seed.csv"
 DIAGNOSTICS_FIGURE = "results/figures/{dataset}_diagnostics.png"

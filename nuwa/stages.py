@@ -203,9 +203,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            # written beside the summary CSV (the command names that folder through --out-csv)
            **{f"{name}_{extension}": Output(grid.PAPER_TABLE.format(name=name, extension=extension), "report")
               for name in grid.PAPER_TABLES for extension in ("csv", "md")},
-           "paper_vs_ours": Output(grid.PAPER_VS_OURS, "report")},
+           "paper_vs_ours": Output(grid.PAPER_VS_OURS, "report"),
+           "scarcity_png": Output(grid.SCARCITY_FIGURE, "report")},
           ("grid", "variants", "datasets", "tasks", *(f"evaluation.{key}" for key in EVALUATION_KEYS)),
-          "nuwa tables --out-csv {csv} --out-md {md} --out-comparisons {comparisons} --out-lead-time {lead_time}",
+          "nuwa tables --out-csv {csv} --out-md {md} --out-comparisons {comparisons} --out-lead-time {lead_time}"
+          " --out-scarcity {scarcity_png}",
           threads=False, mem_mb=2000),
     Stage("figures", ("dataset",),
           {"data": Input(grid.PROCESSED), "saliency": Input(grid.SALIENCY),

@@ -84,3 +84,26 @@ def test_paper_vs_ours_puts_the_claims_beside_our_comparisons():
     assert "| 2 (6→6) | simvp | TaxiBJ | 98.67 → 99.12 | +0.5 % | (not in this grid) |" in text
     assert "1 of the paper's claims have a counterpart" in text
     pd.testing.assert_frame_equal(comparisons, comparisons_of_a_grid()[0])  # the tables change nothing
+
+
+def test_the_scarcity_figure_draws_each_comparison_against_the_percent():
+    import matplotlib.pyplot as plt
+
+    from nuwa.figures import scarcity_figure
+
+    comparisons, _ = comparisons_of_a_grid()
+    figure = scarcity_figure(comparisons)
+    try:
+        panels = [axis for axis in figure.axes if axis.get_title()]
+        assert [axis.get_title() for axis in panels] == ["pollutant (forecast), simvp", "pollutant (sr4), simvp"]
+        lines = {line.get_gid(): line for line in panels[0].get_lines() if line.get_gid()}
+        assert set(lines) == {"comparison:nuwa - ori", "comparison:nuwa - random"}
+        x, y = lines["comparison:nuwa - ori"].get_data()
+        assert list(x) == [50, 100] and y[1] < -40 < y[0]  # -50 % at 100 %, about 0 at 50 %
+    finally:
+        plt.close(figure)
+    one = scarcity_figure(comparisons[comparisons["train_percent"] == 100])
+    try:
+        assert "only one train percent" in " ".join(t.get_text() for axis in one.axes for t in axis.texts)
+    finally:
+        plt.close(one)

@@ -357,6 +357,9 @@ def test_the_task_and_train_percent_axes_run_end_to_end(snakemake_run):
         assert settings == {("forecast", 50), ("forecast", 100), ("sr2", 50), ("sr2", 100)}
         summary = (snakemake_run / "results/tables/summary.md").read_text()
         assert "## moving_glyphs: sr2, 50 % of the training windows" in summary
+        assert (snakemake_run / "results/figures/scarcity.png").stat().st_size > 10_000
+        assert "| moving_glyphs | forecast | simvp | nuwa - ori |" in (
+            snakemake_run / "results/tables/scarcity.md").read_text()
     finally:
         (snakemake_run / "params.yaml").write_text(original)
 
