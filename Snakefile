@@ -8,6 +8,10 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/stages.smk"
 
 
+# `snakemake --report report.html`: every table and figure with a caption that says how to read it
+report: "workflow/report/workflow.rst"
+
+
 rule all:
     default_target: True
     input:

@@ -44,6 +44,11 @@ class Output:
     path: str
     kind: str = "out"  # out (DVC-cached) | metrics | plots | report (DVC: cache false)
     plot: tuple[str, str] | None = None  # (x, y) of a plots output
+    # in the Snakemake report (`snakemake --report`): its caption (workflow/report/<caption>.rst,
+    # how to read it) and where it is filed (category, subcategory; may name wildcards)
+    caption: str = ""
+    category: str = ""
+    subcategory: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           gpu=True),
     Stage("diagnostics", ("dataset",), {"data": Input(grid.PROCESSED), "saliency": Input(grid.SALIENCY)},
           {"table": Output(grid.DIAGNOSTICS, "report"), "per_seed": Output(grid.DIAGNOSTICS_PER_SEED, "report"),
-           "figure": Output(grid.DIAGNOSTICS_FIGURE, "report")},
+           "figure": Output(grid.DIAGNOSTICS_FIGURE, "report", caption="diagnostics", category="4. Saliency",
+                            subcategory="{dataset}")},
           ("datasets.{dataset}", "pretrain", "saliency", "bank.environment_ratio", "diagnostics"),
           "nuwa diagnostics --dataset {dataset} --data {data} --saliency {saliency} --out {table}"
           " --out-per-seed {per_seed}"
@@ -198,13 +204,18 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "transfer_losses": Input(TRANSFER.replace("{name}", "test_losses.nc"), over=("eval_on", *TRAIN_AXES[1:])),
            "baselines": Input(grid.BASELINE, over=("dataset", "task", "baseline")),
            "baseline_losses": Input(grid.BASELINE_LOSSES, over=("dataset", "task", "baseline"))},
-          {"csv": Output(grid.SUMMARY_CSV, "report"), "md": Output(grid.SUMMARY_MD, "report"),
-           "comparisons": Output(grid.COMPARISONS_CSV, "report"), "lead_time": Output(grid.LEAD_TIME_CSV, "report"),
+          {"csv": Output(grid.SUMMARY_CSV, "report", caption="summary", category="2. Tables"),
+           "md": Output(grid.SUMMARY_MD, "report"),
+           "comparisons": Output(grid.COMPARISONS_CSV, "report", caption="comparisons", category="1. Comparisons"),
+           "lead_time": Output(grid.LEAD_TIME_CSV, "report", caption="lead_time", category="2. Tables"),
            # written beside the summary CSV (the command names that folder through --out-csv)
-           **{f"{name}_{extension}": Output(grid.PAPER_TABLE.format(name=name, extension=extension), "report")
+           **{f"{name}_{extension}": Output(grid.PAPER_TABLE.format(name=name, extension=extension), "report",
+                                            **({"caption": "paper_table", "category": "3. The paper's tables"}
+                                               if extension == "md" else {}))
               for name in grid.PAPER_TABLES for extension in ("csv", "md")},
-           "paper_vs_ours": Output(grid.PAPER_VS_OURS, "report"),
-           "scarcity_png": Output(grid.SCARCITY_FIGURE, "report")},
+           "paper_vs_ours": Output(grid.PAPER_VS_OURS, "report", caption="paper_vs_ours",
+                                   category="3. The paper's tables"),
+           "scarcity_png": Output(grid.SCARCITY_FIGURE, "report", caption="scarcity", category="1. Comparisons")},
           ("grid", "variants", "datasets", "tasks", *(f"evaluation.{key}" for key in EVALUATION_KEYS)),
           "nuwa tables --out-csv {csv} --out-md {md} --out-comparisons {comparisons} --out-lead-time {lead_time}"
           " --out-scarcity {scarcity_png}",
@@ -216,9 +227,14 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                                     **shown_of("task", "train_percent", "seed")}),
            "bank": Input(grid.BANK, fixed={"variant": figure_bank_variants, **shown_of("train_percent", "seed")}),
            "comparisons": Input(grid.COMPARISONS_CSV), "lead_time": Input(grid.LEAD_TIME_CSV)},
-          {"predictions": Output(grid.PREDICTION_FIGURE, "report"), "saliency_png": Output(grid.SALIENCY_FIGURE, "report"),
-           "comparisons_png": Output(grid.COMPARISON_FIGURE, "report"),
-           "lead_time_png": Output(grid.LEAD_TIME_FIGURE, "report")},
+          {"predictions": Output(grid.PREDICTION_FIGURE, "report", caption="predictions", category="5. Predictions",
+                                 subcategory="{dataset}"),
+           "saliency_png": Output(grid.SALIENCY_FIGURE, "report", caption="saliency", category="4. Saliency",
+                                  subcategory="{dataset}"),
+           "comparisons_png": Output(grid.COMPARISON_FIGURE, "report", caption="comparisons_figure",
+                                     category="1. Comparisons", subcategory="{dataset}"),
+           "lead_time_png": Output(grid.LEAD_TIME_FIGURE, "report", caption="lead_time_figure",
+                                   category="2. Tables", subcategory="{dataset}")},
           ("grid.variants", "grid.tasks", "grid.train_percents", "grid.seeds", "variants", "figures"),
           "nuwa figures --dataset {dataset} --out-predictions {predictions} --out-saliency {saliency_png}"
           " --out-comparisons {comparisons_png} --out-lead-time {lead_time_png}",

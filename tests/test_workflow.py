@@ -123,6 +123,25 @@ def test_snakemake_builds_every_contract_file(snakemake_run):
     assert not list(snakemake_run.rglob("*.tmp")), "a temporary file survived"
 
 
+def test_the_snakemake_report_files_every_table_and_figure_with_a_caption(snakemake_run, tmp_path):
+    """`snakemake --report`: the one file a researcher opens holds the comparisons, the tables in
+    the paper's layout, the saliency and prediction figures, each under its category with the
+    caption that says how to read it (workflow/report/*.rst)."""
+    out = tmp_path / "report.html"
+    result = run(["snakemake", "--report", str(out)], snakemake_run)
+    added = set(re.findall(r"Adding (\S+) \(", result.stdout + result.stderr))
+    assert {"summary.csv", "comparisons.csv", "lead_time.csv", "table1.md", "paper_vs_ours.md", "scarcity.png",
+            "moving_glyphs_comparisons.png", "moving_glyphs_saliency.png", "moving_glyphs_predictions.png",
+            "moving_glyphs_lead_time.png", "moving_glyphs_diagnostics.png"} <= added
+    html = out.read_text()
+    for category in ("1. Comparisons", "2. Tables", "3. The paper's tables", "4. Saliency", "5. Predictions"):
+        assert category in html, category
+    for phrase in ("whole 95 % interval is below 0", "few independent units for a verdict",  # one line of each
+                   "cover the signal (plume, rain, glyphs) rather than the background",  # caption file
+                   "Each row's label says which direction is better"):
+        assert phrase in html, phrase
+
+
 def test_show_mask_writes_a_png_of_a_window(snakemake_run):
     sample = int(xr.open_dataset(snakemake_run / "results/saliency/moving_glyphs.nc")["sample"].values[3])
     run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", str(sample), "--out", "mask.png"],

@@ -18,7 +18,19 @@ for stage in STAGES.values():
         input:
             unpack(lambda wildcards, name=stage.name: input_files(name, config, dict(wildcards))),
         output:
-            **{name: spec.path for name, spec in stage.outputs.items()},
+            **{
+                name: (
+                    report(
+                        spec.path,
+                        caption=f"../report/{spec.caption}.rst",
+                        category=spec.category,
+                        subcategory=spec.subcategory or None,
+                    )
+                    if spec.caption
+                    else spec.path
+                )
+                for name, spec in stage.outputs.items()
+            },
         params:
             file=PARAMS_FILE,
             stage=stage_params(stage.name),
