@@ -376,50 +376,101 @@ def _train(args, params, context):
     print(f"wrote {out_dir} (test mse {metrics['mse']:.4g}, ssim {metrics['ssim']:.4f})")
 
 
-def cmd_transfer(args):
-    """A trained cell evaluated on another dataset's test split, without retraining (grid.eval_on)."""
+def score_checkpoint(model_path, backbone_config: dict, trained_config: dict, train_path, data_path, config: dict,
+                     factor: int, fss_scales, example_count: int = 0, attrs: dict | None = None,
+                     what: str = "backbone"):
+    """A saved model scored on the test split of a processed dataset of the same frame shape, its
+    inputs normalised with the training dataset's statistics (as the model saw them). Returns
+    (metrics, examples, losses, series, test windows). A dataset whose frames differ is refused
+    with both shapes; a model file that does not fit the backbone, with the tensor that differs."""
     from dataclasses import replace
 
     import torch
 
     from nuwa.evaluate import evaluate_forecaster
-    from nuwa.io import DataFileError, check_state_dict, load_checkpoint, write_json, write_netcdf
+    from nuwa.io import DataFileError, check_state_dict, load_checkpoint
     from nuwa.train import build_model
     from nuwa.windows import load_series, select_dataset
 
-    axes = {axis: getattr(args, axis) for axis in grid.AXES}
-    params = _params(args, "transfer", uses_torch=True, eval_on=args.eval_on, **axes)
-    cell = grid.Cell(**axes)
-    trained_config, config = params["datasets"][args.dataset], params["datasets"][args.eval_on]
-    train_path = args.train_data or grid.PROCESSED.format(dataset=args.dataset)
-    data_path = args.data or grid.PROCESSED.format(dataset=args.eval_on)
     trained, other = load_series(train_path), load_series(data_path)
     if trained.field.shape[1:] != other.field.shape[1:]:
         raise DataFileError(f"{data_path}: frames of (channel, y, x) = {other.field.shape[1:]}, but the model was "
                             f"trained on {train_path} with {trained.field.shape[1:]}; it cannot be evaluated there")
-    # the model sees inputs normalised as in training: the training dataset's statistics
     series = replace(other, mean=trained.mean, std=trained.std)
-    factor = grid.task_factor(params, args.task)
-    model_path = args.model or cell.file("model.pt")
     payload = load_checkpoint(model_path)
-    model = build_model(params["backbones"][args.backbone], trained_config, trained.field.shape[1], factor)
-    check_state_dict(model_path, payload.get("state_dict"), model.state_dict(), f"backbone {args.backbone!r}")
+    model = build_model(backbone_config, trained_config, trained.field.shape[1], factor)
+    check_state_dict(model_path, payload.get("state_dict"), model.state_dict(), what)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     test = select_dataset(series, config, "test")
     if len(test) == 0:
-        raise ValueError(f"dataset {args.eval_on!r}: no test window fits in its test split")
+        raise ValueError(f"{data_path}: no test window fits in its test split")
     with torch.no_grad():
-        metrics, _, losses = evaluate_forecaster(
-            model, test, config["csi_thresholds"], fss_scales=params["evaluation"]["fss_scales"], input_factor=factor,
-            attrs={**{k: str(v) for k, v in axes.items()}, "eval_on": args.eval_on,
-                   "window_stride": int(config["window_stride"])})
+        metrics, examples, losses = evaluate_forecaster(model, test, config["csi_thresholds"], fss_scales=fss_scales,
+                                                        input_factor=factor, example_count=example_count,
+                                                        attrs=attrs)
+    return metrics, examples, losses, series, test
+
+
+def cmd_transfer(args):
+    """A trained cell evaluated on another dataset's test split, without retraining (grid.eval_on)."""
+    from nuwa.io import write_json, write_netcdf
+
+    axes = {axis: getattr(args, axis) for axis in grid.AXES}
+    params = _params(args, "transfer", uses_torch=True, eval_on=args.eval_on, **axes)
+    cell = grid.Cell(**axes)
+    config = params["datasets"][args.eval_on]
+    factor = grid.task_factor(params, args.task)
+    metrics, _, losses, series, test = score_checkpoint(
+        args.model or cell.file("model.pt"), params["backbones"][args.backbone], params["datasets"][args.dataset],
+        args.train_data or grid.PROCESSED.format(dataset=args.dataset),
+        args.data or grid.PROCESSED.format(dataset=args.eval_on), config, factor, params["evaluation"]["fss_scales"],
+        attrs={**{k: str(v) for k, v in axes.items()}, "eval_on": args.eval_on,
+               "window_stride": int(config["window_stride"])}, what=f"backbone {args.backbone!r}")
     metrics.update({**axes, "eval_on": args.eval_on, "input_factor": factor, "split": "test",
                     "normalised_with": args.dataset, "conventions": conventions_of(series)})
     out = args.out or grid.TRANSFER_DIR.format(eval_on=args.eval_on, **axes) + "/metrics.json"
     write_netcdf(losses, args.losses_out or str(Path(out).with_name("test_losses.nc")))
     write_json(metrics, out)  # last: it marks the stage done
     print(f"wrote {out} ({args.dataset} cell on {args.eval_on}'s {len(test)} test windows: mse {metrics['mse']:.4g})")
+
+
+def cmd_evaluate(args):
+    """Any saved model (a run's model.pt) on any processed dataset of the same frame shape: test
+    metrics, per-window losses and example predictions (OpenSTL's tools/test.py)."""
+    from nuwa.evaluate import examples_dataset
+    from nuwa.io import DataFileError, load_checkpoint, write_json, write_netcdf
+
+    params = _params(args, uses_torch=True, dataset=args.dataset)
+    payload = load_checkpoint(args.checkpoint)
+    missing = [key for key in ("state_dict", "backbone", "dataset") if key not in payload]
+    if missing:
+        raise DataFileError(f"{args.checkpoint}: not a model file written by `nuwa train` (missing "
+                            f"{', '.join(missing)})")
+    trained_name = str(payload["dataset"])
+    if trained_name not in params["datasets"]:
+        raise DataFileError(f"{args.checkpoint}: trained on dataset {trained_name!r}, which has no entry in "
+                            f"{args.params} (its frames and normalisation are needed)")
+    config = params["datasets"][args.dataset]
+    factor = int(payload.get("input_factor", 1))
+    metrics, examples, losses, series, test = score_checkpoint(
+        args.checkpoint, payload["backbone"], params["datasets"][trained_name],
+        args.train_data or grid.PROCESSED.format(dataset=trained_name),
+        args.data or grid.PROCESSED.format(dataset=args.dataset), config, factor, params["evaluation"]["fss_scales"],
+        example_count=args.examples, attrs={"dataset": args.dataset, "checkpoint": str(args.checkpoint),
+                                            "window_stride": int(config["window_stride"])})
+    metrics.update({"checkpoint": str(args.checkpoint), "dataset": args.dataset, "trained_on": trained_name,
+                    "variant": str(payload.get("variant", "")), "seed": payload.get("seed"),
+                    "input_factor": factor, "split": "test", "normalised_with": trained_name,
+                    "conventions": conventions_of(series)})
+    out = Path(args.out_dir)
+    write_netcdf(losses, out / "test_losses.nc")
+    if args.examples:
+        write_netcdf(examples_dataset(examples, series, {"dataset": args.dataset, "checkpoint": str(args.checkpoint)}),
+                     out / "examples.nc")
+    write_json(metrics, out / "metrics.json")
+    print(f"wrote {out} ({args.checkpoint} on {args.dataset}'s {len(test)} test windows: mse {metrics['mse']:.4g}, "
+          f"ssim {metrics['ssim']:.4f})")
 
 
 def conventions_of(series) -> dict:
@@ -656,7 +707,8 @@ def cmd_bench(args):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuwa", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>",
+                                help="a pipeline stage or a tool (`nuwa <stage> --help`)")
 
     def add(name, func, help_text, dataset=True):
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -688,45 +740,48 @@ def build_parser() -> argparse.ArgumentParser:
     add("datasets", cmd_datasets, "list params.yaml's datasets and registered kinds, and whether source files are "
         "present (exit 1 if a grid dataset's files are missing)", dataset=False)
     c = add("ingest", cmd_ingest, "generate or read a dataset into data/processed/{dataset}.nc")
-    c.add_argument("--out")
+    c.add_argument("--out", help=f"the processed file (default {grid.PROCESSED})")
     c = add("pretrain", cmd_pretrain, "train the upstream ViT to reconstruct its input (training split only)")
     c.add_argument("--upstream", help="an entry of params upstreams (an ablation's ViT; default: the pipeline's)")
-    c.add_argument("--data")
-    c.add_argument("--model-out")
-    c.add_argument("--history-out")
+    c.add_argument("--data", help=f"the processed dataset (default {grid.PROCESSED})")
+    c.add_argument("--model-out", help=f"the ViT (default {grid.UPSTREAM_MODEL}; an ablation's: "
+                   f"{grid.ABLATION_UPSTREAM_MODEL})")
+    c.add_argument("--history-out", help="its loss per step, CSV (default: beside the model)")
     c = add("saliency", cmd_saliency, "attention importance of every patch of every training window (the bank "
             "variants turn it into masks)")
     c.add_argument("--upstream", help="an entry of params upstreams (an ablation's ViT; default: the pipeline's)")
-    c.add_argument("--data")
-    c.add_argument("--model")
-    c.add_argument("--out")
+    c.add_argument("--data", help=f"the processed dataset (default {grid.PROCESSED})")
+    c.add_argument("--model", help=f"the upstream ViT (default {grid.UPSTREAM_MODEL})")
+    c.add_argument("--out", help=f"the importance file (default {grid.SALIENCY}; an ablation's: "
+                   f"{grid.ABLATION_SALIENCY})")
     c = add("diagnostics", cmd_diagnostics, "what the saliency calls environmental: upstream ViTs pretrained per "
             "objective and seed, their masks scored against the field's anomaly and change, and across seeds; "
             "and the masks the banks use (the saliency file)")
-    c.add_argument("--data")
-    c.add_argument("--saliency", help="the saliency file whose masks the banks use (default: the contract path)")
-    c.add_argument("--out")
-    c.add_argument("--out-per-seed")
-    c.add_argument("--out-figure")
+    c.add_argument("--data", help=f"the processed dataset (default {grid.PROCESSED})")
+    c.add_argument("--saliency", help=f"the saliency file whose masks the banks use (default {grid.SALIENCY})")
+    c.add_argument("--out", help=f"the table, one row per objective and layers (default {grid.DIAGNOSTICS})")
+    c.add_argument("--out-per-seed", help=f"the same per pretraining seed (default {grid.DIAGNOSTICS_PER_SEED})")
+    c.add_argument("--out-figure", help=f"PNG (default {grid.DIAGNOSTICS_FIGURE})")
     c = add("bank", cmd_bank, "DistriXplorer bank of augmented training windows for one variant and seed")
     c.add_argument("--train-percent", dest="train_percent", type=int, default=100,
                    help="the share of the training windows the bank is built from (grid.train_percents; default "
                         "100; which windows: train.subset)")
-    c.add_argument("--variant", required=True)
+    c.add_argument("--variant", required=True, help="an entry of params variants (its method and knobs)")
     c.add_argument("--seed", type=int, required=True, help="the training seed the bank is drawn for")
-    c.add_argument("--data")
-    c.add_argument("--saliency")
-    c.add_argument("--out")
+    c.add_argument("--data", help=f"the processed dataset (default {grid.PROCESSED})")
+    c.add_argument("--saliency", help=f"the pipeline's importance file (default {grid.SALIENCY}; a variant that names "
+                   "an ablation upstream reads that one's)")
+    c.add_argument("--out", help=f"the bank (default {grid.BANK})")
     c = add("train", cmd_train, "train one backbone for one variant and seed; evaluate once on the test split")
     for axis, spec in grid.AXES.items():  # one option per grid axis (--dataset comes with every stage)
         if axis != "dataset":
             c.add_argument(grid.option(axis), dest=axis, type=spec.type, required=spec.default is None,
                            default=spec.default, help=f"a value of {spec.values}"
                            + (f" (default: {spec.default})" if spec.default is not None else ""))
-    c.add_argument("--data")
-    c.add_argument("--bank")
+    c.add_argument("--data", help=f"the processed dataset (default {grid.PROCESSED})")
+    c.add_argument("--bank", help=f"the variant's bank (default {grid.BANK})")
     c.add_argument("--upstream", help="upstream ViT model.pt, read when the backbone entry sets init_from_upstream")
-    c.add_argument("--out-dir")
+    c.add_argument("--out-dir", help=f"the run folder (default {grid.RUN_DIR})")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (default): cuda (cuda:LOCAL_RANK under torchrun) when available, else cpu. Several "
                         "GPUs: torchrun --standalone --nnodes 1 --nproc_per_node N -m nuwa train ...")
@@ -736,9 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline", required=True, choices=("persistence", "optical_flow"),
                    help="persistence (the last input frame) or optical_flow (pysteps: Lucas-Kanade motion, "
                         "semi-Lagrangian extrapolation; each channel along its own motion)")
-    c.add_argument("--data")
-    c.add_argument("--out")
-    c.add_argument("--losses-out", help="per-window test losses (NetCDF)")
+    c.add_argument("--data", help=f"the processed dataset (default {grid.PROCESSED})")
+    c.add_argument("--out", help=f"metrics JSON (default {grid.BASELINE})")
+    c.add_argument("--losses-out", help=f"per-window test losses, NetCDF (default {grid.BASELINE_LOSSES})")
     c = add("transfer", cmd_transfer, "evaluate a trained cell on another dataset's test split, without retraining "
             "(grid.eval_on; normalised with the training dataset's statistics)")
     for axis, spec in grid.AXES.items():
@@ -751,37 +806,47 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="the cell's model.pt (default: its run folder)")
     c.add_argument("--out", help="metrics.json (default: <run folder>/eval_on/<dataset>/metrics.json)")
     c.add_argument("--losses-out", help="per-window test losses (default: beside --out)")
+    c = add("evaluate", cmd_evaluate, "score a saved model (a run's model.pt) on the test split of any processed "
+            "dataset of the same frame shape: metrics.json, test_losses.nc and example predictions")
+    c.add_argument("--checkpoint", required=True, help="the model file (results/runs/.../model.pt)")
+    c.add_argument("--data", help="the dataset's processed file (default: data/processed/<dataset>.nc)")
+    c.add_argument("--train-data", help="the processed file of the dataset the model was trained on, whose "
+                   "normalisation its inputs need (default: its contract path)")
+    c.add_argument("--out-dir", required=True, help="where metrics.json, test_losses.nc and examples.nc go")
+    c.add_argument("--examples", type=int, default=4, help="test windows kept with their predictions (default: 4)")
     c = add("tables", cmd_tables, "summary table over the grid (mean ± std over seeds, baselines, skill) and the "
             "paired comparisons (intervals over seeds and test windows, verdicts)", dataset=False)
-    c.add_argument("--out-csv")
-    c.add_argument("--out-md")
+    c.add_argument("--out-csv", help=f"the summary (default {grid.SUMMARY_CSV}); the paper's tables go beside it")
+    c.add_argument("--out-md", help=f"the summary with the comparisons, Markdown (default {grid.SUMMARY_MD})")
     c.add_argument("--out-comparisons", help=f"comparisons CSV (default {grid.COMPARISONS_CSV})")
     c.add_argument("--out-lead-time", help=f"per-lead-time mse/mae CSV (default {grid.LEAD_TIME_CSV})")
     c.add_argument("--out-scarcity", help=f"the comparisons against the train percent, PNG (default {grid.SCARCITY_FIGURE})")
     c = add("figures", cmd_figures, "prediction strip, saliency overlay, paired comparisons and lead-time curves "
             "for one dataset")
-    c.add_argument("--out-predictions")
-    c.add_argument("--out-saliency")
-    c.add_argument("--out-comparisons")
-    c.add_argument("--out-lead-time")
+    c.add_argument("--out-predictions", help=f"PNG (default {grid.PREDICTION_FIGURE})")
+    c.add_argument("--out-saliency", help=f"PNG (default {grid.SALIENCY_FIGURE})")
+    c.add_argument("--out-comparisons", help=f"PNG (default {grid.COMPARISON_FIGURE})")
+    c.add_argument("--out-lead-time", help=f"PNG (default {grid.LEAD_TIME_FIGURE})")
     from nuwa.bench.backbones import parse_shape
 
     c = sub.add_parser("backbones", help="CSV name,params,flops of every registered backbone",
                        description="CSV (name,params,flops) of every registered backbone at a size and input "
                                    "shape; FLOPs from torch's FLOP counter, one sample, one forward pass")
     c.set_defaults(func=cmd_backbones)
-    c.add_argument("--size", choices=("small", "reference"), default="small")
+    c.add_argument("--size", choices=("small", "reference"), default="small",
+                   help="small (the CPU default) or reference (the published sizes); default small")
     c.add_argument("--in-shape", type=parse_shape, default=(4, 2, 32, 32), help="T,C,H,W (default 4,2,32,32: TaxiBJ)")
-    c.add_argument("--out-frames", type=int, default=4)
-    c.add_argument("--scale", type=int, default=1, help="spatial upsampling factor of the output")
-    c.add_argument("--threads", type=int)
+    c.add_argument("--out-frames", type=int, default=4, help="output frames (default 4)")
+    c.add_argument("--scale", type=int, default=1, help="spatial upsampling factor of the output (default 1)")
+    c.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     c = sub.add_parser("bench", help="benchmarks (CSV to stdout and results/bench/NAME.csv)",
                        description="Run a benchmark. Output rows: benchmark,case,value,unit,reference,"
                                    "reference_value,ratio; ratio = value / reference_value, both measured in "
                                    "this run on the same inputs, oriented so that bigger is better (a time "
                                    "is reported as reference time / our time). `nuwa bench NAME --help` "
                                    "lists a benchmark's options.")
-    benches = c.add_subparsers(dest="name", required=True, metavar="NAME")
+    benches = c.add_subparsers(dest="name", required=True, metavar="NAME",
+                               help="the benchmark (`nuwa bench NAME --help` lists its options)")
     from nuwa.bench import BENCHMARKS, bench_module
 
     for name in BENCHMARKS:
@@ -798,7 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the attention importance as a heat map")
     c.set_defaults(func=cmd_show_mask)
     c.add_argument("saliency", help="results/saliency/{dataset}.nc")
-    c.add_argument("--sample", type=int, required=True, help="window start index (the file's 'sample' coordinate)")
+    c.add_argument("--sample", type=int, required=True, help="window start index (the file's 'sample' coordinate: "
+                   "training windows only, and starts step by the dataset's window_stride)")
     c.add_argument("--bank", help="results/bank/{dataset}/{variant}/seed{N}.nc: outline the environmental patches "
                                   "this bank used (default: importance only)")
     c.add_argument("--copy", type=int, default=0, help="which augmented copy of the window (default 0)")

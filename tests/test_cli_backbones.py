@@ -87,3 +87,20 @@ def test_bench_backbones_openstl_reports_published_taxibj_fps(tmp_path):
     assert table["case"].str.contains("/in4x2x32x32/out4/b1/inference").all()  # OpenSTL's TaxiBJ shape
     assert np.isfinite(table["value"]).all() and (table["value"] > 0).all()
     np.testing.assert_allclose(table["ratio"], table["value"] / table["reference_value"], rtol=1e-3)
+
+
+def test_every_cli_option_has_help_text():
+    """Every option of every `nuwa` command says what it is (and, where it has one, its default)."""
+    import argparse
+
+    from nuwa.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, [*path, name])
+            if not isinstance(action, argparse._HelpAction) and not action.help:
+                yield " ".join(path), action.option_strings or action.dest
+
+    assert list(walk(build_parser(), ["nuwa"])) == []

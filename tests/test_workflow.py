@@ -142,6 +142,26 @@ def test_the_snakemake_report_files_every_table_and_figure_with_a_caption(snakem
         assert phrase in html, phrase
 
 
+def test_nuwa_evaluate_scores_a_saved_model_on_a_dataset(snakemake_run, tmp_path):
+    """`nuwa evaluate --checkpoint`: a run's model.pt on its own dataset gives the run's own test
+    metrics (the same windows, the same normalisation), with example predictions."""
+    import json
+
+    cell = "results/runs/moving_glyphs/forecast/100pct/simvp/nuwa/seed0"
+    out = tmp_path / "evaluated"
+    run(["nuwa", "evaluate", "--checkpoint", f"{cell}/model.pt", "--dataset", "moving_glyphs", "--out-dir", str(out),
+         "--examples", "3"], snakemake_run)
+    ours = json.loads((out / "metrics.json").read_text())
+    own = json.loads((snakemake_run / cell / "metrics.json").read_text())
+    assert ours["mse"] == pytest.approx(own["mse"], rel=1e-6) and ours["ssim"] == pytest.approx(own["ssim"], rel=1e-6)
+    assert ours["trained_on"] == "moving_glyphs" and ours["variant"] == "nuwa"
+    assert xr.open_dataset(out / "examples.nc").sizes["example"] == 3
+    (tmp_path / "not_a_model.pt").write_bytes(b"nonsense")
+    failed = run(["nuwa", "evaluate", "--checkpoint", str(tmp_path / "not_a_model.pt"), "--dataset", "moving_glyphs",
+                  "--out-dir", str(out)], snakemake_run, check=False)
+    assert failed.returncode != 0 and "not_a_model.pt" in failed.stderr and "Traceback" not in failed.stderr
+
+
 def test_show_mask_writes_a_png_of_a_window(snakemake_run):
     sample = int(xr.open_dataset(snakemake_run / "results/saliency/moving_glyphs.nc")["sample"].values[3])
     run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", str(sample), "--out", "mask.png"],

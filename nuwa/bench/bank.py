@@ -46,7 +46,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ratio", type=float, default=0.25, help="environment ratio rho (default 0.25)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case, best kept (default 3)")
     parser.add_argument("--loop-repeats", type=int, default=1, help="timed runs of the slow patch loop (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
 
 
 def run(args, progress) -> list[dict]:

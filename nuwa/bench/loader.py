@@ -77,7 +77,7 @@ def add_arguments(parser) -> None:
                                        "temporary folder)")
     parser.add_argument("--mix-fraction", type=float, default=0.5,
                         help="share of each batch drawn from the bank (default 0.5, as params.yaml bank)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
 
 
 def run(args, progress) -> list[dict]:
