@@ -74,6 +74,44 @@ def _read_params_file(path: Path, chain: tuple[Path, ...]) -> tuple[object, list
     return overlay(merged, params), [base_path, *bases]
 
 
+def with_overrides(params: dict, overrides: dict, source: str) -> dict:
+    """``params`` with command-line overrides (``snakemake --config key=value``) merged in and
+    validated as one file. Snakemake hands nested values over as strings (``train={"steps": 10}``
+    gives ``"10"``): every string that YAML reads as a number, a boolean or null is typed as the
+    same text would be in params.yaml. Errors name ``source`` (the command line), not the file."""
+    def typed(value):
+        if isinstance(value, dict):
+            return {key: typed(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [typed(item) for item in value]
+        if isinstance(value, str):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+        return value
+
+    merged = overlay(params, typed(dict(overrides)))
+    validate_params(merged, source=source)
+    return merged
+
+
+def write_params(params: dict, path: str | Path = ".nuwa/params.yaml", source: str = "params.yaml") -> Path:
+    """``params`` (validated, merged: an experiment file's overlay, command-line overrides) as the
+    one file every job of a Snakemake run reads. Its path never changes, so that a job's rerun
+    follows the stage's own params keys, never the file's name; it is rewritten only when its
+    text changes."""
+    from nuwa.io import write_text
+
+    path = Path(path)
+    text = (f"# written by the workflow from {source}: the parameters every job of the run reads; "
+            "edit params.yaml, not this file\n" + yaml.safe_dump(params, sort_keys=False))
+    if not path.exists() or path.read_text() != text:
+        write_text(text, path)
+    return path
+
+
 def overlay(base: dict, changes: dict) -> dict:
     """``base`` with ``changes`` applied: mappings merged key by key, other values replaced (a new dict)."""
     merged = dict(base)

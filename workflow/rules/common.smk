@@ -2,10 +2,8 @@
 # DVC and `nuwa` accept and reject exactly the same parameter files.
 import json
 
-from snakemake.utils import update_config
-
 from nuwa import grid, stages
-from nuwa.config import load_params, validate_params
+from nuwa.config import load_params, with_overrides, write_params
 
 PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
 # The file first, read with yaml.safe_load exactly as `nuwa` and DVC's stages read it, and only
@@ -20,10 +18,17 @@ PARAMS = load_params(PARAMS_FILE)
 configfile: PARAMS_FILE
 
 
-update_config(config, PARAMS)  # the merged parameters, for an experiment file
-update_config(config, workflow.config_settings.overwrite_config)  # --config on the command line wins
-config.pop("extends", None)
-validate_params(config, source=str(PARAMS_FILE))  # with any --config overrides
+OVERRIDES = dict(workflow.config_settings.config)  # `--config key=value` on the command line
+SOURCE = str(PARAMS_FILE)
+if OVERRIDES:
+    # typed and validated like the file, an error naming the command line
+    SOURCE = f"--config {' '.join(f'{k}={v}' for k, v in OVERRIDES.items())} (over {PARAMS_FILE})"
+    PARAMS = with_overrides(PARAMS, OVERRIDES, source=SOURCE)
+config.clear()
+config.update(PARAMS)
+# every job reads the merged parameters (experiment overlay, overrides) from one file whose name
+# never changes, so jobs run with what the DAG was planned with and rerun by their own keys only
+JOB_PARAMS_FILE = str(write_params(PARAMS, source=SOURCE))
 
 ENV = "../envs/nuwa.yaml"
 

@@ -32,7 +32,7 @@ for stage in STAGES.values():
                 for name, spec in stage.outputs.items()
             },
         params:
-            file=PARAMS_FILE,
+            file=JOB_PARAMS_FILE,
             stage=stage_params(stage.name),
             command=lambda wildcards, name=stage.name: snakemake_command(name, wildcards),
             threads=threads_per_process,
