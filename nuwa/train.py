@@ -139,6 +139,9 @@ class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
 
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -308,6 +311,10 @@ def train_cell(series: SeriesData, *, dataset_name: str, dataset_config: dict, b
                 row["seconds"] = time.perf_counter() - started
                 state["history"].append(row)
                 state["seconds"] = row["seconds"]
+                # the bar shows the latest losses (and so does each line of a log file)
+                bar.set_postfix({"loss": f"{row['train_loss']:.4g}",
+                                 **({"best_val": f"{state['best_val']:.4g}"} if state["best_val"] < float("inf")
+                                    else {})}, refresh=False)
                 bar.update(1)
                 if checkpoint_path and step % train_config["checkpoint_every"] == 0 and step < steps:
                     rng = distributed.gather(rng_state(device), context)
