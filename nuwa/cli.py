@@ -149,10 +149,8 @@ def cmd_pretrain(args):
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
     settings = grid.upstream_settings(params, "pretrain", args.upstream)
     model, history = pretrain(series, args.dataset, params["datasets"][args.dataset], settings, settings["seed"])
-    model_path, history_path = ((grid.ABLATION_UPSTREAM_MODEL, grid.ABLATION_UPSTREAM_HISTORY) if args.upstream
-                                else (grid.UPSTREAM_MODEL, grid.UPSTREAM_HISTORY))
-    model_out = args.model_out or model_path.format(dataset=args.dataset, upstream=args.upstream)
-    history_out = args.history_out or history_path.format(dataset=args.dataset, upstream=args.upstream)
+    files = grid.upstream_files(args.dataset, args.upstream)
+    model_out, history_out = args.model_out or files["model"], args.history_out or files["history"]
     write_csv(history, history_out)
     save_checkpoint(checkpoint(model, args.dataset, settings), model_out)
     print(f"wrote {model_out} (final loss {history['loss'].iloc[-1]:.4g})")
@@ -168,8 +166,8 @@ def cmd_saliency(args):
     params = _params(args, stage, uses_torch=True, dataset=args.dataset, upstream=args.upstream)
     config = params["datasets"][args.dataset]
     series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    model_path = args.model or (grid.ABLATION_UPSTREAM_MODEL if args.upstream else grid.UPSTREAM_MODEL).format(
-        dataset=args.dataset, upstream=args.upstream)
+    files = grid.upstream_files(args.dataset, args.upstream)
+    model_path = args.model or files["model"]
     frames, channels, height, width = config["input_frames"], *series.field.shape[1:]
     model = load_upstream(load_checkpoint(model_path), model_path,
                           expected={"frames": frames, "channels": channels, "height": height, "width": width,
@@ -180,8 +178,7 @@ def cmd_saliency(args):
                                                   args.dataset)
     dataset = saliency_dataset(source_index, importance, config["patch_size"], settings["layers"], len(model.blocks),
                                args.dataset)
-    out = args.out or (grid.ABLATION_SALIENCY if args.upstream else grid.SALIENCY).format(dataset=args.dataset,
-                                                                                         upstream=args.upstream)
+    out = args.out or files["saliency"]
     write_netcdf(dataset, out)
     print(f"wrote {out} ({len(source_index)} training windows)")
 
@@ -346,12 +343,13 @@ def _train(args, params, context):
         upstream_path = args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
         upstream = load_checkpoint(upstream_path)
     checkpoint_path = out_dir / "checkpoint.pt"
+    factor = grid.task_factor(params, args.task)  # super-resolution: inputs coarsened by it
     with NetCDFRows(bank_path, "augmented") as bank_inputs:
         model, history, metrics, examples, losses = train_cell(
             series, dataset_name=args.dataset, dataset_config=params["datasets"][args.dataset],
             backbone_name=args.backbone, backbone_config=params["backbones"][args.backbone], variant=args.variant,
             train_config=params["train"], mix_fraction=settings["mix_fraction"], mixup_alpha=mixup_alpha,
-            seed=args.seed, train_percent=args.train_percent, input_factor=grid.task_factor(params, args.task),
+            seed=args.seed, train_percent=args.train_percent, input_factor=factor,
             bank_inputs=bank_inputs, bank_sources=bank_sources, bank_copies=bank_copies,
             checkpoint_path=checkpoint_path, upstream=upstream, upstream_source=upstream_path, context=context,
             fss_scales=params["evaluation"]["fss_scales"])
@@ -369,7 +367,7 @@ def _train(args, params, context):
     losses.attrs["method"] = method
     write_netcdf(losses, out_dir / "test_losses.nc")
     save_checkpoint(model_payload(model, params["backbones"][args.backbone], args.dataset, args.variant, args.seed,
-                                  input_factor=grid.task_factor(params, args.task)), out_dir / "model.pt")
+                                  input_factor=factor), out_dir / "model.pt")
     # metrics.json last: its presence marks a finished run
     write_json(metrics, out_dir / "metrics.json")
     checkpoint_path.unlink(missing_ok=True)
@@ -513,11 +511,13 @@ def cmd_baseline(args):
 
 
 def cmd_tables(args):
+    import matplotlib.pyplot as plt
     import pandas as pd
 
     from nuwa import paper
-    from nuwa.compare import default_block, lead_time_table
-    from nuwa.io import open_netcdf, read_json, write_csv, write_text
+    from nuwa.compare import lead_time_table
+    from nuwa.figures import scarcity_figure
+    from nuwa.io import open_netcdf, read_json, save_figure, write_csv, write_text
     from nuwa.metrics import conventions
     from nuwa.tables import comparison_table, summarise, to_markdown
 
@@ -536,11 +536,10 @@ def cmd_tables(args):
                  for d in datasets for t in tasks}
     methods = {name: entry["method"] for name, entry in params["variants"].items()}
     summary = summarise(records, baselines, methods)
-    blocks = {d: settings["block_windows"] or default_block(params["datasets"][d]["input_frames"],
-                                                            params["datasets"][d]["output_frames"],
-                                                            params["datasets"][d]["window_stride"]) for d in datasets}
+    blocks = {d: block_length(settings, params["datasets"][d]) for d in datasets}
     comparisons = comparison_table(losses, settings["comparisons"], blocks, confidence=settings["confidence"],
                                    resamples=settings["resamples"], extreme_quantile=settings["extreme_quantile"])
+    comparisons = comparisons.drop(columns=PER_SEED, errors="ignore")
     # a baseline's row: its name as the backbone, '-' for the axes it has no value of
     by_run = {**losses, **{(d, t, "-", name, "-", "-"): open_netcdf(grid.BASELINE_LOSSES.format(dataset=d, task=t,
                                                                                                baseline=name),
@@ -550,31 +549,36 @@ def cmd_tables(args):
     keys = pd.DataFrame(lead_time["key"].tolist(), columns=list(grid.AXES), index=lead_time.index)
     lead_time = pd.concat([keys, lead_time.drop(columns="key")], axis=1)
     write_csv(summary, args.out_csv or grid.SUMMARY_CSV)
-    write_csv(comparisons.drop(columns=["seeds", "seed_differences"], errors="ignore"),
-              args.out_comparisons or grid.COMPARISONS_CSV)
+    write_csv(comparisons, args.out_comparisons or grid.COMPARISONS_CSV)
     write_csv(lead_time, args.out_lead_time or grid.LEAD_TIME_CSV)
     masked = any(params["datasets"][d].get("never_observed") == "mask" for d in datasets)
     write_text(to_markdown(summary, conventions(masked), comparisons), args.out_md or grid.SUMMARY_MD)
     # the paper's tables in its layout, and its claims beside ours, in the summary's folder
     folder = Path(args.out_csv or grid.SUMMARY_CSV).parent
-    comparisons_read = comparisons.drop(columns=["seeds", "seed_differences"], errors="ignore")
-    transfers = transfer_comparisons(params, settings).drop(columns=["seeds", "seed_differences"], errors="ignore")
+    transfers = transfer_comparisons(params, settings)
     for name, (build, title, empty) in paper.TABLES.items():
-        part, grid_table = build(transfers if name == "generalisation" else comparisons_read, params["tasks"])
+        part, grid_table = build(transfers if name == "generalisation" else comparisons, params["tasks"])
         write_csv(part, folder / Path(grid.PAPER_TABLE.format(name=name, extension="csv")).name)
         write_text(paper.markdown_grid(grid_table, title, paper.HOW_TO_READ, empty),
                    folder / Path(grid.PAPER_TABLE.format(name=name, extension="md")).name)
-    write_text(paper.paper_vs_ours(comparisons_read, summary, params["datasets"], params["tasks"]),
+    write_text(paper.paper_vs_ours(comparisons, summary, params["datasets"], params["tasks"]),
                folder / Path(grid.PAPER_VS_OURS).name)
-    import matplotlib.pyplot as plt
-
-    from nuwa.figures import scarcity_figure
-    from nuwa.io import save_figure
-
-    figure = scarcity_figure(comparisons_read)
+    figure = scarcity_figure(comparisons)
     save_figure(figure, args.out_scarcity or grid.SCARCITY_FIGURE, dpi=110)
     plt.close(figure)
     print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows) and {len(comparisons)} comparison(s)")
+
+
+PER_SEED = ["seeds", "seed_differences"]  # comparison_table's per-seed detail, kept out of the tables
+
+
+def block_length(settings: dict, config: dict) -> int:
+    """The bootstrap block of a dataset's test windows: evaluation.block_windows, or by default the
+    number of windows that share a frame (nuwa.compare.default_block)."""
+    from nuwa.compare import default_block
+
+    return settings["block_windows"] or default_block(config["input_frames"], config["output_frames"],
+                                                      config["window_stride"])
 
 
 def transfer_comparisons(params, settings):
@@ -582,24 +586,21 @@ def transfer_comparisons(params, settings):
     ``dataset`` is "trained → evaluated", their windows the evaluated dataset's test windows."""
     from dataclasses import asdict
 
-    from nuwa.compare import default_block
     from nuwa.io import open_netcdf
     from nuwa.tables import comparison_table
 
     losses, blocks = {}, {}
     for pair in params["grid"]["eval_on"]:
         label = f"{pair['train']} → {pair['test']}"
-        evaluated = params["datasets"][pair["test"]]
-        blocks[label] = settings["block_windows"] or default_block(evaluated["input_frames"],
-                                                                   evaluated["output_frames"],
-                                                                   evaluated["window_stride"])
+        blocks[label] = block_length(settings, params["datasets"][pair["test"]])
         for cell in grid.train_cells(params):
             if cell.dataset == pair["train"]:
                 path = grid.TRANSFER_DIR.format(eval_on=pair["test"], **asdict(cell)) + "/test_losses.nc"
                 key = (label, *(getattr(cell, axis) for axis in grid.AXES if axis != "dataset"))
                 losses[key] = open_netcdf(path, variables=("mse", "mae", "target_mean", "target_max"))
     return comparison_table(losses, settings["comparisons"], blocks, confidence=settings["confidence"],
-                            resamples=settings["resamples"], extreme_quantile=settings["extreme_quantile"])
+                            resamples=settings["resamples"],
+                            extreme_quantile=settings["extreme_quantile"]).drop(columns=PER_SEED, errors="ignore")
 
 
 def cmd_figures(args):
@@ -705,6 +706,15 @@ def cmd_bench(args):
     print(f"wrote {out}", file=sys.stderr)
 
 
+def add_cell_options(command, what: str) -> None:
+    """One option per grid axis, the cell's (--dataset comes with every stage)."""
+    for axis, spec in grid.AXES.items():
+        if axis != "dataset":
+            command.add_argument(grid.option(axis), dest=axis, type=spec.type, required=spec.default is None,
+                                 default=spec.default, help=f"{what} {axis}: a value of {spec.values}"
+                                 + (f" (default: {spec.default})" if spec.default is not None else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuwa", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>",
@@ -773,11 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "an ablation upstream reads that one's)")
     c.add_argument("--out", help=f"the bank (default {grid.BANK})")
     c = add("train", cmd_train, "train one backbone for one variant and seed; evaluate once on the test split")
-    for axis, spec in grid.AXES.items():  # one option per grid axis (--dataset comes with every stage)
-        if axis != "dataset":
-            c.add_argument(grid.option(axis), dest=axis, type=spec.type, required=spec.default is None,
-                           default=spec.default, help=f"a value of {spec.values}"
-                           + (f" (default: {spec.default})" if spec.default is not None else ""))
+    add_cell_options(c, "a value of")
     c.add_argument("--data", help=f"the processed dataset (default {grid.PROCESSED})")
     c.add_argument("--bank", help=f"the variant's bank (default {grid.BANK})")
     c.add_argument("--upstream", help="upstream ViT model.pt, read when the backbone entry sets init_from_upstream")
@@ -796,10 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--losses-out", help=f"per-window test losses, NetCDF (default {grid.BASELINE_LOSSES})")
     c = add("transfer", cmd_transfer, "evaluate a trained cell on another dataset's test split, without retraining "
             "(grid.eval_on; normalised with the training dataset's statistics)")
-    for axis, spec in grid.AXES.items():
-        if axis != "dataset":
-            c.add_argument(grid.option(axis), dest=axis, type=spec.type, required=spec.default is None,
-                           default=spec.default, help=f"the trained cell's {axis} (a value of {spec.values})")
+    add_cell_options(c, "the trained cell's")
     c.add_argument("--eval-on", dest="eval_on", required=True, help="the dataset whose test split it is scored on")
     c.add_argument("--data", help="that dataset's processed file (default: its contract path)")
     c.add_argument("--train-data", help="the training dataset's processed file: its normalisation (default: contract)")
@@ -865,8 +868,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("saliency", help="results/saliency/{dataset}.nc")
     c.add_argument("--sample", type=int, required=True, help="window start index (the file's 'sample' coordinate: "
                    "training windows only, and starts step by the dataset's window_stride)")
-    c.add_argument("--bank", help="results/bank/{dataset}/{variant}/seed{N}.nc: outline the environmental patches "
-                                  "this bank used (default: importance only)")
+    c.add_argument("--bank", help=f"{grid.BANK}: outline the environmental patches this bank used (default: "
+                                  "importance only)")
     c.add_argument("--copy", type=int, default=0, help="which augmented copy of the window (default 0)")
     c.add_argument("--data", help="processed dataset (default: data/processed/<dataset in the file>.nc)")
     c.add_argument("--out", help="PNG path (default: mask_<file>_<sample>.png)")

@@ -310,25 +310,20 @@ NEW_KEYS = (
 
 
 def _moved_keys(params: dict):
-    for path, message in NEW_KEYS:
-        value = params
-        for part in path[:-1]:
-            value = value.get(part) if isinstance(value, dict) else None
-        if isinstance(value, dict) and path[-1] not in value:
-            yield f"{_dotted(path)}: {message}"
-    for path, message in MOVED_KEYS:
-        value = params
-        for part in path[:-1]:
-            value = value.get(part) if isinstance(value, dict) else None
-        if isinstance(value, dict) and path[-1] in value:
-            yield f"{_dotted(path)}: {message}"
+    for keys, present in ((NEW_KEYS, False), (MOVED_KEYS, True)):  # a new key missing, an old one present
+        for path, message in keys:
+            value = params
+            for part in path[:-1]:
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, dict) and (path[-1] in value) == present:
+                yield f"{_dotted(path)}: {message}"
 
 
 def _cross_checks(params: dict):
     """Checks that need more than one key, or the registries. Yields messages."""
     from nuwa.backbones import backbone_kinds
     from nuwa.datasets import dataset_config_schema, dataset_kinds
-    from nuwa.grid import BANK_KNOBS, BANKLESS_METHODS
+    from nuwa.grid import BANK_KNOBS, BANKLESS_METHODS, IMPORTANCE_METHODS
 
     grid = params["grid"]
     for section, grid_key in (("datasets", "datasets"), ("tasks", "tasks"), ("backbones", "backbones"),
@@ -373,14 +368,13 @@ def _cross_checks(params: dict):
         if name not in params["upstreams"]:
             yield (f"grid.upstreams: {name!r} has no entry under upstreams "
                    f"(defined: {', '.join(sorted(params['upstreams'])) or 'none'})")
-    importance_methods = ("saliency", "random_matched", "saliency_inverted")  # nuwa.bank.IMPORTANCE_METHODS
     for name, entry in params["variants"].items():
         upstream = entry.get("upstream")
         if upstream is None:
             continue
-        if entry["method"] not in importance_methods:
+        if entry["method"] not in IMPORTANCE_METHODS:
             yield (f"variants.{name}.upstream: method {entry['method']!r} reads no saliency (only "
-                   f"{', '.join(importance_methods)} do)")
+                   f"{', '.join(IMPORTANCE_METHODS)} do)")
         elif name in grid["variants"] and upstream not in grid["upstreams"]:
             yield (f"variants.{name}.upstream: {upstream!r} is not in grid.upstreams "
                    f"({', '.join(grid['upstreams']) or 'empty'}): add it there to pretrain it")

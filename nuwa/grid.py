@@ -139,6 +139,9 @@ def train_cells(params: dict) -> list:
 # augmentation) mixes two original windows per position at batch time (nuwa.loader). Their bank
 # file is empty, which keeps the DAG uniform (every variant's training reads its bank).
 BANKLESS_METHODS = ("none", "mixup")
+# Bank methods that read the saliency file (nuwa.bank.IMPORTANCE_METHODS; a test keeps the two
+# equal: importing nuwa.bank here would load numba wherever params are validated)
+IMPORTANCE_METHODS = ("saliency", "random_matched", "saliency_inverted")
 
 # A variant's knobs, each with its default in `bank`: the variant owns them (one owner per value).
 BANK_KNOBS = ("environment_ratio", "copies", "sigma", "history", "history_decay", "exclude_causal_neighbours")
@@ -170,12 +173,19 @@ def upstream_settings(params: dict, section: str, upstream: str | None) -> dict:
     return {**params[section], **{k: v for k, v in entry.items() if UPSTREAM_KEYS.get(k) == section}}
 
 
+def upstream_files(dataset: str, upstream: str | None = None) -> dict[str, str]:
+    """The model, history and saliency files of the pipeline's upstream ViT (``upstream`` None) or
+    of an ablation's (an entry of ``upstreams``)."""
+    if upstream is None:
+        return {"model": UPSTREAM_MODEL.format(dataset=dataset), "history": UPSTREAM_HISTORY.format(dataset=dataset),
+                "saliency": SALIENCY.format(dataset=dataset)}
+    return {name: path.format(dataset=dataset, upstream=upstream) for name, path in
+            (("model", ABLATION_UPSTREAM_MODEL), ("history", ABLATION_UPSTREAM_HISTORY), ("saliency", ABLATION_SALIENCY))}
+
+
 def bank_saliency(params: dict, dataset: str, variant: str) -> str:
     """The saliency file a variant's bank reads: its `upstream`'s, or the pipeline's."""
-    upstream = params["variants"][variant].get("upstream")
-    if upstream is None:
-        return SALIENCY.format(dataset=dataset)
-    return ABLATION_SALIENCY.format(dataset=dataset, upstream=upstream)
+    return upstream_files(dataset, params["variants"][variant].get("upstream"))["saliency"]
 
 
 def task_factor(params: dict, task: str) -> int:

@@ -189,6 +189,17 @@ class TrainingPool:
         return batchkernel.available()
 
 
+def mixup_draws(generator: torch.Generator, count: int, windows: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` mixup draws from ``generator``: a partner window among ``windows`` (int64) and a
+    weight λ ~ Beta(α, α) (float64) each, λ by the inverse CDF of a uniform so that one seeded
+    torch stream gives both."""
+    from scipy.special import betaincinv
+
+    partner_draw, weight_draw = torch.rand((2, count), dtype=torch.float64, generator=generator).numpy()
+    partners = np.minimum((partner_draw * windows).astype(np.int64), windows - 1)
+    return partners, betaincinv(alpha, alpha, weight_draw)
+
+
 def mixup_strength(train: WindowDataset, alpha: float, seed: int, *names: str | int, patch_size: int,
                    chunk: int = 256) -> dict:
     """How strongly mixup perturbs, in the bank files' terms (:meth:`nuwa.bank` ``strength``), so
@@ -198,15 +209,11 @@ def mixup_strength(train: WindowDataset, alpha: float, seed: int, *names: str | 
     where a pixel changed) and ``mean_abs_change_std`` (mean |change| over every value, in
     training-std units). The targets are mixed with the same λ; only the inputs are counted, as
     for the banks."""
-    from scipy.special import betaincinv
-
     from nuwa.bank import compare_to_original
 
     starts = np.asarray(train.starts)
-    generator = torch_generator(seed, "mixup-strength", *names)
-    partner_draw, weight_draw = torch.rand((2, len(starts)), dtype=torch.float64, generator=generator).numpy()
-    partners = np.minimum((partner_draw * len(starts)).astype(np.int64), len(starts) - 1)
-    weights = betaincinv(alpha, alpha, weight_draw).astype(np.float32)
+    partners, weights = mixup_draws(torch_generator(seed, "mixup-strength", *names), len(starts), len(starts), alpha)
+    weights = weights.astype(np.float32)
     std = np.asarray(train.series.std, dtype=np.float64)
     changed = total = 0.0
     cells = values = 0
@@ -307,15 +314,10 @@ class PairedRows:
         return rows
 
     def _mixup(self, positions: torch.Tensor, mixed: torch.Tensor) -> MixedRows:
-        from scipy.special import betaincinv
-
-        partner_draw, weight_draw = torch.rand((2, len(positions)), dtype=torch.float64,
-                                               generator=self.mixup_generator)
-        partners = torch.clamp((partner_draw * self.originals).long(), max=self.originals - 1)
-        # λ ~ Beta(α, α) by its inverse CDF of a uniform: one seeded torch stream, no second generator
-        weights = torch.from_numpy(betaincinv(self.mixup_alpha, self.mixup_alpha, weight_draw.numpy()))
+        partners, weights = mixup_draws(self.mixup_generator, len(positions), self.originals, self.mixup_alpha)
+        weights = torch.from_numpy(weights)
         weights[~mixed] = 1.0
-        return MixedRows(positions, partners, weights)
+        return MixedRows(positions, torch.from_numpy(partners), weights)
 
     def get_state(self) -> dict:
         state = {"originals": self.original_generator.get_state(), "bank": self.bank_generator.get_state()}

@@ -80,17 +80,20 @@ def task_kinds(tasks: dict) -> dict[str, str]:
     return {name: entry["kind"] for name, entry in tasks.items()}
 
 
+def every_window(frame: pd.DataFrame, tasks: dict, kind: str) -> pd.Series:
+    """Rows of a task of ``kind`` (forecast, super_resolution) trained on every training window."""
+    return (frame["task"].map(task_kinds(tasks)) == kind) & (frame["train_percent"] == 100)
+
+
 def table1(comparisons: pd.DataFrame, tasks: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Forecasting with every training window: rows (backbone, comparison), columns dataset."""
-    kinds = task_kinds(tasks)
-    part = comparisons[(comparisons["task"].map(kinds) == "forecast") & (comparisons["train_percent"] == 100)]
+    part = comparisons[every_window(comparisons, tasks, "forecast")]
     return part, layout(part, ["backbone", "comparison"], ["dataset"])
 
 
 def table2(comparisons: pd.DataFrame, tasks: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Super-resolution: rows (backbone, comparison), columns (dataset, task)."""
-    kinds = task_kinds(tasks)
-    part = comparisons[(comparisons["task"].map(kinds) == "super_resolution") & (comparisons["train_percent"] == 100)]
+    part = comparisons[every_window(comparisons, tasks, "super_resolution")]
     return part, layout(part, ["backbone", "comparison"], ["dataset", "task"])
 
 
@@ -105,9 +108,7 @@ def scarcity(comparisons: pd.DataFrame, tasks: dict) -> tuple[pd.DataFrame, pd.D
 def ablations(comparisons: pd.DataFrame, tasks: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every variant against Ori (forecasting, every training window): rows (backbone, variant),
     columns dataset."""
-    kinds = task_kinds(tasks)
-    part = comparisons[(comparisons["b"] == "ori") & (comparisons["task"].map(kinds) == "forecast")
-                       & (comparisons["train_percent"] == 100)]
+    part = comparisons[(comparisons["b"] == "ori") & every_window(comparisons, tasks, "forecast")]
     return part, layout(part, ["backbone", "a"], ["dataset"])
 
 
@@ -135,7 +136,6 @@ TABLES = {  # name -> (builder, title, what an empty one says)
 
 def paper_vs_ours(comparisons: pd.DataFrame, summary: pd.DataFrame, datasets: dict, tasks: dict) -> str:
     """The paper's Table 1 and 2 claims beside ours for the (backbone, paper dataset) both have."""
-    kinds = task_kinds(tasks)
     lines = ["# The paper's claims beside ours", "",
              "The paper's numbers are five-run averages without spread (SPEC.md); ours are paired comparisons "
              "with 95 % intervals over seeds and blocks of test windows. The paper does not say which MSE "
@@ -156,14 +156,13 @@ def paper_vs_ours(comparisons: pd.DataFrame, summary: pd.DataFrame, datasets: di
             if metric == "mse":
                 rows = comparisons[(comparisons["dataset"] == name) & (comparisons["backbone"] == backbone)
                                    & (comparisons["comparison"] == "nuwa - ori") & (comparisons["windows"] == "all")
-                                   & (comparisons["task"].map(kinds) == want_kind)
-                                   & (comparisons["train_percent"] == 100)]
+                                   & every_window(comparisons, tasks, want_kind)]
                 for _, row in rows.iterrows():
                     ours.append((f"{label}, {row['task']}", cell_text(row, verdict=False),
                                  VERDICT_WORDS.get(row["verdict"], row["verdict"])))
             else:
                 rows = summary[(summary["dataset"] == name) & (summary["backbone"] == backbone)
-                               & (summary["task"].map(kinds) == want_kind) & (summary["train_percent"] == 100)]
+                               & every_window(summary, tasks, want_kind)]
                 means = rows.set_index("variant")[metric] if metric in rows else pd.Series(dtype=float)
                 if {"ori", "nuwa"} <= set(means.index):
                     a, b = 100 * means["nuwa"], 100 * means["ori"]

@@ -99,9 +99,7 @@ def figure_bank_variants(params) -> list[str]:
 
 RUN = grid.RUN_DIR + "/{name}"
 TRANSFER = grid.TRANSFER_DIR + "/{name}"
-# bank methods that read the saliency file (nuwa.bank.IMPORTANCE_METHODS; a test keeps the two
-# equal: importing nuwa.bank here would load numba wherever the table is read)
-IMPORTANCE_METHODS = ("saliency", "random_matched", "saliency_inverted")
+IMPORTANCE_METHODS = grid.IMPORTANCE_METHODS  # bank methods that read the saliency file
 # what the tables stage reads of `evaluation` (fss_scales is the scoring stages')
 EVALUATION_KEYS = ("comparisons", "confidence", "resamples", "block_windows", "extreme_quantile")
 TRAIN_AXES = tuple(grid.AXES)

@@ -80,4 +80,4 @@ def test_snakemake_inputs_follow_the_variant_and_backbone(tiny_params):
 def test_the_banks_that_read_the_saliency_file_are_the_bank_modules():
     from nuwa import bank, stages
 
-    assert stages.IMPORTANCE_METHODS == bank.IMPORTANCE_METHODS
+    assert grid.IMPORTANCE_METHODS == stages.IMPORTANCE_METHODS == bank.IMPORTANCE_METHODS

@@ -11,7 +11,7 @@ PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfil
 # runs the Python expressions in the file). A file named with --configfile is read by Snakemake
 # before any workflow code runs: pass only files you trust there.
 # An experiment file (`extends: ../params.yaml`, experiments/) overlays the file it extends:
-# `nuwa` merges the two (every job reads PARAMS_FILE), and so does the config here.
+# `nuwa` merges the two, and so does the config here.
 PARAMS = load_params(PARAMS_FILE)
 
 
