@@ -140,7 +140,7 @@ def paper_vs_ours(comparisons: pd.DataFrame, summary: pd.DataFrame, datasets: di
              "The paper's numbers are five-run averages without spread (SPEC.md); ours are paired comparisons "
              "with 95 % intervals over seeds and blocks of test windows. The paper does not say which MSE "
              "convention its tables use (per-pixel mean or per-frame sum), so only relative changes are "
-             "compared. Ours: MSE as a per-pixel mean in the data's physical units (metrics.json conventions); "
+             "compared. Ours: MSE as a per-pixel mean in the data's physical units (the conventions under summary.md); "
              "Table 2's metric is SSIM, which our comparisons do not resample, so its row shows our means.",
              "", "| table | backbone | paper dataset | paper: Ori → +Nuwa | paper change | ours: dataset (stand-in) "
              "| ours: Ori → +Nuwa, change [95 % interval] | verdict |", "|---|---|---|---|---|---|---|---|"]

@@ -197,3 +197,93 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
     lines.append("- lower is better for mse/mae; higher is better for ssim, psnr, csi, fss. "
                  "Values are means over seeds, ± the sample standard deviation when there are several.")
     return "# NuwaDynamics results (test split)\n\n" + "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# What DVC compares (`dvc metrics show`, `dvc exp show`, `dvc metrics diff`, `dvc plots`)
+
+#: The few metrics per row that DVC compares (means over seeds); the rest are in summary.csv.
+HEADLINE = ("mse", "mae", "csi_m")
+#: At most this many points per training-loss curve in the loss plot (means over equal step bins).
+LOSS_POINTS = 100
+
+
+def _rounded(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(f"{float(value):.6g}")
+
+
+def compact_metrics(summary: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[dict[tuple, dict], dict[tuple, dict]]:
+    """The rows DVC compares, one small dict per (setting, backbone, variant) and per baseline.
+
+    One file per row (the caller writes them) because `dvc metrics show` prints one row per file
+    with a column per key: a few keys per file keep that table as narrow as the summary, where one
+    nested file would be a single row of hundreds of columns. A trained row holds :data:`HEADLINE`
+    (means over seeds) and, per comparison it is the A of, ``vs_<B>``: its MSE change against B
+    on all test windows in % of B's mean MSE, with the interval in the same units.
+
+    Returns (trained, baselines): (dataset, task, train_percent, backbone, variant) and
+    (dataset, task, baseline) -> {key: value}; NaN values are left out.
+    """
+    trained, baselines = {}, {}
+    for _, row in summary.iterrows():
+        values = {metric: _rounded(row.get(metric)) for metric in HEADLINE}
+        values = {key: value for key, value in values.items() if value is not None}
+        if row["method"] == "baseline":
+            baselines[(row["dataset"], row["task"], row["backbone"])] = values
+        else:
+            trained[(row["dataset"], row["task"], int(row["train_percent"]), row["backbone"], row["variant"])] = values
+    if len(comparisons):
+        for _, row in comparisons[(comparisons["windows"] == "all") & (comparisons["metric"] == "mse")].iterrows():
+            key = (row["dataset"], row["task"], int(row["train_percent"]), row["backbone"], row["a"])
+            if key not in trained:
+                continue
+            scale = 100.0 / row["mean_b"] if row["mean_b"] else float("nan")
+            change = {"mse_pct": _rounded(100.0 * row["relative_difference"]),
+                      "mse_pct_low": _rounded(row["low"] * scale), "mse_pct_high": _rounded(row["high"] * scale)}
+            trained[key][f"vs_{row['b']}"] = {k: v for k, v in change.items() if v is not None}
+    return trained, baselines
+
+
+def loss_curves(histories: dict[tuple, pd.DataFrame], points: int = LOSS_POINTS) -> pd.DataFrame:
+    """Training and validation loss against step, means over seeds, in long form for DVC's
+    overlay of the variants: columns dataset, task, train_percent, backbone, variant, curve
+    (train | validation), step, loss.
+
+    ``histories``: a run's grid axes (dataset, task, train_percent, backbone, variant, seed) -> its
+    history.csv. The training loss is also averaged within at most ``points`` equal bins of steps
+    (each point at its bin's last step): a long run's per-step loss is noise at page scale and a
+    file that git versions; validation losses are kept at every evaluation step.
+    """
+    columns = [*GROUP, "variant", "curve", "step", "loss"]
+    if not histories:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat([history[["step", "train_loss", "val_loss"]].assign(**dict(zip((*GROUP, "variant", "seed"), key)))
+                       for key, history in histories.items()], ignore_index=True)
+    mean = frame.groupby([*GROUP, "variant", "step"], sort=False)[["train_loss", "val_loss"]].mean().reset_index()
+    parts = []
+    for _, curve in mean.groupby([*GROUP, "variant"], sort=False):
+        curve = curve.sort_values("step")
+        bins = np.arange(len(curve)) * min(points, len(curve)) // len(curve)
+        train = curve.groupby(bins).agg({**{c: "first" for c in (*GROUP, "variant")}, "step": "last",
+                                         "train_loss": "mean"}).rename(columns={"train_loss": "loss"})
+        validation = curve[curve["val_loss"].notna()].drop(columns="train_loss").rename(columns={"val_loss": "loss"})
+        parts += [train.assign(curve="train"), validation.assign(curve="validation")]
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def lead_time_curves(lead_time: pd.DataFrame, metrics: tuple[str, ...] = ("mse", "mae")) -> pd.DataFrame:
+    """Test metrics per lead time, means over seeds, in long form for DVC's overlay of the
+    variants: columns dataset, task, train_percent, backbone, variant, curve (trained | baseline),
+    lead and ``metrics``. ``lead_time``: the tables stage's lead_time.csv, where a baseline's row
+    has its name as the backbone and '-' for train_percent, variant and seed; a baseline is drawn
+    in every (train percent, backbone) panel of its (dataset, task)."""
+    columns = [*GROUP, "variant", "curve", "lead", *metrics]
+    baseline = lead_time["variant"] == "-"
+    trained = (lead_time[~baseline].astype({"train_percent": int})
+               .groupby([*GROUP, "variant", "lead"], sort=False)[list(metrics)].mean().reset_index()
+               .assign(curve="trained"))
+    panels = trained[list(GROUP)].drop_duplicates()
+    references = (lead_time[baseline].drop(columns=["train_percent", "variant", "seed"])
+                  .rename(columns={"backbone": "variant"})[["dataset", "task", "variant", "lead", *metrics]]
+                  .merge(panels, on=["dataset", "task"]).assign(curve="baseline"))
+    return pd.concat([trained, references], ignore_index=True)[columns]
