@@ -95,6 +95,18 @@ def cmd_dvc_yaml(args):
         sys.stdout.write(text)
 
 
+def cmd_plots_page(args):
+    from nuwa.io import write_text
+    from nuwa.plots_page import plots_page
+
+    text = plots_page()
+    if args.out:
+        write_text(text, args.out)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+
+
 def dataset_rows(params: dict) -> list[dict]:
     """One row per params dataset entry, then one per registered kind no entry uses."""
     from nuwa.datasets import dataset_kinds, source_status
@@ -357,7 +369,7 @@ def _train(args, params, context):
         return
     metrics.update({"dataset": args.dataset, "task": args.task, "train_percent": args.train_percent,
                     "backbone": args.backbone, "variant": args.variant, "method": method,
-                    **strength, "split": "test", "conventions": conventions_of(series)})
+                    **strength, "split": "test", "never_observed_masked": never_observed_masked(series)})
     write_csv(history, out_dir / "history.csv")
     write_netcdf(examples_dataset(examples, series, {"dataset": args.dataset, "task": args.task,
                                                      "train_percent": args.train_percent, "backbone": args.backbone,
@@ -426,7 +438,7 @@ def cmd_transfer(args):
         attrs={**{k: str(v) for k, v in axes.items()}, "eval_on": args.eval_on,
                "window_stride": int(config["window_stride"])}, what=f"backbone {args.backbone!r}")
     metrics.update({**axes, "eval_on": args.eval_on, "input_factor": factor, "split": "test",
-                    "normalised_with": args.dataset, "conventions": conventions_of(series)})
+                    "normalised_with": args.dataset, "never_observed_masked": never_observed_masked(series)})
     out = args.out or grid.TRANSFER_DIR.format(eval_on=args.eval_on, **axes) + "/metrics.json"
     write_netcdf(losses, args.losses_out or str(Path(out).with_name("test_losses.nc")))
     write_json(metrics, out)  # last: it marks the stage done
@@ -460,7 +472,7 @@ def cmd_evaluate(args):
     metrics.update({"checkpoint": str(args.checkpoint), "dataset": args.dataset, "trained_on": trained_name,
                     "variant": str(payload.get("variant", "")), "seed": payload.get("seed"),
                     "input_factor": factor, "split": "test", "normalised_with": trained_name,
-                    "conventions": conventions_of(series)})
+                    "never_observed_masked": never_observed_masked(series)})
     out = Path(args.out_dir)
     write_netcdf(losses, out / "test_losses.nc")
     if args.examples:
@@ -471,12 +483,11 @@ def cmd_evaluate(args):
           f"ssim {metrics['ssim']:.4f})")
 
 
-def conventions_of(series) -> dict:
-    """The metric conventions a run's metrics.json states: those of a field with never-observed
-    pixels (left out of every score) when it has them."""
-    from nuwa.metrics import conventions
-
-    return conventions(masked=getattr(series, "observed", None) is not None)
+def never_observed_masked(series) -> bool:
+    """Whether a metrics.json's scores leave never-observed pixels out (the masked conventions,
+    nuwa.metrics.conventions): one flag per run, the conventions' text stated once, under the
+    summary table (results/tables/summary.md) and in the README."""
+    return getattr(series, "observed", None) is not None
 
 
 def cmd_baseline(args):
@@ -502,7 +513,7 @@ def cmd_baseline(args):
                                                     "window_stride": int(config["window_stride"])})
     metrics.update({"dataset": args.dataset, "task": args.task, "input_factor": factor, "baseline": args.baseline,
                     "split": "test",
-                    **forecaster.summary(), "conventions": conventions_of(series)})
+                    **forecaster.summary(), "never_observed_masked": never_observed_masked(series)})
     out = args.out or grid.BASELINE.format(dataset=args.dataset, task=args.task, baseline=args.baseline)
     write_netcdf(losses, args.losses_out or grid.BASELINE_LOSSES.format(dataset=args.dataset, task=args.task,
                                                                        baseline=args.baseline))
@@ -517,20 +528,22 @@ def cmd_tables(args):
     from nuwa import paper
     from nuwa.compare import lead_time_table
     from nuwa.figures import scarcity_figure
-    from nuwa.io import open_netcdf, read_json, save_figure, write_csv, write_text
+    from nuwa.io import DataFileError, open_netcdf, read_json, save_figure, write_csv, write_json, write_text
     from nuwa.metrics import conventions
-    from nuwa.tables import comparison_table, summarise, to_markdown
+    from nuwa.tables import (comparison_table, compact_metrics, lead_time_curves, loss_curves, summarise,
+                             to_markdown)
 
     params = _params(args, "tables")
     settings = params["evaluation"]
-    records, losses = [], {}
+    records, losses, histories = [], {}, {}
     for cell in grid.train_cells(params):
         metrics = read_json(cell.file("metrics.json"))
+        key = tuple(getattr(cell, axis) for axis in grid.AXES)
         records.append({**{axis: getattr(cell, axis) for axis in grid.AXES},
-                        **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in grid.AXES}})
-        losses[tuple(getattr(cell, axis) for axis in grid.AXES)] = open_netcdf(cell.file("test_losses.nc"),
-                                                                              variables=("mse", "mae", "target_mean",
-                                                                                         "target_max"))
+                        **{k: v for k, v in metrics.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in grid.AXES}})
+        losses[key] = open_netcdf(cell.file("test_losses.nc"), variables=("mse", "mae", "target_mean", "target_max"))
+        histories[key] = pd.read_csv(cell.file("history.csv"))
     datasets, tasks, names = params["grid"]["datasets"], params["grid"]["tasks"], params["grid"]["baselines"]
     baselines = {(d, t): {name: read_json(grid.BASELINE.format(dataset=d, task=t, baseline=name)) for name in names}
                  for d in datasets for t in tasks}
@@ -553,6 +566,22 @@ def cmd_tables(args):
     write_csv(lead_time, args.out_lead_time or grid.LEAD_TIME_CSV)
     masked = any(params["datasets"][d].get("never_observed") == "mask" for d in datasets)
     write_text(to_markdown(summary, conventions(masked), comparisons), args.out_md or grid.SUMMARY_MD)
+    # what DVC compares and draws (git-versioned, so `dvc metrics diff` / `dvc plots diff` reach past commits)
+    cell_rows, baseline_rows = compact_metrics(summary, comparisons)
+    metrics_folder = Path(args.out_metrics or grid.METRICS_DIR)
+    # one file per row of this grid: none left from another grid (DVC empties the folder itself, Snakemake does not)
+    stale = [path for path in metrics_folder.rglob("*") if path.is_file()]
+    if any(path.suffix != ".json" for path in stale):
+        raise DataFileError(f"{metrics_folder}: holds files other than the metrics JSON this stage writes; "
+                            "give --out-metrics a folder of its own")
+    for path in stale:
+        path.unlink()
+    for key, values in cell_rows.items():
+        write_json(values, metrics_folder / grid.CELL_METRICS.format(**dict(zip(grid.AXES, key))))
+    for (dataset, task, name), values in baseline_rows.items():
+        write_json(values, metrics_folder / grid.BASELINE_METRICS.format(dataset=dataset, task=task, baseline=name))
+    write_csv(loss_curves(histories), args.out_loss_plot or grid.LOSS_PLOT)
+    write_csv(lead_time_curves(lead_time), args.out_lead_time_plot or grid.LEAD_TIME_PLOT)
     # the paper's tables in its layout, and its claims beside ours, in the summary's folder
     folder = Path(args.out_csv or grid.SUMMARY_CSV).parent
     transfers = transfer_comparisons(params, settings)
@@ -604,23 +633,43 @@ def transfer_comparisons(params, settings):
 
 
 def cmd_figures(args):
+    from itertools import product
+
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from nuwa.figures import comparison_figure, lead_time_figure, prediction_strip
-    from nuwa.io import open_netcdf, save_figure
+    from nuwa.figures import (comparison_figure, learning_curves_figure, lead_time_figure, prediction_animation,
+                              prediction_figure)
+    from nuwa.io import DataFileError, open_netcdf, save_animation, save_figure
     from nuwa.stages import figure_bank_variants
 
     params = _params(args, "figures", dataset=args.dataset)
     # the figures show one setting: the first task, the largest train percent (grid.shown_value)
     task, percent, seed = (grid.shown_value(params, axis) for axis in ("task", "train_percent", "seed"))
-    backbone = params["figures"]["backbone"]
     examples = {}
-    for variant in params["grid"]["variants"]:
-        path = grid.Cell(args.dataset, task, percent, backbone, variant, seed).file("examples.nc")
-        examples[variant] = open_netcdf(path, variables=("inputs", "truth", "prediction"))
-    figure = prediction_strip(examples, f"{args.dataset} ({task}, {percent} %, {backbone}, seed {seed})")
+    for backbone in params["grid"]["backbones"]:
+        for variant in params["grid"]["variants"]:
+            path = grid.Cell(args.dataset, task, percent, backbone, variant, seed).file("examples.nc")
+            examples[backbone, variant] = open_netcdf(path, variables=("inputs", "truth", "prediction",
+                                                                       "source_index"))
+    title = f"{args.dataset} ({task}, {percent} %, seed {seed})"
+    # the prediction figure first: its file is the stage's first output (tests/reliability)
+    figure = prediction_figure(examples, title)
     save_figure(figure, args.out_predictions or grid.PREDICTION_FIGURE.format(dataset=args.dataset), dpi=110)
+    plt.close(figure)
+    figure, animation = prediction_animation(examples, title)
+    save_animation(animation, args.out_animation or grid.PREDICTION_ANIMATION.format(dataset=args.dataset),
+                   params["figures"]["animation_frame_ms"])
+    plt.close(figure)
+    histories = {}  # every run of the dataset: (task, train_percent, backbone, variant, seed) -> history
+    for values in product(*(grid.axis_values(params, axis) for axis in list(grid.AXES)[1:])):
+        path = Path(grid.Cell(args.dataset, *values).file("history.csv"))
+        if not path.exists():
+            raise DataFileError(f"{path}: file not found (the train stage writes it)")
+        histories[values] = pd.read_csv(path)
+    figure = learning_curves_figure(histories, args.dataset)
+    save_figure(figure, args.out_learning_curves or grid.LEARNING_CURVES_FIGURE.format(dataset=args.dataset),
+                dpi=110)
     plt.close(figure)
     # the saliency figure outlines the mask a bank used: the first saliency variant's, if any (the
     # figures stage's input, nuwa.stages)
@@ -747,6 +796,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="dvc.yaml generated from nuwa/stages.py (the table Snakemake's rules read too)")
     c.set_defaults(func=cmd_dvc_yaml)
     c.add_argument("--out", help="write it here (e.g. dvc.yaml) instead of printing it")
+    c = sub.add_parser("plots-page", help="print (or --out: write) the page `dvc plots show` fills, with Vega "
+                       "inlined (.dvc/plots/page.html)",
+                       description="The HTML template of `dvc plots show` (.dvc/config plots.html_template) with "
+                                   "Vega, Vega-Lite and vega-embed inlined from vl-convert-python: the page draws "
+                                   "offline")
+    c.set_defaults(func=cmd_plots_page)
+    c.add_argument("--out", help="write it here (.dvc/plots/page.html) instead of printing it")
     add("datasets", cmd_datasets, "list params.yaml's datasets and registered kinds, and whether source files are "
         "present (exit 1 if a grid dataset's files are missing)", dataset=False)
     c = add("ingest", cmd_ingest, "generate or read a dataset into data/processed/{dataset}.nc")
@@ -824,9 +880,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out-comparisons", help=f"comparisons CSV (default {grid.COMPARISONS_CSV})")
     c.add_argument("--out-lead-time", help=f"per-lead-time mse/mae CSV (default {grid.LEAD_TIME_CSV})")
     c.add_argument("--out-scarcity", help=f"the comparisons against the train percent, PNG (default {grid.SCARCITY_FIGURE})")
-    c = add("figures", cmd_figures, "prediction strip, saliency overlay, paired comparisons and lead-time curves "
-            "for one dataset")
+    c.add_argument("--out-metrics", help=f"folder of the few metrics per row that DVC compares, one JSON per row "
+                   f"(default {grid.METRICS_DIR}; its JSON files from earlier runs are removed)")
+    c.add_argument("--out-loss-plot", help=f"train and validation loss per variant, CSV (default {grid.LOSS_PLOT})")
+    c.add_argument("--out-lead-time-plot", help=f"test mse/mae per lead time per variant, CSV (default "
+                   f"{grid.LEAD_TIME_PLOT})")
+    c = add("figures", cmd_figures, "predictions of every backbone and variant with their errors (PNG and GIF), "
+            "learning curves, saliency overlay, paired comparisons and lead-time curves for one dataset")
     c.add_argument("--out-predictions", help=f"PNG (default {grid.PREDICTION_FIGURE})")
+    c.add_argument("--out-animation", help=f"GIF (default {grid.PREDICTION_ANIMATION})")
+    c.add_argument("--out-learning-curves", help=f"PNG (default {grid.LEARNING_CURVES_FIGURE})")
     c.add_argument("--out-saliency", help=f"PNG (default {grid.SALIENCY_FIGURE})")
     c.add_argument("--out-comparisons", help=f"PNG (default {grid.COMPARISON_FIGURE})")
     c.add_argument("--out-lead-time", help=f"PNG (default {grid.LEAD_TIME_FIGURE})")

@@ -285,18 +285,21 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
         raise ParamsError(f"{source}: {message}")
 
 
-# Keys of the layout before seeds became one grid axis (see README, 'Migrating from replicate_seeds'):
-# a file written for it is refused with what to write instead, not with a bare 'unknown key'.
+# Keys of the layout before seeds became one grid axis (see README, 'Migrating from replicate_seeds'),
+# and figures.backbone (before the figures showed every backbone): a file written for it is refused
+# with what to write instead, not with a bare 'unknown key'.
 MOVED_KEYS = (
     (("seed",), "moved: the training seeds are grid.seeds (e.g. seed: 0 with replicate_seeds: [1, 2] "
                 "becomes grid.seeds: [0, 1, 2]) and the upstream ViT's seed is pretrain.seed"),
     (("grid", "replicate_seeds"), "moved: list every training seed in grid.seeds (the old `seed` first)"),
     (("saliency", "environment_ratio"), "moved: the environment ratio belongs to the bank variants: set "
                                         "bank.environment_ratio (the default) or variants.<name>.environment_ratio"),
+    (("figures", "backbone"), "removed: the figures show every backbone of grid.backbones; delete this key"),
 )
 
 
-# Keys added with the task and train-percent axes: a file written before them is told what to add.
+# Keys added with the task and train-percent axes (and the figures' animation): a file written before
+# them is told what to add.
 NEW_KEYS = (
     (("grid", "tasks"), "new grid axis: add `tasks: [forecast]` under grid and a `tasks:` section with "
                         "`forecast: {kind: forecast}` (see params.yaml)"),
@@ -306,6 +309,8 @@ NEW_KEYS = (
     (("upstreams",), "new section: `upstreams: {}` (other upstream ViTs, named by variants' `upstream`)"),
     (("tasks",), "new section: `tasks: {forecast: {kind: forecast}}` (see params.yaml)"),
     (("train", "subset"), "new key: `subset: recent` under train (which windows a train_percent below 100 keeps)"),
+    (("figures", "animation_frame_ms"), "new key: `animation_frame_ms: 600` under figures (per lead time in the GIF "
+                                        "of the predictions; figures.backbone goes: every backbone is shown)"),
 )
 
 
@@ -411,9 +416,6 @@ def _cross_checks(params: dict):
         if entry["kind"] not in registered_backbones:
             yield (f"backbones.{name}.kind: unknown backbone kind {entry['kind']!r} "
                    f"(registered: {', '.join(registered_backbones)})")
-    if params["figures"]["backbone"] not in grid["backbones"]:
-        yield (f"figures.backbone: {params['figures']['backbone']!r} is not in grid.backbones "
-               f"({', '.join(grid['backbones'])})")
     for index, pair in enumerate(params["evaluation"]["comparisons"]):
         for name in pair:
             if name not in params["variants"]:

@@ -32,7 +32,8 @@ def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], window
     """Run ``forecast`` (normalised inputs -> normalised outputs) over every test window.
 
     Returns ``(metrics, examples, losses)``: the pooled metrics (:class:`MetricAccumulator`),
-    the first ``example_count`` windows' inputs, truths and predictions (``fss_scales``: FSS at
+    the inputs, truths and predictions of ``example_count`` test windows spread evenly over the
+    test split (:func:`example_positions`: the same windows for every model of a dataset; ``fss_scales``: FSS at
     these window sizes for every threshold, when there are thresholds), and the losses of every
     test window at every lead (:func:`losses_dataset`; ``attrs`` are added to its attributes),
     from which :mod:`nuwa.compare` draws intervals over seeds and test windows. The mean of
@@ -51,6 +52,8 @@ def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], window
     accumulator = MetricAccumulator(series.data_range, thresholds, tuple(fss_scales) if thresholds else (),
                                     observed=observed)
     loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=False)
+    wanted = example_positions(example_count, len(windows))
+    seen = 0  # windows before this batch (the loader keeps their order)
     examples: dict[str, list] = {"source_index": [], "inputs": [], "truth": [], "prediction": []}
     per_window: dict[str, list] = {"source_index": [], "mse": [], "mae": [], "target_mean": [], "target_max": []}
     for starts, inputs, targets in loader:
@@ -68,12 +71,13 @@ def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], window
         else:
             for key, value in masked_window_losses(prediction, truth, observed).items():
                 per_window[key].append(value)
-        missing = example_count - len(examples["source_index"])
-        if missing > 0:
-            examples["source_index"].extend(starts[:missing].tolist())
-            examples["inputs"].append(series.denormalise(inputs[:missing]).numpy())
-            examples["truth"].append(truth[:missing])
-            examples["prediction"].append(prediction[:missing])
+        rows = wanted[(wanted >= seen) & (wanted < seen + len(starts))] - seen
+        seen += len(starts)
+        if len(rows):
+            examples["source_index"].extend(np.asarray(starts)[rows].tolist())
+            examples["inputs"].append(series.denormalise(inputs[torch.as_tensor(rows)]).numpy())
+            examples["truth"].append(truth[rows])
+            examples["prediction"].append(prediction[rows])
     metrics = accumulator.compute()
     metrics["test_windows"] = len(windows)
     if observed is not None:
@@ -85,6 +89,15 @@ def evaluate_forecaster(forecast: Callable[[torch.Tensor], torch.Tensor], window
                             {"input_frames": int(windows.input_frames), "output_frames": int(windows.output_frames),
                              **(attrs or {})}, per_lead)
     return metrics, stacked, losses
+
+
+def example_positions(count: int, windows: int) -> np.ndarray:
+    """Positions of ``count`` example windows among ``windows`` test windows in time order, spread
+    evenly (the middle of each of ``count`` equal blocks: one window is the middle one), so that the
+    figures see the whole test period, not its first hours. They depend on nothing but the two
+    numbers, so every backbone, variant and seed of a dataset keeps the same windows."""
+    count = min(max(int(count), 0), int(windows))
+    return np.floor((np.arange(count) + 0.5) * windows / max(count, 1)).astype(np.int64)
 
 
 def observed_counts(observed: np.ndarray) -> dict[str, int]:
@@ -172,18 +185,26 @@ def persistence(inputs: torch.Tensor, output_frames: int) -> torch.Tensor:
 
 def examples_dataset(examples: dict[str, np.ndarray], series: SeriesData, attrs: dict) -> xr.Dataset:
     """The examples of :func:`evaluate_forecaster` as a Dataset: ``inputs(example, input_step,
-    channel, y, x)``, ``truth`` and ``prediction(example, lead, channel, y, x)`` in physical units,
-    ``source_index(example)``. Coarse inputs (the super-resolution task: their frames smaller than
-    the truth's) get dims of their own, ``input_y`` and ``input_x``, and the dataset the attribute
+    channel, y, x)``, ``truth`` and ``prediction(example, lead, channel, y, x)`` in physical units
+    (attribute ``units``), labelled with the processed file's coordinates (:func:`example_coords`):
+    ``source_index(example)``, ``time(example, lead)`` (valid time of each forecast frame),
+    ``forecast_reference_time(example)`` (the last input frame's), ``input_time(example,
+    input_step)``, ``lead``, ``input_step``, ``channel``, ``y`` and ``x``. Coarse inputs (the
+    super-resolution task: their frames smaller than the truth's) get dims of their own,
+    ``input_y`` and ``input_x`` (block means of ``y`` and ``x``), and the dataset the attribute
     ``input_factor`` (truth size / input size). A series with never-observed pixels adds the
     coordinate ``observed(y, x)`` (1 observed, 0 never observed: what the metrics left out)."""
     units = series.attrs.get("units", "1")
+    long_name = series.attrs.get("long_name", series.name)
     inputs, truth = examples["inputs"], examples["truth"]
     input_dims = ("example", "input_step", "channel", "y", "x")
+    factor = 1
     if inputs.shape[-2:] != truth.shape[-2:]:
         input_dims = ("example", "input_step", "channel", "input_y", "input_x")
-        attrs = {**attrs, "input_factor": int(truth.shape[-1] // inputs.shape[-1])}
-    coords = {}
+        factor = int(truth.shape[-1] // inputs.shape[-1])
+        attrs = {**attrs, "input_factor": factor}
+    coords = example_coords(series, np.asarray(examples["source_index"], dtype=np.int64), inputs.shape[1],
+                            truth.shape[1], factor)
     if series.observed is not None:
         coords["observed"] = (("y", "x"), np.asarray(series.observed, dtype=np.int8),
                               {"long_name": "pixel observed (1) or never observed (0: left out of every metric)",
@@ -191,13 +212,66 @@ def examples_dataset(examples: dict[str, np.ndarray], series: SeriesData, attrs:
                                "flag_meanings": "never_observed observed"})
     return xr.Dataset(
         {
-            "inputs": (input_dims, inputs.astype(np.float32), {"units": units}),
-            "truth": (("example", "lead", "channel", "y", "x"), truth.astype(np.float32), {"units": units}),
+            "inputs": (input_dims, inputs.astype(np.float32), {"units": units, "long_name": f"{long_name}: input"}),
+            "truth": (("example", "lead", "channel", "y", "x"), truth.astype(np.float32),
+                      {"units": units, "long_name": f"{long_name}: observed"}),
             "prediction": (("example", "lead", "channel", "y", "x"), examples["prediction"].astype(np.float32),
-                           {"units": units}),
-            "source_index": ("example", examples["source_index"],
-                             {"long_name": "test window: index of its first time step in the processed dataset"}),
+                           {"units": units, "long_name": f"{long_name}: forecast"}),
         },
         coords=coords,
         attrs=attrs,
     )
+
+
+def example_coords(series: SeriesData, starts: np.ndarray, input_frames: int, output_frames: int,
+                   factor: int = 1) -> dict:
+    """Coordinates of example windows starting at ``starts`` (window start indices), from the
+    processed file's (``series.coords``; a series without a time coordinate counts frames):
+    ``time(example, lead)`` the valid time of each forecast frame, ``forecast_reference_time``
+    the last input frame's, ``input_time(example, input_step)``, and ``lead`` = valid time −
+    reference time (a timedelta for datetimes; where the windows' steps differ, frames 1..N) and
+    ``input_step`` likewise (0: the last input); ``channel``, ``y`` and ``x``, and for coarse
+    inputs (``factor`` > 1) ``input_y`` and ``input_x``, the block means of ``y`` and ``x``."""
+    time, time_attrs = series.coords.get("time", (np.arange(len(series.field)),
+                                                  {"long_name": "frame index", "units": "frame"}))
+    # the processed file's description stays (it says, say, whether times are UTC)
+    time_attrs = {**{key: value for key, value in time_attrs.items() if key != "long_name"},
+                  **({"comment": f"processed time coordinate: {time_attrs['long_name']}"}
+                     if "long_name" in time_attrs else {})}
+    input_time = time[starts[:, None] + np.arange(input_frames)]
+    valid = time[starts[:, None] + input_frames + np.arange(output_frames)]
+    reference = input_time[:, -1]
+
+    def offsets(times, frames):
+        """Times since the reference, the same for every example; else (windows of different
+        time steps, a pool of mixed steps) frames."""
+        offset = times - reference[:, None]
+        if len(starts) and (offset == offset[:1]).all():
+            units = {} if np.issubdtype(offset.dtype, np.timedelta64) else {"units": time_attrs.get("units", "frame")}
+            return offset[0], units
+        return frames, {"units": "frame"}
+
+    lead, lead_units = offsets(valid, np.arange(1, output_frames + 1, dtype=np.int64))
+    step, step_units = offsets(input_time, np.arange(1 - input_frames, 1, dtype=np.int64))
+    coords = {
+        "source_index": ("example", starts, {"long_name": "test window: index of its first time step in the "
+                                                          "processed dataset"}),
+        "time": (("example", "lead"), valid, {**time_attrs, "long_name": "valid time of the forecast frame"}),
+        "forecast_reference_time": ("example", reference, {
+            **time_attrs, "long_name": "time of the last input frame (the forecast is issued then)",
+            **({"standard_name": "forecast_reference_time"} if "standard_name" in time_attrs else {})}),
+        "input_time": (("example", "input_step"), input_time, {**time_attrs, "long_name": "time of the input frame"}),
+        "lead": ("lead", lead, {"long_name": "forecast lead: valid time minus forecast reference time",
+                                "standard_name": "forecast_period", **lead_units}),
+        "input_step": ("input_step", step, {"long_name": "input frame's time minus forecast reference time "
+                                                         "(0: the last input)", **step_units}),
+    }
+    for dim in ("channel", "y", "x"):
+        if dim in series.coords:
+            values, dim_attrs = series.coords[dim]
+            coords[dim] = (dim, values, dim_attrs)
+            if factor > 1 and dim != "channel":
+                coords[f"input_{dim}"] = (f"input_{dim}", np.asarray(values, dtype=np.float64).reshape(-1, factor)
+                                          .mean(axis=1), {**dim_attrs, "comment": f"block mean of {factor} {dim} "
+                                                                                  "values: the coarse inputs' pixels"})
+    return coords

@@ -1,4 +1,4 @@
-"""Figures: prediction strips (input / truth / Ori / +Nuwa) and saliency overlays.
+"""Figures: predictions (maps, errors, an animation), learning curves, saliency overlays, comparisons.
 
 :func:`mask_figure` is the pure core of ``nuwa show-mask`` and of the saliency figure of
 ``nuwa figures``: the saliency file holds importance only, so the environmental patches drawn
@@ -22,31 +22,403 @@ from nuwa.errors import DataFileError  # noqa: E402 (nuwa.io.DataFileError is th
 ENVIRONMENT_EDGE = "cyan"
 
 
-def prediction_strip(examples: dict[str, xr.Dataset], dataset_name: str, example: int = 0, channel: int = 0):
-    """Rows: input frames, truth, then one row per variant's prediction (same test window)."""
-    first = next(iter(examples.values()))
-    inputs = first["inputs"].values[example, :, channel]
-    truth = first["truth"].values[example, :, channel]
-    rows = [("input", inputs), ("truth", truth)]
-    rows += [(name, data["prediction"].values[example, :, channel]) for name, data in examples.items()]
-    columns = max(len(r[1]) for r in rows)
-    low = min(float(np.min(r[1])) for r in rows)
-    high = max(float(np.max(r[1])) for r in rows)
-    figure, axes = plt.subplots(len(rows), columns, figsize=(1.2 * columns, 1.25 * len(rows)), squeeze=False)
-    for row, (label, frames) in enumerate(rows):
+# --- predictions: maps with units, timestamps and lead times --------------------------------
+
+#: Units (the data's ``units`` attribute) drawn in pysteps' precipitation colour map, as pysteps names them.
+PYSTEPS_UNITS = {"mm h-1": "mm/h", "mm/h": "mm/h", "mm hr-1": "mm/h", "mm h**-1": "mm/h", "mm": "mm", "dBZ": "dBZ",
+                 "dbz": "dBZ"}
+ERROR_CMAP = "RdBu_r"  # diverging: blue where the forecast is too low, red where too high
+
+
+def field_style(units: str, low: float, high: float) -> dict:
+    """How a field is drawn: ``cmap``, ``norm`` and the colour bar's ``ticks``, ``ticklabels`` and
+    ``extend``. Precipitation (mm/h, mm, dBZ) in pysteps' own colour map and levels (values under
+    its first level transparent, as pysteps draws them); any other field in viridis from ``low``
+    to ``high``."""
+    from matplotlib.colors import Normalize
+
+    pysteps_units = PYSTEPS_UNITS.get(str(units).strip())
+    if pysteps_units is not None:
+        import contextlib
+        import io
+        import warnings
+
+        with contextlib.redirect_stdout(io.StringIO()):  # pysteps announces its configuration file on import
+            from pysteps.visualization.precipfields import get_colormap
+        with warnings.catch_warnings():  # pysteps builds the map with Colormap.set_over etc., pending deprecation
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            cmap, norm, levels, labels = get_colormap("depth" if pysteps_units == "mm" else "intensity",
+                                                      pysteps_units, "pysteps")
+        return {"cmap": cmap, "norm": norm, "ticks": levels, "ticklabels": labels, "extend": "max"}
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # grey: never-observed pixels
+    return {"cmap": cmap, "norm": Normalize(low, high if high > low else low + 1), "ticks": None, "ticklabels": None,
+            "extend": "neither"}
+
+
+def error_style(limit: float) -> dict:
+    """Error maps (prediction − truth): a diverging map centred at 0 with symmetric limits ±``limit``."""
+    from matplotlib.colors import Normalize
+
+    cmap = plt.get_cmap(ERROR_CMAP).with_extremes(bad="lightgrey")
+    limit = float(limit) if np.isfinite(limit) and limit > 0 else 1.0
+    return {"cmap": cmap, "norm": Normalize(-limit, limit), "ticks": None, "ticklabels": None, "extend": "neither"}
+
+
+def _is_time(values) -> bool:
+    return np.issubdtype(np.asarray(values).dtype, np.datetime64)
+
+
+def time_text(value, attrs: dict | None = None, short: bool = False) -> str:
+    """A time coordinate's value as a forecaster writes it: ``2010-08-26 05:40 UTC`` (UTC where the
+    data's time coordinate says so; ``short``: ``05:40``), or ``frame 1234`` for a frame index."""
+    attrs = attrs or {}
+    if _is_time(value):
+        import pandas as pd
+
+        stamp = pd.Timestamp(value)
+        zone = " UTC" if any("UTC" in str(text) for text in attrs.values()) else ""
+        return stamp.strftime("%H:%M" if short else "%Y-%m-%d %H:%M") + ("" if short else zone)
+    units = str(attrs.get("units", "frame"))
+    return f"{units if units not in ('', '1') else 't'} {int(value)}"
+
+
+def lead_text(value, attrs: dict | None = None) -> str:
+    """A lead (or input offset) as ``+10 min``, ``+2 h``, ``-1 d``, or ``+3 frames`` for frame counts; ``0``."""
+    sign = "-" if value < value * 0 else "+"
+    if np.issubdtype(np.asarray(value).dtype, np.timedelta64):
+        seconds = abs(float(value / np.timedelta64(1, "s")))
+        for size, name in ((86400, "d"), (3600, "h"), (60, "min")):
+            if seconds >= size and seconds % size == 0:
+                return f"{sign}{int(seconds // size)} {name}"
+        return "0" if seconds == 0 else f"{sign}{seconds:g} s"
+    count = abs(int(value))
+    units = str((attrs or {}).get("units", "frame"))
+    units = "step" if units in ("", "1") else units
+    return "0" if count == 0 else f"{sign}{count} {units}{'s' if count != 1 and not units.endswith('s') else ''}"
+
+
+def most_signal_window(examples: xr.Dataset, channel: int = 0) -> int:
+    """The example whose target frames vary most (standard deviation over leads and pixels; for
+    rain, the window with the most structured rain): the one the prediction figures show. Ties:
+    the first (deterministic)."""
+    truth = np.asarray(examples["truth"].values[:, :, channel], dtype=np.float64)
+    return int(np.argmax([np.nanstd(window) for window in truth]))
+
+
+def _check_same_windows(examples: dict) -> np.ndarray:
+    """The example windows' start indices, the same in every examples file (else a DataFileError)."""
+    names = list(examples)
+    first = np.asarray(examples[names[0]]["source_index"].values)
+    for name in names[1:]:
+        other = np.asarray(examples[name]["source_index"].values)
+        if other.shape != first.shape or (other != first).any():
+            raise DataFileError(f"examples of {_model_name(name)} hold test windows {other.tolist()}, those of "
+                                f"{_model_name(names[0])} {first.tolist()}: rerun the train stage of the older one")
+    return first
+
+
+def _model_name(key) -> str:
+    return " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def _masked(values: np.ndarray, examples: xr.Dataset) -> np.ndarray:
+    """``values`` (..., y, x) as float with never-observed pixels (``observed`` = 0) set to NaN: drawn grey."""
+    values = np.asarray(values, dtype=np.float64)
+    if "observed" in examples.coords and values.shape[-2:] == examples["observed"].shape:
+        values = np.where(np.asarray(examples["observed"].values, dtype=bool), values, np.nan)
+    return values
+
+
+def _origin(examples: xr.Dataset) -> str:
+    """``lower`` where ``y`` is a northward coordinate that increases (latitude, projected metres),
+    so that north is up; ``upper`` (row 0 on top, as images and most radar grids are stored) otherwise."""
+    if "y" not in examples.coords or examples.sizes.get("y", 0) < 2:
+        return "upper"
+    y = examples["y"]
+    northward = y.attrs.get("standard_name") in ("latitude", "projection_y_coordinate") or \
+        str(y.attrs.get("units", "")) in ("degrees_north", "degree_north", "m", "km")
+    values = np.asarray(y.values, dtype=np.float64)
+    return "lower" if northward and values[-1] > values[0] else "upper"
+
+
+def _colorbar(figure, image, cax, style: dict, label: str, orientation: str = "vertical"):
+    bar = figure.colorbar(image, cax=cax, orientation=orientation, extend=style["extend"],
+                          ticks=style["ticks"], spacing="uniform")
+    if style["ticklabels"] is not None:
+        labels = list(style["ticklabels"])
+        if orientation == "horizontal" and len(labels) > 9:  # side by side they would overlap: every other one
+            labels = [text if index % 2 == 0 else "" for index, text in enumerate(labels)]
+        bar.set_ticks(style["ticks"], labels=labels)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return bar
+
+
+def _units(examples: xr.Dataset) -> tuple[str, str, str]:
+    """(units, what, in_units) of the field: the data's ``units`` attribute, the name before its
+    ':', and `` (units)`` for colour bar labels (nothing for a dimensionless field, units ``1``)."""
+    attrs = examples["truth"].attrs
+    units = str(attrs.get("units", "1"))
+    return units, str(attrs.get("long_name", "value")).split(":")[0], "" if units in ("1", "") else f" ({units})"
+
+
+def _channel_note(examples: xr.Dataset, channel: int) -> str:
+    """``, channel inflow (1 of 2)`` for a field of several channels (one is drawn), else nothing."""
+    count = examples.sizes.get("channel", 1)
+    if count < 2:
+        return ""
+    name = examples["channel"].values[channel] if "channel" in examples.coords else channel
+    return f", channel {name} ({channel + 1} of {count})"
+
+
+def _frame_times(examples: xr.Dataset, window: int) -> dict:
+    """Labels of one window's frames: ``inputs`` and ``leads`` (per frame, two lines: offset and
+    time), ``issued`` (the forecast reference time), from the examples' coordinates; files written
+    before examples had coordinates get step numbers and the window's start index."""
+    t_in, t_out = examples.sizes["input_step"], examples.sizes["lead"]
+    if "time" not in examples.coords:
+        start = int(examples["source_index"].values[window])
+        return {"inputs": [f"input {s + 1}" for s in range(t_in)], "leads": [f"+{k + 1}" for k in range(t_out)],
+                "issued": f"test window starting at t={start}"}
+    attrs = examples["time"].attrs
+    valid = examples["time"].values[window]
+    inputs = examples["input_time"].values[window]
+    short = _is_time(valid) and len({str(np.datetime64(v, "D")) for v in (*inputs, *valid)}) == 1
+    issued = time_text(examples["forecast_reference_time"].values[window], attrs)
+    return {"inputs": [f"{lead_text(o, examples['input_step'].attrs)}\n{time_text(t, attrs, short=short)}"
+                       for o, t in zip(examples["input_step"].values, inputs)],
+            "leads": [f"{lead_text(o, examples['lead'].attrs)}\n{time_text(t, attrs, short=short)}"
+                      for o, t in zip(examples["lead"].values, valid)],
+            "issued": f"forecast issued {issued} (the last input frame)"}
+
+
+def prediction_figure(examples: dict, title: str, window: int | None = None, channel: int = 0):
+    """One test window's forecasts by every model, with their errors.
+
+    ``examples``: examples datasets (:func:`nuwa.evaluate.examples_dataset`) keyed by model, e.g.
+    ``(backbone, variant)``, all holding the same test windows (else a DataFileError). ``window``:
+    the example shown (default: :func:`most_signal_window`). Columns are frames: the inputs,
+    then lead times, titled with the offset from the forecast reference time and the valid time.
+    Top block: the inputs, the truth and each model's prediction on one colour scale (pysteps'
+    precipitation map for rain, :func:`field_style`), a colour bar in the data's units; bottom
+    block: each model's error, prediction − truth, in a diverging map centred at 0 with limits
+    symmetric over every model (the same scale for all, so rows compare). Images carry
+    ``gid`` ``truth:lead{k}``, ``prediction:{model}:lead{k}`` and ``error:{model}:lead{k}``.
+    Returns the matplotlib figure (the caller saves and closes it).
+    """
+    from matplotlib.gridspec import GridSpec
+
+    _check_same_windows(examples)
+    models = list(examples)
+    first = examples[models[0]]
+    window = most_signal_window(first, channel) if window is None else int(window)
+    truth = _masked(first["truth"].values[window, :, channel], first)
+    inputs = np.asarray(first["inputs"].values[window, :, channel], dtype=np.float64)
+    if inputs.shape[-2:] == truth.shape[-2:]:
+        inputs = _masked(inputs, first)
+    predictions = {m: _masked(examples[m]["prediction"].values[window, :, channel], first) for m in models}
+    errors = {m: predictions[m] - truth for m in models}
+    values = [inputs, truth, *predictions.values()]
+    low = min(float(np.nanmin(v)) for v in values)
+    high = max(float(np.nanmax(v)) for v in values)
+    units, what, in_units = _units(first)
+    style = field_style(units, low, high)
+    limit = max(float(np.nanmax(np.abs(e))) for e in errors.values())
+    errors_style = error_style(limit)
+    labels = _frame_times(first, window)
+    origin = _origin(first)
+
+    t_in, t_out = inputs.shape[0], truth.shape[0]
+    columns = max(t_in, t_out)
+    # rows: inputs, a gap for the lead-time titles, truth and predictions (one colour scale), a
+    # gap, the errors (another); None marks a gap
+    rows = [("input", inputs, "input"), None, ("truth", truth, "truth")]
+    rows += [(_model_name(m), predictions[m], f"prediction:{_model_name(m)}") for m in models]
+    rows += [None] + [(f"{_model_name(m)}\nerror", errors[m], f"error:{_model_name(m)}") for m in models]
+    heights = [0.42 if row is None else 1.0 for row in rows]
+    panel, left, right, top, bottom = 1.15, 0.95, 0.85, 0.75, 0.1  # inches
+    width = left + right + panel * (columns + 0.08) * 1.08
+    height = top + bottom + panel * sum(heights) * 1.06
+    figure = plt.figure(figsize=(width, height))
+    grid = GridSpec(len(rows), columns + 1, figure=figure, width_ratios=[1] * columns + [0.08],
+                    height_ratios=heights, hspace=0.06, wspace=0.08, left=left / width, right=1 - right / width,
+                    top=1 - top / height, bottom=bottom / height)
+    images = {}  # one image of each colour scale, for its colour bar
+    for row, entry in enumerate(rows):
+        if entry is None:
+            continue
+        label, frames, kind = entry
+        drawn = errors_style if kind.startswith("error:") else style
         for column in range(columns):
-            axis = axes[row, column]
+            axis = figure.add_subplot(grid[row, column])
             axis.set_xticks([])
             axis.set_yticks([])
-            if column < len(frames):
-                axis.imshow(frames[column], vmin=low, vmax=high, cmap="viridis")
-            else:
+            if column >= len(frames):
                 axis.axis("off")
+                continue
+            gid = f"{kind}:lead{column + 1}" if kind != "input" else f"input:step{column + 1}"
+            images[drawn is errors_style] = axis.imshow(frames[column], cmap=drawn["cmap"], norm=drawn["norm"],
+                                                        origin=origin, interpolation="nearest", gid=gid)
+            if kind in ("input", "truth"):
+                axis.set_title(labels["inputs" if kind == "input" else "leads"][column], fontsize=6.5, pad=2)
             if column == 0:
-                axis.set_ylabel(label, fontsize=8)
-    source = int(first["source_index"].values[example])
-    figure.suptitle(f"{dataset_name}: test window starting at t={source}", fontsize=9)
-    figure.tight_layout()
+                axis.set_ylabel(label, fontsize=7)
+    gap = rows.index(None, 2)
+    _colorbar(figure, images[False], figure.add_subplot(grid[:gap, columns]), style, f"{what}{in_units}")
+    _colorbar(figure, images[True], figure.add_subplot(grid[gap + 1:, columns]), errors_style,
+              f"prediction − truth{in_units}\nred: too high, blue: too low")
+    figure.suptitle(f"{title}{_channel_note(first, channel)}\n{labels['issued']}; columns: inputs, then lead times",
+                    fontsize=8.5, y=1 - 0.12 / height, va="top")
+    return figure
+
+
+def prediction_animation(examples: dict, title: str, window: int | None = None, channel: int = 0):
+    """An animation over the lead times of one test window (:func:`prediction_figure`'s): per
+    frame, the truth and every model's prediction (``examples`` keyed by ``(backbone, variant)``:
+    one row per backbone, one column per variant) and below each row its errors (prediction − truth, diverging,
+    symmetric limits over every model and lead), two colour bars in the data's units. Returns
+    ``(figure, animation)``: the matplotlib figure and its ``FuncAnimation``, one frame per lead
+    (:func:`nuwa.io.save_animation` writes it as a GIF; the caller closes the figure)."""
+    from matplotlib.animation import FuncAnimation
+    from matplotlib.gridspec import GridSpec
+
+    _check_same_windows(examples)
+    models = list(examples)
+    first = examples[models[0]]
+    window = most_signal_window(first, channel) if window is None else int(window)
+    truth = _masked(first["truth"].values[window, :, channel], first)
+    predictions = {m: _masked(examples[m]["prediction"].values[window, :, channel], first) for m in models}
+    backbones = list(dict.fromkeys(backbone for backbone, _ in models))
+    variants = list(dict.fromkeys(variant for _, variant in models))
+    low = min(float(np.nanmin(v)) for v in (truth, *predictions.values()))
+    high = max(float(np.nanmax(v)) for v in (truth, *predictions.values()))
+    units, what, in_units = _units(first)
+    style = field_style(units, low, high)
+    limit = max(float(np.nanmax(np.abs(p - truth))) for p in predictions.values())
+    errors_style = error_style(limit)
+    labels = _frame_times(first, window)
+    origin = _origin(first)
+
+    rows, columns = 2 * len(backbones), 1 + len(variants)
+    figure = plt.figure(figsize=(0.4 + 1.45 * columns, 1.3 + 1.45 * rows), dpi=80)
+    grid = GridSpec(rows + 1, 2, figure=figure, height_ratios=[1] * rows + [0.08], hspace=0.35)
+    cells = grid[:rows, :].subgridspec(rows, columns, hspace=0.3, wspace=0.06)
+    updates = []  # (image, frames (lead, y, x))
+    for index, backbone in enumerate(backbones):
+        for column in range(columns):
+            for offset, is_error in ((0, False), (1, True)):
+                axis = figure.add_subplot(cells[2 * index + offset, column])
+                axis.set_xticks([])
+                axis.set_yticks([])
+                key = (backbone, variants[column - 1]) if column else None
+                if (column == 0 and is_error) or (column and key not in predictions):
+                    axis.axis("off")
+                    continue
+                if column == 0:
+                    frames, kind, heading = truth, "truth", "truth"
+                else:
+                    frames = predictions[key] - truth if is_error else predictions[key]
+                    kind = ("error:" if is_error else "prediction:") + _model_name(key)
+                    heading = variants[column - 1] + (" error" if is_error else "")
+                drawn = errors_style if is_error else style
+                image = axis.imshow(frames[0], cmap=drawn["cmap"], norm=drawn["norm"], origin=origin,
+                                    interpolation="nearest", gid=kind)
+                updates.append((image, frames))
+                axis.set_title(heading, fontsize=7, pad=2)
+                if column == 0 or (column == 1 and is_error):
+                    axis.set_ylabel(backbone, fontsize=7)
+    value_image = next(image for image, _ in updates if image.get_gid() == "truth")
+    error_image = next((image for image, _ in updates if str(image.get_gid()).startswith("error:")), value_image)
+    _colorbar(figure, value_image, figure.add_subplot(grid[rows, 0]), style, f"{what}{in_units}", "horizontal")
+    _colorbar(figure, error_image, figure.add_subplot(grid[rows, 1]), errors_style,
+              f"prediction − truth{in_units}", "horizontal")
+    heading = figure.suptitle("", fontsize=8)
+    leads = [text.replace("\n", ", valid ") for text in labels["leads"]]
+
+    def draw(lead: int):
+        for image, frames in updates:
+            image.set_data(frames[lead])
+        heading.set_text(f"{title}{_channel_note(first, channel)}\n{labels['issued']}\nlead {leads[lead]}")
+        return [image for image, _ in updates] + [heading]
+
+    draw(0)
+    figure.subplots_adjust(left=0.06, right=0.97, top=1 - 0.85 / (1.3 + 1.45 * rows), bottom=0.07)
+    return figure, FuncAnimation(figure, draw, frames=truth.shape[0], blit=False, repeat=True)
+
+
+def learning_curves_figure(histories: dict, dataset_name: str):
+    """Training and validation loss against the optimiser step for every run of one dataset.
+
+    ``histories``: each run's ``history.csv`` (columns step, train_loss, val_loss; val_loss NaN
+    between evaluations) keyed by ``(task, train_percent, backbone, variant, seed)``. One panel
+    per (task, train percent, backbone), one colour per variant, one line per seed: the training
+    loss thin (a running mean: the batch losses are noisy), the validation loss with markers at
+    its evaluations and a star at its minimum (the checkpoint kept). Log-scaled loss axis.
+    Returns the matplotlib figure (the caller saves and closes it)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if not histories:
+        return _message_figure(f"{dataset_name}: learning curves", f"no training runs of {dataset_name}")
+    panels = list(dict.fromkeys(key[:3] for key in histories))
+    variants = list(dict.fromkeys(key[3] for key in histories))
+    colours = {variant: plt.get_cmap("tab10")(index % 10) for index, variant in enumerate(variants)}
+    # variants' validation curves often lie on one another (the paired design): markers tell them apart
+    markers = {variant: "osD^vP<>"[index % 8] for index, variant in enumerate(variants)}
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    width = max(7.5, 1.0 + 4.0 * columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(width, 1.3 + 3.0 * rows), squeeze=False)
+    longest = max(len(history) for history in histories.values())
+    smooth = max(1, longest // 25)
+    for axis, panel in zip(axes.flat, panels):
+        for key, history in histories.items():
+            if key[:3] != panel:
+                continue
+            variant, seed = key[3], key[4]
+            steps = history["step"].to_numpy(dtype=float)
+            train = history["train_loss"].rolling(smooth, min_periods=1).mean().to_numpy(dtype=float)
+            axis.plot(steps, train, color=colours[variant], linewidth=0.8, alpha=0.55,
+                      gid=f"train:{variant}:seed{seed}")
+            evaluated = history[history["val_loss"].notna()]
+            val_steps, val = evaluated["step"].to_numpy(dtype=float), evaluated["val_loss"].to_numpy(dtype=float)
+            axis.plot(val_steps, val, color=colours[variant], linewidth=1.4, marker=markers[variant], markersize=3,
+                      markerfacecolor="none", gid=f"val:{variant}:seed{seed}")
+            if len(val):
+                best = int(np.argmin(val))
+                axis.plot(val_steps[best], val[best], color=colours[variant], marker="*", markersize=8,
+                          markeredgecolor="black", markeredgewidth=0.5, linestyle="none")
+        task, percent, backbone = panel
+        seeds = sorted({key[4] for key in histories if key[:3] == panel})
+        axis.set_title(f"{backbone} ({task}, {percent} %; seed{'s' if len(seeds) > 1 else ''} "
+                       f"{', '.join(map(str, seeds))})", fontsize=8)
+        axis.set_yscale("log")
+        # ticks at 1, 2, 5 per decade, more where the curves span little, written plainly (0.2, not 2 × 10⁻¹)
+        low, high = axis.get_ylim()
+        subs = tuple(range(1, 10)) if high <= 4 * low else (1, 2, 3, 5) if high <= 30 * low else (1, 2, 5)
+        axis.yaxis.set_major_locator(LogLocator(subs=subs))
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.yaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel("optimiser step", fontsize=8)
+        axis.tick_params(which="both", labelsize=6.5)
+        axis.grid(True, which="major", linewidth=0.3, alpha=0.5)
+    for axis in axes.flat[len(panels):]:
+        axis.axis("off")
+    for row in axes:
+        row[0].set_ylabel("MSE of the normalised field\n(lower is better)", fontsize=8)
+    handles = [Line2D([], [], color=colours[v], linewidth=1.4, marker=markers[v], markersize=3, markerfacecolor="none",
+                      label=v) for v in variants]
+    handles += [Line2D([], [], color="grey", linewidth=0.8, alpha=0.55,
+                       label=f"train (mean of {smooth} steps)" if smooth > 1 else "train"),
+                Line2D([], [], color="grey", linewidth=1.4, label="validation (markers: evaluations)"),
+                Line2D([], [], color="grey", marker="*", markersize=8, markeredgecolor="black", linestyle="none",
+                       label="best validation (kept)")]
+    columns_of_legend = min(len(handles), max(2, int(width / 1.7)))
+    legend_rows = -(-len(handles) // columns_of_legend)
+    figure.legend(handles=handles, fontsize=7, loc="lower center", ncol=columns_of_legend, frameon=False)
+    figure.suptitle(f"{dataset_name}: training and validation loss of every run\n(training loss: the batch's, "
+                    "augmented windows included)", fontsize=9)
+    figure.tight_layout(rect=(0, (0.08 + 0.2 * legend_rows) / (1.3 + 3.0 * rows), 1, 1))
     return figure
 
 

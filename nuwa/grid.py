@@ -82,6 +82,13 @@ SUMMARY_CSV = "results/tables/summary.csv"
 SUMMARY_MD = "results/tables/summary.md"
 COMPARISONS_CSV = "results/tables/comparisons.csv"  # paired differences, intervals and verdicts
 LEAD_TIME_CSV = "results/tables/lead_time.csv"
+# What DVC compares (git-versioned): a few metrics per summary row, one JSON each (`dvc metrics
+# show` prints a row per file), named inside METRICS_DIR; and the overlays of the variants (dvc.yaml plots)
+METRICS_DIR = "results/metrics"
+CELL_METRICS = "{dataset}/{task}/{train_percent}pct/{backbone}/{variant}.json"
+BASELINE_METRICS = "{dataset}/{task}/{baseline}.json"
+LOSS_PLOT = "results/plots/loss.csv"
+LEAD_TIME_PLOT = "results/plots/lead_time.csv"
 # the paper's tables in its layout, beside summary.csv (nuwa.paper.TABLES; a test keeps the two equal)
 PAPER_TABLES = ("table1", "table2", "scarcity", "ablations", "generalisation")
 PAPER_TABLE = "results/tables/{name}.{extension}"
@@ -90,7 +97,9 @@ SCARCITY_FIGURE = "results/figures/scarcity.png"  # the comparisons against the 
 DIAGNOSTICS = "results/diagnostics/{dataset}.csv"  # saliency diagnostics, one row per (objective, layers)
 DIAGNOSTICS_PER_SEED = "results/diagnostics/{dataset}_per_seed.csv"
 DIAGNOSTICS_FIGURE = "results/figures/{dataset}_diagnostics.png"
-PREDICTION_FIGURE = "results/figures/{dataset}_predictions.png"
+PREDICTION_FIGURE = "results/figures/{dataset}_predictions.png"  # one test window: every backbone x variant, errors
+PREDICTION_ANIMATION = "results/figures/{dataset}_predictions.gif"  # the same window, frame by frame over the leads
+LEARNING_CURVES_FIGURE = "results/figures/{dataset}_learning_curves.png"  # every run's train and validation loss
 COMPARISON_FIGURE = "results/figures/{dataset}_comparisons.png"  # paired differences with their intervals
 LEAD_TIME_FIGURE = "results/figures/{dataset}_lead_time.png"
 SALIENCY_FIGURE = "results/figures/{dataset}_saliency.png"

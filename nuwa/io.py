@@ -345,6 +345,19 @@ def save_figure(figure, path: str | Path, **kwargs) -> None:
         figure.savefig(tmp, format="png", metadata={"Software": None}, **kwargs)
 
 
+def save_animation(animation, path: str | Path, frame_ms: int) -> None:
+    """Write a matplotlib animation as a GIF (matplotlib's PillowWriter), ``frame_ms`` per frame."""
+    import shutil
+
+    from matplotlib.animation import PillowWriter
+
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as folder:
+        # Pillow picks the format from the file name: write a .gif, then move its bytes into place
+        staged = Path(folder) / "animation.gif"
+        animation.save(staged, writer=PillowWriter(fps=1000.0 / frame_ms))
+        shutil.copyfile(staged, tmp)
+
+
 def save_checkpoint(obj: dict, path: str | Path) -> None:
     import torch
 

@@ -15,6 +15,7 @@ a ``paths`` entry); each tool fills them with its own placeholders: Snakemake's
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -44,6 +45,10 @@ class Output:
     path: str
     kind: str = "out"  # out (DVC-cached) | metrics | plots | report (DVC: cache false)
     plot: tuple[str, str] | None = None  # (x, y) of a plots output
+    template: str = ""  # a plots output's DVC template (.dvc/plots/<template>.json; default DVC's linear)
+    # a folder of files (path: the folder, DVC's output): the files a function of params lists, which
+    # Snakemake is given instead (its directory() outputs would add a timestamp file to the folder)
+    files: Callable[[dict], list[str]] | None = None
     # in the Snakemake report (`snakemake --report`): its caption (workflow/report/<caption>.rst,
     # how to read it) and where it is filed (category, subcategory; may name wildcards)
     caption: str = ""
@@ -97,6 +102,16 @@ def figure_bank_variants(params) -> list[str]:
     return [v for v in params["grid"]["variants"] if params["variants"][v]["method"] == "saliency"][:1]
 
 
+def metrics_files(params) -> list[str]:
+    """The files of the tables stage's metrics folder: one per summary row (nuwa.tables.compact_metrics)."""
+    rows = dict.fromkeys(grid.CELL_METRICS.format(**{axis: getattr(cell, axis) for axis in grid.AXES
+                                                      if axis != "seed"}) for cell in grid.train_cells(params))
+    rows.update(dict.fromkeys(grid.BASELINE_METRICS.format(dataset=d, task=t, baseline=name)
+                              for d in params["grid"]["datasets"] for t in params["grid"]["tasks"]
+                              for name in params["grid"]["baselines"]))
+    return [f"{grid.METRICS_DIR}/{row}" for row in rows]
+
+
 RUN = grid.RUN_DIR + "/{name}"
 TRANSFER = grid.TRANSFER_DIR + "/{name}"
 IMPORTANCE_METHODS = grid.IMPORTANCE_METHODS  # bank methods that read the saliency file
@@ -121,7 +136,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           "nuwa ingest --dataset {dataset} --out {data}", settings=("ingest",),
           comment="ingest.* (dask chunks and scheduler) never changes the bytes: read, not a dependency."),
     Stage("baseline", ("dataset", "task", "baseline"), {"data": Input(grid.PROCESSED)},
-          {"metrics": Output(grid.BASELINE, "metrics"), "losses": Output(grid.BASELINE_LOSSES)},
+          {"metrics": Output(grid.BASELINE, "report"), "losses": Output(grid.BASELINE_LOSSES)},
           ("datasets.{dataset}", "tasks.{task}", "evaluation.fss_scales"),
           "nuwa baseline --dataset {dataset} --task {task} --baseline {baseline} --data {data} --out {metrics}"
           " --losses-out {losses}"),
@@ -175,8 +190,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                              when=lambda params, w: bool(params["backbones"][w["backbone"]].get("init_from_upstream")))},
           {"model": Output(RUN.replace("{name}", "model.pt")), "examples": Output(RUN.replace("{name}", "examples.nc")),
            "losses": Output(RUN.replace("{name}", "test_losses.nc")),
-           "metrics": Output(RUN.replace("{name}", "metrics.json"), "metrics"),
-           "history": Output(RUN.replace("{name}", "history.csv"), "plots", ("step", "train_loss"))},
+           "metrics": Output(RUN.replace("{name}", "metrics.json"), "report"),
+           "history": Output(RUN.replace("{name}", "history.csv"), "plots", ("step", "train_loss"),
+                             template="nuwa_history")},
           ("datasets.{dataset}", "tasks.{task}", "backbones.{backbone}", "variants.{variant}", "bank.mix_fraction",
            "train", "evaluation.fss_scales"),
           "nuwa train " + " ".join(f"{grid.option(axis)} {{{axis}}}" for axis in TRAIN_AXES)
@@ -187,7 +203,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("transfer", ("dataset", "eval_on", *TRAIN_AXES[1:]),
           {"data": Input(grid.PROCESSED.replace("{dataset}", "{eval_on}")), "train_data": Input(grid.PROCESSED),
            "model": Input(RUN.replace("{name}", "model.pt"))},
-          {"metrics": Output(TRANSFER.replace("{name}", "metrics.json"), "metrics"),
+          {"metrics": Output(TRANSFER.replace("{name}", "metrics.json"), "report"),
            "losses": Output(TRANSFER.replace("{name}", "test_losses.nc"))},
           ("datasets.{dataset}", "datasets.{eval_on}", "tasks.{task}", "backbones.{backbone}", "evaluation.fss_scales"),
           "nuwa transfer " + " ".join(f"{grid.option(axis)} {{{axis}}}" for axis in TRAIN_AXES)
@@ -198,6 +214,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("tables", (),
           {"metrics": Input(RUN.replace("{name}", "metrics.json"), over=TRAIN_AXES),
            "losses": Input(RUN.replace("{name}", "test_losses.nc"), over=TRAIN_AXES),
+           "histories": Input(RUN.replace("{name}", "history.csv"), over=TRAIN_AXES),
            "transfers": Input(TRANSFER.replace("{name}", "metrics.json"), over=("eval_on", *TRAIN_AXES[1:])),
            "transfer_losses": Input(TRANSFER.replace("{name}", "test_losses.nc"), over=("eval_on", *TRAIN_AXES[1:])),
            "baselines": Input(grid.BASELINE, over=("dataset", "task", "baseline")),
@@ -213,31 +230,66 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
               for name in grid.PAPER_TABLES for extension in ("csv", "md")},
            "paper_vs_ours": Output(grid.PAPER_VS_OURS, "report", caption="paper_vs_ours",
                                    category="3. The paper's tables"),
-           "scarcity_png": Output(grid.SCARCITY_FIGURE, "report", caption="scarcity", category="1. Comparisons")},
+           "scarcity_png": Output(grid.SCARCITY_FIGURE, "report", caption="scarcity", category="1. Comparisons"),
+           # what `dvc metrics` / `dvc exp show` compare and the top-level plots (PLOTS) draw
+           "metrics": Output(grid.METRICS_DIR, "metrics", files=metrics_files),
+           "loss_plot": Output(grid.LOSS_PLOT, "report"), "lead_time_plot": Output(grid.LEAD_TIME_PLOT, "report")},
           ("grid", "variants", "datasets", "tasks", *(f"evaluation.{key}" for key in EVALUATION_KEYS)),
           "nuwa tables --out-csv {csv} --out-md {md} --out-comparisons {comparisons} --out-lead-time {lead_time}"
-          " --out-scarcity {scarcity_png}",
+          " --out-scarcity {scarcity_png} --out-metrics {metrics} --out-loss-plot {loss_plot}"
+          " --out-lead-time-plot {lead_time_plot}",
           threads=False, mem_mb=2000),
     Stage("figures", ("dataset",),
           {"data": Input(grid.PROCESSED), "saliency": Input(grid.SALIENCY),
-           "examples": Input(RUN.replace("{name}", "examples.nc"), over=("variant",),
-                             fixed={"backbone": lambda params: [params["figures"]["backbone"]],
-                                    **shown_of("task", "train_percent", "seed")}),
+           # every backbone and variant of the shown setting: the same test windows (nuwa.evaluate.example_positions)
+           "examples": Input(RUN.replace("{name}", "examples.nc"), over=("backbone", "variant"),
+                             fixed=shown_of("task", "train_percent", "seed")),
+           "histories": Input(RUN.replace("{name}", "history.csv"), over=TRAIN_AXES[1:]),  # every run's curves
            "bank": Input(grid.BANK, fixed={"variant": figure_bank_variants, **shown_of("train_percent", "seed")}),
            "comparisons": Input(grid.COMPARISONS_CSV), "lead_time": Input(grid.LEAD_TIME_CSV)},
           {"predictions": Output(grid.PREDICTION_FIGURE, "report", caption="predictions", category="5. Predictions",
                                  subcategory="{dataset}"),
+           "animation": Output(grid.PREDICTION_ANIMATION, "report", caption="predictions_animation",
+                               category="5. Predictions", subcategory="{dataset}"),
+           "learning_curves": Output(grid.LEARNING_CURVES_FIGURE, "report", caption="learning_curves",
+                                     category="6. Training", subcategory="{dataset}"),
            "saliency_png": Output(grid.SALIENCY_FIGURE, "report", caption="saliency", category="4. Saliency",
                                   subcategory="{dataset}"),
            "comparisons_png": Output(grid.COMPARISON_FIGURE, "report", caption="comparisons_figure",
                                      category="1. Comparisons", subcategory="{dataset}"),
            "lead_time_png": Output(grid.LEAD_TIME_FIGURE, "report", caption="lead_time_figure",
                                    category="2. Tables", subcategory="{dataset}")},
-          ("grid.variants", "grid.tasks", "grid.train_percents", "grid.seeds", "variants", "figures"),
-          "nuwa figures --dataset {dataset} --out-predictions {predictions} --out-saliency {saliency_png}"
+          ("grid.backbones", "grid.variants", "grid.tasks", "grid.train_percents", "grid.seeds", "variants", "figures"),
+          "nuwa figures --dataset {dataset} --out-predictions {predictions} --out-animation {animation}"
+          " --out-learning-curves {learning_curves} --out-saliency {saliency_png}"
           " --out-comparisons {comparisons_png} --out-lead-time {lead_time_png}",
           threads=False, mem_mb=2000),
 )}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A top-level DVC plot (dvc.yaml ``plots:``): ``y`` of ``file`` (a stage's output) against ``x``,
+    drawn by a template of .dvc/plots/ that overlays the variants in one panel per (setting, backbone)."""
+
+    name: str
+    file: str
+    x: str
+    y: str
+    title: str
+    x_label: str
+    y_label: str
+    template: str = "nuwa_variants"
+
+
+PLOTS = (
+    Plot("loss", grid.LOSS_PLOT, "step", "loss", "Training and validation loss, mean over seeds", "step",
+         "loss (normalised units)"),
+    Plot("lead_time_mse", grid.LEAD_TIME_PLOT, "lead", "mse", "Test MSE per lead time, mean over seeds",
+         "lead time (frames)", "MSE (physical units)"),
+    Plot("lead_time_mae", grid.LEAD_TIME_PLOT, "lead", "mae", "Test MAE per lead time, mean over seeds",
+         "lead time (frames)", "MAE (physical units)"),
+)
 
 
 def stage_param_keys(stage: str, params: dict | None = None, **wildcards) -> list[str]:
@@ -433,9 +485,20 @@ def dvc_yaml() -> str:
                     lines.append(f"      - {path}")
                     continue
                 lines += [f"      - {path}:", "          cache: false"]
+                if spec.template:
+                    lines.append(f"          template: {spec.template}")
                 if spec.plot:
                     lines += [f"          x: {spec.plot[0]}", f"          y: {spec.plot[1]}"]
         lines.append("")
+    lines += ["# The variants overlaid, one panel per (setting, backbone), from files the tables stage writes",
+              "# (nuwa/stages.py PLOTS; templates in .dvc/plots/). `dvc plots show` writes them to an offline",
+              "# page (.dvc/config: plots.html_template, Vega inlined).",
+              "plots:"]
+    for plot in PLOTS:
+        lines += [f"  - {plot.name}:", f"      template: {plot.template}", f"      title: {json.dumps(plot.title)}",
+                  f"      x: {plot.x}", "      y:", f"        {plot.file}: {plot.y}",
+                  f"      x_label: {json.dumps(plot.x_label)}", f"      y_label: {json.dumps(plot.y_label)}"]
+    lines.append("")
     return "\n".join(lines)
 
 

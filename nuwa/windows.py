@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,9 @@ class SeriesData:
     # bool (y, x): pixels observed in at least one frame (the processed file's ``observed``);
     # None: every pixel is. Never-observed pixels hold a fill and are left out of every loss and metric
     observed: np.ndarray | None = None
+    # the processed file's coordinates ``time``, ``channel``, ``y``, ``x``: name -> (values, attrs);
+    # what example predictions are labelled with (timestamps, lead times, map coordinates)
+    coords: dict = dataclass_field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.observed is not None:  # a bool (y, x) mask, or None when every pixel is observed
@@ -117,6 +120,8 @@ def load_series(path) -> SeriesData:
     segment = dataset["segment"].values.astype(np.int64) if "segment" in dataset.variables else None
     return SeriesData(field=values, split=split.astype(np.int8), segment=segment, mean=mean, std=std,
                       data_range=float(data_range), name=name, observed=_observed_mask(dataset, values.shape, path),
+                      coords={dim: (np.asarray(dataset[dim].values), dict(dataset[dim].attrs))
+                              for dim in ("time", "channel", "y", "x") if dim in dataset.coords},
                       attrs={**dataset.attrs, "units": field.attrs.get("units", "1"),
                              "long_name": field.attrs.get("long_name", name)})
 

@@ -33,7 +33,6 @@ def small_params() -> dict:
     is this one's reference."""
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["grid"].update(backbones=["simvp"], variants=["ori", "nuwa"])
-    params["figures"]["backbone"] = "simvp"
     return params
 
 

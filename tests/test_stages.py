@@ -71,8 +71,11 @@ def test_snakemake_inputs_follow_the_variant_and_backbone(tiny_params):
     assert train["bank"] == "results/bank/moving_glyphs/nuwa/25pct/seed0.nc" and train["upstream_model"] == []
     figures = input_files("figures", tiny_params, {"dataset": "moving_glyphs"})
     assert figures["bank"] == ["results/bank/moving_glyphs/nuwa/100pct/seed0.nc"]
-    assert figures["examples"] == [f"results/runs/moving_glyphs/forecast/100pct/simvp/{v}/seed0/examples.nc"
-                                   for v in ("ori", "nuwa", "random")]
+    # every backbone and variant of the shown setting; every run's history (the learning curves)
+    assert figures["examples"] == [f"results/runs/moving_glyphs/forecast/100pct/{b}/{v}/seed0/examples.nc"
+                                   for b in ("simvp", "convlstm") for v in ("ori", "nuwa", "random")]
+    assert figures["histories"] == [f"results/runs/moving_glyphs/forecast/100pct/{b}/{v}/seed0/history.csv"
+                                    for b in ("simvp", "convlstm") for v in ("ori", "nuwa", "random")]
     baselines = input_files("tables", dict(tiny_params, grid=dict(tiny_params["grid"], tasks=["forecast", "sr4"])), {})
     assert "results/baselines/moving_glyphs/sr4/persistence.json" in baselines["baselines"]
 

@@ -221,6 +221,8 @@ def _check_complete(directory: Path, context: str) -> None:
                     pd.read_csv(path)
                 elif path.suffix == ".png":
                     assert path.read_bytes().endswith(PNG_END), "no IEND chunk at its end"
+                elif path.suffix == ".gif":
+                    assert path.read_bytes().endswith(b"\x3b"), "no GIF trailer at its end"
                 elif path.suffix == ".pt":
                     torch.load(path, map_location="cpu", weights_only=True)
                 elif path.suffix == ".md":

@@ -27,7 +27,7 @@ for stage in STAGES.values():
                         subcategory=spec.subcategory or None,
                     )
                     if spec.caption
-                    else spec.path
+                    else (spec.files(config) if spec.files else spec.path)
                 )
                 for name, spec in stage.outputs.items()
             },
