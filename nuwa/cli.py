@@ -83,28 +83,27 @@ def cmd_params(args):
         sys.stdout.write(header + text)
 
 
-def cmd_dvc_yaml(args):
+def _print_or_write(text: str, out: str | None) -> None:
+    """A generated file (dvc.yaml, the plots page): to ``out``, or printed."""
     from nuwa.io import write_text
-    from nuwa.stages import dvc_yaml
 
-    text = dvc_yaml()
-    if args.out:
-        write_text(text, args.out)
-        print(f"wrote {args.out}")
+    if out:
+        write_text(text, out)
+        print(f"wrote {out}")
     else:
         sys.stdout.write(text)
+
+
+def cmd_dvc_yaml(args):
+    from nuwa.stages import dvc_yaml
+
+    _print_or_write(dvc_yaml(), args.out)
 
 
 def cmd_plots_page(args):
-    from nuwa.io import write_text
     from nuwa.plots_page import plots_page
 
-    text = plots_page()
-    if args.out:
-        write_text(text, args.out)
-        print(f"wrote {args.out}")
-    else:
-        sys.stdout.write(text)
+    _print_or_write(plots_page(), args.out)
 
 
 def dataset_rows(params: dict) -> list[dict]:
