@@ -359,7 +359,7 @@ def _train(args, params, context):
         model, history, metrics, examples, losses = train_cell(
             series, dataset_name=args.dataset, dataset_config=params["datasets"][args.dataset],
             backbone_name=args.backbone, backbone_config=params["backbones"][args.backbone], variant=args.variant,
-            train_config=params["train"], mix_fraction=settings["mix_fraction"], mixup_alpha=mixup_alpha,
+            train_config={**params["train"], "steps": grid.train_steps(params, args.dataset)}, mix_fraction=settings["mix_fraction"], mixup_alpha=mixup_alpha,
             seed=args.seed, train_percent=args.train_percent, input_factor=factor,
             bank_inputs=bank_inputs, bank_sources=bank_sources, bank_copies=bank_copies,
             checkpoint_path=checkpoint_path, upstream=upstream, upstream_source=upstream_path, context=context,

@@ -416,6 +416,10 @@ def _cross_checks(params: dict):
         if entry["kind"] not in registered_backbones:
             yield (f"backbones.{name}.kind: unknown backbone kind {entry['kind']!r} "
                    f"(registered: {', '.join(registered_backbones)})")
+    for name in params["train"].get("steps_by_dataset", {}):
+        if name not in params["datasets"]:
+            yield (f"train.steps_by_dataset: {name!r} has no entry under datasets "
+                   f"(defined: {', '.join(sorted(params['datasets']))})")
     for index, pair in enumerate(params["evaluation"]["comparisons"]):
         for name in pair:
             if name not in params["variants"]:

@@ -197,6 +197,13 @@ def bank_saliency(params: dict, dataset: str, variant: str) -> str:
     return upstream_files(dataset, params["variants"][variant].get("upstream"))["saliency"]
 
 
+def train_steps(params: dict, dataset: str) -> int:
+    """A training cell's budget: the dataset's own (train.steps_by_dataset, chosen from Ori's
+    learning curves: some datasets overfit in a few hundred steps, others still improve at
+    thousands), else train.steps. The same for every variant, backbone and seed of the dataset."""
+    return int(params["train"].get("steps_by_dataset", {}).get(dataset, params["train"]["steps"]))
+
+
 def task_factor(params: dict, task: str) -> int:
     """The input coarsening factor of a task: 1 for a forecast, ``factor`` for super-resolution."""
     entry = params["tasks"][task]
