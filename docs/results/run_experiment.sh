@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run (or resume) one experiment file in this checkout, in the background of a session:
+#   nohup docs/results/run_experiment.sh experiments/table1_cpu.yaml > /dev/null 2>&1 &
+# Snakemake resumes the partial DAG and training resumes from its checkpoints, so a sitting cut
+# short loses at most a checkpoint interval per running cell. Each sitting appends its start
+# and commit to experiment.log, which docs/results/publish.py reads for each run's provenance.
+set -u
+cd "$(dirname "$0")/../.."
+experiment=${1:?usage: run_experiment.sh EXPERIMENT_FILE}
+make install >> install.log 2>&1 || { echo "make install failed: see install.log" >&2; exit 1; }
+export PATH=$PWD/.venv/bin:$PATH
+start=$(date +%s)
+echo "start $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) $experiment" >> experiment.log
+nice -n 5 snakemake --cores 2 --configfile "$experiment" --keep-going --rerun-incomplete >> snakemake.log 2>&1
+echo "end $(date -u +%FT%TZ) rc=$? seconds=$(( $(date +%s) - start ))" >> experiment.log
