@@ -535,7 +535,14 @@ def cmd_tables(args):
     params = _params(args, "tables")
     settings = params["evaluation"]
     records, losses, histories = [], {}, {}
-    for cell in grid.train_cells(params):
+    cells = grid.train_cells(params)
+    if args.finished_only:  # a run is finished once its metrics.json, written last, exists
+        cells = [cell for cell in cells if Path(cell.file("metrics.json")).exists()]
+        if not cells:
+            raise DataFileError(f"no training run of the grid has finished (no {grid.RUN_DIR}/metrics.json): "
+                                "no table to build")
+    unfinished = len(grid.train_cells(params)) - len(cells)
+    for cell in cells:
         metrics = read_json(cell.file("metrics.json"))
         key = tuple(getattr(cell, axis) for axis in grid.AXES)
         records.append({**{axis: getattr(cell, axis) for axis in grid.AXES},
@@ -564,7 +571,12 @@ def cmd_tables(args):
     write_csv(comparisons, args.out_comparisons or grid.COMPARISONS_CSV)
     write_csv(lead_time, args.out_lead_time or grid.LEAD_TIME_CSV)
     masked = any(params["datasets"][d].get("never_observed") == "mask" for d in datasets)
-    write_text(to_markdown(summary, conventions(masked), comparisons), args.out_md or grid.SUMMARY_MD)
+    markdown = to_markdown(summary, conventions(masked), comparisons)
+    if unfinished:  # said under the title, where a reader of a partial table looks first
+        title, rest = markdown.split("\n", 1)
+        markdown = (f"{title}\n\n**Built from {len(cells)} of {len(cells) + unfinished} training runs:** the other "
+                    f"{unfinished} had not finished (`nuwa tables --finished-only`).\n{rest}")
+    write_text(markdown, args.out_md or grid.SUMMARY_MD)
     # what DVC compares and draws (git-versioned, so `dvc metrics diff` / `dvc plots diff` reach past commits)
     cell_rows, baseline_rows = compact_metrics(summary, comparisons)
     metrics_folder = Path(args.out_metrics or grid.METRICS_DIR)
@@ -583,7 +595,7 @@ def cmd_tables(args):
     write_csv(lead_time_curves(lead_time), args.out_lead_time_plot or grid.LEAD_TIME_PLOT)
     # the paper's tables in its layout, and its claims beside ours, in the summary's folder
     folder = Path(args.out_csv or grid.SUMMARY_CSV).parent
-    transfers = transfer_comparisons(params, settings)
+    transfers = transfer_comparisons(params, settings, finished_only=args.finished_only)
     for name, (build, title, empty) in paper.TABLES.items():
         part, grid_table = build(transfers if name == "generalisation" else comparisons, params["tasks"])
         write_csv(part, folder / Path(grid.PAPER_TABLE.format(name=name, extension="csv")).name)
@@ -594,7 +606,9 @@ def cmd_tables(args):
     figure = scarcity_figure(comparisons)
     save_figure(figure, args.out_scarcity or grid.SCARCITY_FIGURE, dpi=110)
     plt.close(figure)
-    print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows) and {len(comparisons)} comparison(s)")
+    print(f"wrote {args.out_csv or grid.SUMMARY_CSV} ({len(summary)} rows) and {len(comparisons)} comparison(s)"
+          + (f" from {len(cells)} of {len(cells) + unfinished} training runs ({unfinished} not finished)"
+             if unfinished else ""))
 
 
 PER_SEED = ["seeds", "seed_differences"]  # comparison_table's per-seed detail, kept out of the tables
@@ -609,9 +623,10 @@ def block_length(settings: dict, config: dict) -> int:
                                                       config["window_stride"])
 
 
-def transfer_comparisons(params, settings):
+def transfer_comparisons(params, settings, finished_only: bool = False):
     """The paired comparisons of the cells evaluated on other datasets (grid.eval_on): their
-    ``dataset`` is "trained → evaluated", their windows the evaluated dataset's test windows."""
+    ``dataset`` is "trained → evaluated", their windows the evaluated dataset's test windows.
+    ``finished_only``: the evaluations that exist (a grid still running)."""
     from dataclasses import asdict
 
     from nuwa.io import open_netcdf
@@ -624,6 +639,8 @@ def transfer_comparisons(params, settings):
         for cell in grid.train_cells(params):
             if cell.dataset == pair["train"]:
                 path = grid.TRANSFER_DIR.format(eval_on=pair["test"], **asdict(cell)) + "/test_losses.nc"
+                if finished_only and not Path(path).exists():
+                    continue
                 key = (label, *(getattr(cell, axis) for axis in grid.AXES if axis != "dataset"))
                 losses[key] = open_netcdf(path, variables=("mse", "mae", "target_mean", "target_max"))
     return comparison_table(losses, settings["comparisons"], blocks, confidence=settings["confidence"],
@@ -884,6 +901,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out-loss-plot", help=f"train and validation loss per variant, CSV (default {grid.LOSS_PLOT})")
     c.add_argument("--out-lead-time-plot", help=f"test mse/mae per lead time per variant, CSV (default "
                    f"{grid.LEAD_TIME_PLOT})")
+    c.add_argument("--finished-only", action="store_true",
+                   help="build the tables from the training runs that have finished (their metrics.json exists) "
+                        "and say how many were left out: a grid still running, published as it goes (default: off; "
+                        "the pipeline's tables stage reads every run)")
     c = add("figures", cmd_figures, "predictions of every backbone and variant with their errors (PNG and GIF), "
             "learning curves, saliency overlay, paired comparisons and lead-time curves for one dataset")
     c.add_argument("--out-predictions", help=f"PNG (default {grid.PREDICTION_FIGURE})")

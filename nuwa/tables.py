@@ -85,7 +85,8 @@ def comparison_table(losses: dict[tuple, object], comparisons: list[list[str]], 
 
     ``losses``: (dataset, task, train_percent, backbone, variant, seed) -> a run's per-window test
     losses (:func:`nuwa.evaluate.evaluate_forecaster`); ``blocks``: dataset -> bootstrap block
-    length in windows. Comparisons whose variants are not both in ``losses`` are left out. Window
+    length in windows. Comparisons whose variants are not both in ``losses`` with a seed in common
+    are left out. Window
     sets: ``all`` and ``extreme`` (the top 1 - ``extreme_quantile`` of the targets' mean intensity).
     """
     from nuwa.compare import compare_runs, extreme_windows
@@ -99,8 +100,8 @@ def comparison_table(losses: dict[tuple, object], comparisons: list[list[str]], 
         any_run = next(iter(next(iter(runs.values())).values()))
         extreme = extreme_windows(any_run, extreme_quantile)
         for a, b in comparisons:
-            if a not in runs or b not in runs:
-                continue
+            if a not in runs or b not in runs or not set(runs[a]) & set(runs[b]):
+                continue  # a pair with no seed in common (a grid still running) has nothing to pair
             for windows, select in (("all", None), ("extreme", extreme)):
                 result = compare_runs(runs[a], runs[b], metric=metric, block=blocks[group[0]], select=select,
                                       confidence=confidence, resamples=resamples)

@@ -279,3 +279,32 @@ def test_lead_time_curves_draw_each_baseline_in_every_backbone_panel():
     baseline = curves[curves.curve == "baseline"]
     assert set(baseline["backbone"]) == {"simvp", "convlstm"} and set(baseline["variant"]) == {"persistence"}
     assert set(baseline["train_percent"]) == {100}
+
+
+def test_tables_of_a_grid_still_running_are_built_from_its_finished_runs(tmp_path):
+    """`nuwa tables --finished-only`: a grid still running gives tables of the runs that have
+    finished, says how many it left out, and pairs only seeds both variants have; without the
+    flag (the pipeline's tables stage) an unfinished run is an error naming its file."""
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["grid"]["seeds"] = [0, 1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    fixture_results(tmp_path, params)
+    cells = grid.train_cells(params)
+    unfinished = [cell for cell in cells if cell.variant == "random" or (cell.variant == "nuwa" and cell.seed == 1)]
+    for cell in unfinished:
+        (tmp_path / cell.file("metrics.json")).unlink()
+    failed = subprocess.run(["nuwa", "tables"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
+    assert failed.returncode != 0 and "metrics.json" in failed.stderr and "Traceback" not in failed.stderr
+    result = run(["nuwa", "tables", "--finished-only"], tmp_path)
+    finished = len(cells) - len(unfinished)
+    assert f"from {finished} of {len(cells)} training runs ({len(unfinished)} not finished)" in result.stdout
+    summary = pd.read_csv(tmp_path / grid.SUMMARY_CSV)
+    assert "random" not in set(summary["variant"]) and {"ori", "nuwa"} <= set(summary["variant"])
+    comparisons = pd.read_csv(tmp_path / grid.COMPARISONS_CSV)
+    assert set(comparisons["comparison"]) == {"nuwa - ori"}  # nuwa - random has no finished B
+    assert set(comparisons["n_seeds"]) == {1} and set(comparisons["unpaired_seeds"]) == {"[1]"}
+    assert f"Built from {finished} of {len(cells)} training runs" in (tmp_path / grid.SUMMARY_MD).read_text()
+    for cell in cells:  # nothing is left in the metrics folder for a run that has not finished
+        row = tmp_path / grid.METRICS_DIR / grid.CELL_METRICS.format(**{axis: getattr(cell, axis) for axis in grid.AXES
+                                                                        if axis != "seed"})
+        assert row.exists() == (cell.variant != "random"), row

@@ -7,10 +7,11 @@ that appends `start <UTC time> commit <sha>` to experiment.log before each sitti
     python docs/results/publish.py table1_cpu --experiment experiments/table1_cpu.yaml \
         --to /work/main/docs/results
 
-It brings the tables and figures up to date (`snakemake`, which trains nothing once the grid
-has finished), writes the Snakemake report, and copies the tables, the figures, the report and
-`runs.csv` (one row per training run). A grid that has not finished is refused with its count:
-the tables stage reads every cell (tables from a partial grid are not built yet).
+A finished grid: it brings the tables and figures up to date (`snakemake`, which trains
+nothing then) and writes the Snakemake report. A grid still running: the tables come from the
+runs that have finished (`nuwa tables --finished-only`, which says how many under the summary's
+title) and the figures that exist are copied as they are. Either way it copies the tables, the
+figures, the report and `runs.csv` (one row per finished training run).
 """
 
 from __future__ import annotations
@@ -77,12 +78,15 @@ def main() -> int:
     params = load_params(args.experiment)
     rows = run_rows(params, Path("experiment.log"))
     total = len(grid.train_cells(params))
-    if len(rows) < total:
-        raise SystemExit(f"{args.experiment}: {len(rows)} of {total} training runs have finished; rerun the "
-                         "experiment (it resumes) and publish when it is done")
-    subprocess.run(["snakemake", "--cores", "2", "--configfile", args.experiment], check=True)
+    if not rows:
+        raise SystemExit(f"{args.experiment}: no training run has finished yet: nothing to publish")
     report = Path("results/report.html")
-    subprocess.run(["snakemake", "--configfile", args.experiment, "--report", str(report)], check=False)
+    if len(rows) < total:
+        subprocess.run(["nuwa", "tables", "--params", args.experiment, "--finished-only"], check=True)
+        report.unlink(missing_ok=True)  # a report of the whole grid waits for the whole grid
+    else:
+        subprocess.run(["snakemake", "--cores", "2", "--configfile", args.experiment], check=True)
+        subprocess.run(["snakemake", "--configfile", args.experiment, "--report", str(report)], check=True)
     out = Path(args.to) / args.name
     if out.exists():
         shutil.rmtree(out)
@@ -96,7 +100,7 @@ def main() -> int:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"{out}: {len(rows)} training runs", file=sys.stderr)
+    print(f"{out}: {len(rows)} of {total} training runs finished", file=sys.stderr)
     return 0
 
 
