@@ -551,8 +551,11 @@ def cmd_tables(args):
         losses[key] = open_netcdf(cell.file("test_losses.nc"), variables=("mse", "mae", "target_mean", "target_max"))
         histories[key] = pd.read_csv(cell.file("history.csv"))
     datasets, tasks, names = params["grid"]["datasets"], params["grid"]["tasks"], params["grid"]["baselines"]
-    baselines = {(d, t): {name: read_json(grid.BASELINE.format(dataset=d, task=t, baseline=name)) for name in names}
-                 for d in datasets for t in tasks}
+    # a grid still running may not have scored every baseline yet: those it has are used
+    scored = [(d, t, name) for d in datasets for t in tasks for name in names
+              if not args.finished_only or Path(grid.BASELINE.format(dataset=d, task=t, baseline=name)).exists()]
+    baselines = {(d, t): {name: read_json(grid.BASELINE.format(dataset=d, task=t, baseline=name))
+                          for d2, t2, name in scored if (d2, t2) == (d, t)} for d in datasets for t in tasks}
     methods = {name: entry["method"] for name, entry in params["variants"].items()}
     summary = summarise(records, baselines, methods)
     blocks = {d: block_length(settings, params["datasets"][d]) for d in datasets}
@@ -563,7 +566,7 @@ def cmd_tables(args):
     by_run = {**losses, **{(d, t, "-", name, "-", "-"): open_netcdf(grid.BASELINE_LOSSES.format(dataset=d, task=t,
                                                                                                baseline=name),
                                                                     variables=("mse", "mae"))
-                           for d in datasets for t in tasks for name in names}}
+                           for d, t, name in scored}}
     lead_time = lead_time_table(by_run)
     keys = pd.DataFrame(lead_time["key"].tolist(), columns=list(grid.AXES), index=lead_time.index)
     lead_time = pd.concat([keys, lead_time.drop(columns="key")], axis=1)

@@ -293,6 +293,8 @@ def test_tables_of_a_grid_still_running_are_built_from_its_finished_runs(tmp_pat
     unfinished = [cell for cell in cells if cell.variant == "random" or (cell.variant == "nuwa" and cell.seed == 1)]
     for cell in unfinished:
         (tmp_path / cell.file("metrics.json")).unlink()
+    unscored = grid.BASELINE.format(dataset="moving_glyphs", task="forecast", baseline=params["grid"]["baselines"][-1])
+    (tmp_path / unscored).unlink()  # a baseline not scored yet either
     failed = subprocess.run(["nuwa", "tables"], cwd=tmp_path, env=tool_env(), capture_output=True, text=True)
     assert failed.returncode != 0 and "metrics.json" in failed.stderr and "Traceback" not in failed.stderr
     result = run(["nuwa", "tables", "--finished-only"], tmp_path)
@@ -300,6 +302,8 @@ def test_tables_of_a_grid_still_running_are_built_from_its_finished_runs(tmp_pat
     assert f"from {finished} of {len(cells)} training runs ({len(unfinished)} not finished)" in result.stdout
     summary = pd.read_csv(tmp_path / grid.SUMMARY_CSV)
     assert "random" not in set(summary["variant"]) and {"ori", "nuwa"} <= set(summary["variant"])
+    assert params["grid"]["baselines"][-1] not in set(summary["backbone"])
+    assert summary["skill"].notna().any()  # persistence, scored, still gives the skill
     comparisons = pd.read_csv(tmp_path / grid.COMPARISONS_CSV)
     assert set(comparisons["comparison"]) == {"nuwa - ori"}  # nuwa - random has no finished B
     assert set(comparisons["n_seeds"]) == {1} and set(comparisons["unpaired_seeds"]) == {"[1]"}
