@@ -535,13 +535,13 @@ def cmd_tables(args):
     params = _params(args, "tables")
     settings = params["evaluation"]
     records, losses, histories = [], {}, {}
-    cells = grid.train_cells(params)
+    cells = every_cell = grid.train_cells(params)
     if args.finished_only:  # a run is finished once its metrics.json, written last, exists
-        cells = [cell for cell in cells if Path(cell.file("metrics.json")).exists()]
+        cells = [cell for cell in every_cell if Path(cell.file("metrics.json")).exists()]
         if not cells:
             raise DataFileError(f"no training run of the grid has finished (no {grid.RUN_DIR}/metrics.json): "
                                 "no table to build")
-    unfinished = len(grid.train_cells(params)) - len(cells)
+    unfinished = len(every_cell) - len(cells)
     for cell in cells:
         metrics = read_json(cell.file("metrics.json"))
         key = tuple(getattr(cell, axis) for axis in grid.AXES)
@@ -554,8 +554,9 @@ def cmd_tables(args):
     # a grid still running may not have scored every baseline yet: those it has are used
     scored = [(d, t, name) for d in datasets for t in tasks for name in names
               if not args.finished_only or Path(grid.BASELINE.format(dataset=d, task=t, baseline=name)).exists()]
-    baselines = {(d, t): {name: read_json(grid.BASELINE.format(dataset=d, task=t, baseline=name))
-                          for d2, t2, name in scored if (d2, t2) == (d, t)} for d in datasets for t in tasks}
+    baselines = {(d, t): {} for d in datasets for t in tasks}
+    for d, t, name in scored:
+        baselines[d, t][name] = read_json(grid.BASELINE.format(dataset=d, task=t, baseline=name))
     methods = {name: entry["method"] for name, entry in params["variants"].items()}
     summary = summarise(records, baselines, methods)
     blocks = {d: block_length(settings, params["datasets"][d]) for d in datasets}
