@@ -4,11 +4,16 @@
 # Snakemake resumes the partial DAG and training resumes from its checkpoints, so a sitting cut
 # short loses at most a checkpoint interval per running cell. Each sitting appends its start
 # and commit to experiment.log, which docs/results/publish.py reads for each run's provenance.
+#
+# The shared data directory is copied afresh, with new times, at each sitting of this machine:
+# docs/results/carry_times.py checks its contents are unchanged and gives the finished outputs
+# times in pipeline order, so Snakemake does not rerun everything from ingest on.
 set -u
 cd "$(dirname "$0")/../.."
 experiment=${1:?usage: run_experiment.sh EXPERIMENT_FILE}
 make install >> install.log 2>&1 || { echo "make install failed: see install.log" >&2; exit 1; }
 export PATH=$PWD/.venv/bin:$PATH
+python docs/results/carry_times.py >> experiment.log 2>&1 || { echo "see experiment.log" >&2; exit 2; }
 start=$(date +%s)
 echo "start $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) $experiment" >> experiment.log
 nice -n 5 snakemake --cores 2 --configfile "$experiment" --keep-going --rerun-incomplete >> snakemake.log 2>&1
