@@ -33,7 +33,7 @@ from nuwa import grid
 from nuwa.config import load_params
 from nuwa.io import save_figure, write_csv, write_text
 
-VARIANT, SEED, TASK, PERCENT = "ori", 0, "forecast", 100
+VARIANT, SEED, PERCENT = "ori", 0, 100
 
 
 def cpu_model() -> str:
@@ -53,29 +53,29 @@ def run(command: list[str], log: Path) -> None:
         raise SystemExit(f"{' '.join(command)} failed (exit {code}); see {log}")
 
 
-def prerequisites(experiment: str, params: dict, cores: int, log: Path) -> None:
+def prerequisites(experiment: str, datasets: list[str], task: str, cores: int, log: Path) -> None:
     """Processed data, Ori's bank and persistence for every dataset, by the workflow's own rules."""
     targets = []
-    for dataset in params["grid"]["datasets"]:
+    for dataset in datasets:
         targets += [grid.PROCESSED.format(dataset=dataset),
                     grid.BANK.format(dataset=dataset, variant=VARIANT, train_percent=PERCENT, seed=SEED),
-                    grid.BASELINE.format(dataset=dataset, task=TASK, baseline="persistence")]
+                    grid.BASELINE.format(dataset=dataset, task=task, baseline="persistence")]
     run(["snakemake", "--cores", str(cores), "--configfile", experiment, "--config",
          'grid={"variants": ["ori"], "seeds": [0], "baselines": ["persistence"]}', "--", *targets], log)
 
 
-def train_one(params_file: Path, dataset: str, backbone: str, steps: int, out_dir: Path, log: Path) -> dict:
+def train_one(params_file: Path, dataset: str, task: str, backbone: str, steps: int, out_dir: Path, log: Path) -> dict:
     if not (out_dir / "metrics.json").exists():
         start = time.time()
         run(["nuwa", "train", "--params", str(params_file), "--threads", "1", "--dataset", dataset,
-             "--task", TASK, "--train-percent", str(PERCENT), "--backbone", backbone, "--variant", VARIANT,
+             "--task", task, "--train-percent", str(PERCENT), "--backbone", backbone, "--variant", VARIANT,
              "--seed", str(SEED), "--out-dir", str(out_dir)], log)
         (out_dir / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    persistence = json.loads(Path(grid.BASELINE.format(dataset=dataset, task=TASK, baseline="persistence"))
+    persistence = json.loads(Path(grid.BASELINE.format(dataset=dataset, task=task, baseline="persistence"))
                              .read_text())
     wall = (out_dir / "wall_seconds.txt").read_text().strip() if (out_dir / "wall_seconds.txt").exists() else ""
-    return {"dataset": dataset, "backbone": backbone, "steps": steps, "best_step": metrics["best_step"],
+    return {"dataset": dataset, "task": task, "backbone": backbone, "steps": steps, "best_step": metrics["best_step"],
             "best_val_loss": metrics["best_val_loss"], "test_mse": metrics["mse"],
             "persistence_mse": persistence["mse"], "skill_vs_persistence": 1 - metrics["mse"] / persistence["mse"],
             "wall_seconds": wall}
@@ -87,11 +87,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", required=True, help="the budgets, one run each")
     parser.add_argument("--out", required=True, help="folder for the histories, the table and the log")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once (default: 2, one per core)")
+    parser.add_argument("--datasets", nargs="+", help="only these of the experiment's datasets (default: all)")
     args = parser.parse_args()
 
     out = Path(args.out)
     params = load_params(args.experiment)
-    prerequisites(args.experiment, params, args.jobs, out / "log.txt")
+    datasets = args.datasets or params["grid"]["datasets"]
+    unknown = sorted(set(datasets) - set(params["grid"]["datasets"]))
+    if unknown:
+        parser.error(f"--datasets {unknown} not in grid.datasets of {args.experiment}: {params['grid']['datasets']}")
+    # the experiment's first task (forecast, or a super-resolution task for Table 2)
+    task = params["grid"].get("tasks", ["forecast"])[0]
+    prerequisites(args.experiment, datasets, task, args.jobs, out / "log.txt")
     cells = []
     for steps in args.steps:
         budget = json.loads(json.dumps(params))
@@ -100,9 +107,9 @@ def main() -> None:
         params_file = out / "params" / f"steps{steps}.yaml"
         params_file.parent.mkdir(parents=True, exist_ok=True)
         write_text(yaml.safe_dump(budget, sort_keys=False), params_file)
-        for dataset in params["grid"]["datasets"]:
+        for dataset in datasets:
             for backbone in params["grid"]["backbones"]:
-                cells.append((params_file, dataset, backbone, steps,
+                cells.append((params_file, dataset, task, backbone, steps,
                               out / "runs" / f"steps{steps}" / dataset / backbone, out / "log.txt"))
     # the shortest budgets first: a stopped script leaves whole budgets, not a scatter of cells
     with ThreadPoolExecutor(args.jobs) as pool:
