@@ -133,7 +133,7 @@ def histories_figure(table, out: Path):
     import pandas as pd
 
     datasets, backbones = list(dict.fromkeys(table["dataset"])), list(dict.fromkeys(table["backbone"]))
-    figure, axes = plt.subplots(len(datasets), len(backbones), figsize=(3.6 * len(backbones), 2.6 * len(datasets)),
+    figure, axes = plt.subplots(len(datasets), len(backbones), figsize=(max(3.6 * len(backbones), 7.0), 2.6 * len(datasets)),
                                 squeeze=False, constrained_layout=True)
     for (i, dataset), (j, backbone) in ((a, b) for a in enumerate(datasets) for b in enumerate(backbones)):
         axis = axes[i, j]
@@ -161,7 +161,7 @@ def curves_figure(table):
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(table["dataset"]))
-    figure, axes = plt.subplots(2, len(datasets), figsize=(3.4 * len(datasets), 5.6), squeeze=False,
+    figure, axes = plt.subplots(2, len(datasets), figsize=(max(3.4 * len(datasets), 7.0), 5.6), squeeze=False,
                                 constrained_layout=True)
     for column, dataset in enumerate(datasets):
         part = table[table["dataset"] == dataset]
