@@ -324,10 +324,68 @@ def _moved_keys(params: dict):
                 yield f"{_dotted(path)}: {message}"
 
 
+def validate_dataset_entry(name: str, entry: Any, source: str = "datasets entry") -> None:
+    """Raise ParamsError on the first problem of one ``datasets:`` entry, checked exactly as
+    :func:`validate_params` checks the entries of a params file (the main schema's dataset keys,
+    the kind's own schema, then the checks across keys); ``nuwa inspect`` checks its suggestion
+    with it."""
+    schema = load_schema()
+    datasets_schema = {"$defs": schema.get("$defs", {}), **schema["properties"]["datasets"]}
+    errors = sorted(_Validator(datasets_schema).iter_errors({name: entry}),
+                    key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        error = errors[0]
+        error.path.appendleft("datasets")
+        if error.validator == "propertyNames":
+            raise ParamsError(f"{source}: datasets: name {name!r} is not allowed (names are lower-case ASCII letters, "
+                              "digits and underscores, starting with a letter, at most 48 characters)")
+        raise ParamsError(f"{source}: {_describe(error)}")
+    unusable = _unusable_value(entry, ("datasets", name))
+    if unusable:
+        raise ParamsError(f"{source}: {unusable}")
+    for message in _dataset_checks(name, entry):
+        raise ParamsError(f"{source}: {message}")
+
+
+def _dataset_checks(name: str, entry: dict):
+    """Checks of one dataset entry that need its kind's schema or more than one key. Yields messages."""
+    from nuwa.datasets import dataset_config_schema, dataset_kinds
+    from nuwa.windows import empty_split_message, split_flags
+
+    key = f"datasets.{name}"
+    kinds = dataset_kinds()
+    if entry["kind"] not in kinds:
+        yield f"{key}.kind: unknown dataset kind {entry['kind']!r} (registered: {', '.join(kinds)})"
+        return
+    kind_schema = dataset_config_schema(entry["kind"])
+    validator = _Validator(kind_schema)
+    kind_errors = sorted(validator.iter_errors(entry), key=lambda e: list(map(str, e.absolute_path)))
+    if kind_errors:
+        error = kind_errors[0]
+        error.path.extendleft(reversed(["datasets", name]))
+        yield _describe(error)
+        return
+    patch = entry["patch_size"]
+    for side in ("height", "width"):
+        if entry[side] % patch:
+            yield (f"{key}.patch_size: {patch} does not divide {side} {entry[side]} "
+                   f"(allowed: a divisor of both height {entry['height']} and width {entry['width']})")
+    if "split" not in entry:  # the kind defines its own split (its schema says so): known at ingest only
+        return
+    split = entry["split"]
+    total = split["train"] + split["val"] + split["test"]
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        yield f"{key}.split: fractions {split} sum to {total:g} (allowed: train + val + test = 1)"
+        return
+    if "length" in entry:  # a generated series: its frames are known now (one segment; ingest checks the rest)
+        message = empty_split_message(split_flags(entry["length"], split), entry, frames_from=f"(length {entry['length']})")
+        if message:
+            yield f"{key}: {message}"
+
+
 def _cross_checks(params: dict):
     """Checks that need more than one key, or the registries. Yields messages."""
     from nuwa.backbones import backbone_kinds
-    from nuwa.datasets import dataset_config_schema, dataset_kinds
     from nuwa.grid import BANK_KNOBS, BANKLESS_METHODS, IMPORTANCE_METHODS
 
     grid = params["grid"]
@@ -337,38 +395,8 @@ def _cross_checks(params: dict):
             if name not in params[section]:
                 yield (f"grid.{grid_key}: {name!r} has no entry under {section} "
                        f"(defined: {', '.join(sorted(params[section]))})")
-    kinds = dataset_kinds()
     for name, entry in params["datasets"].items():
-        key = f"datasets.{name}"
-        if entry["kind"] not in kinds:
-            yield f"{key}.kind: unknown dataset kind {entry['kind']!r} (registered: {', '.join(kinds)})"
-            continue
-        kind_schema = dataset_config_schema(entry["kind"])
-        validator = _Validator(kind_schema)
-        kind_errors = sorted(validator.iter_errors(entry), key=lambda e: list(map(str, e.absolute_path)))
-        if kind_errors:
-            error = kind_errors[0]
-            error.path.extendleft(reversed(["datasets", name]))
-            yield _describe(error)
-            continue
-        patch = entry["patch_size"]
-        for side in ("height", "width"):
-            if entry[side] % patch:
-                yield (f"{key}.patch_size: {patch} does not divide {side} {entry[side]} "
-                       f"(allowed: a divisor of both height {entry['height']} and width {entry['width']})")
-        if "split" not in entry:  # the kind defines its own split (its schema says so)
-            continue
-        split = entry["split"]
-        total = split["train"] + split["val"] + split["test"]
-        if not math.isclose(total, 1.0, abs_tol=1e-6):
-            yield f"{key}.split: fractions {split} sum to {total:g} (allowed: train + val + test = 1)"
-        window = entry["input_frames"] + entry["output_frames"]
-        if "length" in entry:
-            for part in ("train", "val", "test"):
-                frames = int(entry["length"] * split[part])
-                if frames < window:
-                    yield (f"{key}: the {part} split has {frames} frames (length {entry['length']} x {split[part]}), "
-                           f"fewer than one window of input_frames + output_frames = {window}")
+        yield from _dataset_checks(name, entry)
     for name in grid["upstreams"]:
         if name not in params["upstreams"]:
             yield (f"grid.upstreams: {name!r} has no entry under upstreams "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from typing import Iterator
 
 import dask
@@ -24,21 +25,13 @@ import xarray as xr
 
 from nuwa.datasets import defines_split, get_dataset, with_defaults
 from nuwa.io import DataFileError
+# the split layout and the window count live in nuwa.windows (numpy only: params validation uses
+# them too); re-exported here, where they were first defined
+from nuwa.windows import SPLIT_CODES, SPLITS, TIME_STEP_KEYS, empty_split_message, split_flags  # noqa: F401
 
-SPLITS = ("train", "val", "test")
-SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 DEFAULT_CHUNK_FRAMES = 64
 DIMS = ("time", "channel", "y", "x")
-
-
-def split_flags(n_times: int, fractions: dict) -> np.ndarray:
-    """Contiguous blocks: the first ``train`` fraction of steps, then val, then the rest test."""
-    n_train = int(n_times * fractions["train"])
-    n_val = int(n_times * fractions["val"])
-    flags = np.full(n_times, SPLIT_CODES["test"], dtype=np.int8)
-    flags[:n_train] = SPLIT_CODES["train"]
-    flags[n_train:n_train + n_val] = SPLIT_CODES["val"]
-    return flags
+WINDOW_KEYS = ("input_frames", "output_frames", "window_stride")
 
 
 def _dataset_split(field: xr.DataArray, config: dict, dataset_name: str) -> np.ndarray:
@@ -74,7 +67,12 @@ def build_processed(field: xr.DataArray, config: dict, dataset_name: str,
     values = da.asarray(field.data).astype(np.float32).rechunk((chunk_frames, -1, -1, -1))
     is_train = flags == SPLIT_CODES["train"]
     if not is_train.any():
-        raise ValueError(f"dataset {dataset_name!r}: the training split is empty")
+        fix = (f"split.train {config['split']['train']} of {n_times} frames gives none: raise split.train"
+               if "split" in config and "split" not in field.coords else
+               f"the split is the dataset's own (kind {config.get('kind')})")
+        raise ValueError(f"{_where(field, dataset_name)}: the training split is empty ({fix})")
+    if all(key in config for key in WINDOW_KEYS):  # a params entry (not a bare reader test): check its windows
+        check_windows(field, flags, segment, config, dataset_name)
     train = values[np.flatnonzero(is_train)].astype(np.float64)
     nonfinite, mean, std, data_min, data_max = dask.compute(
         (~da.isfinite(values)).sum(), train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3)), train.min(), train.max())
@@ -83,7 +81,7 @@ def build_processed(field: xr.DataArray, config: dict, dataset_name: str,
         source = f" (source {field.attrs['source']})" if field.attrs.get("source") else ""
         raise DataFileError(f"dataset {dataset_name!r}{source}: {int(nonfinite)} non-finite value(s) (NaN or Inf), "
                             f"first at index (time, channel, y, x) = {first}, time {str(field['time'].values[first[0]])[:19]}; "
-                            "the reader must fill or drop missing data explicitly")
+                            "the reader must fill or drop missing data explicitly" + _nan_hint(config.get("kind")))
     if (std == 0).any():
         constant = [str(c) for c, s in zip(field["channel"].values, std) if s == 0]
         raise ValueError(f"dataset {dataset_name!r}: channel(s) {', '.join(constant)} constant over the training "
@@ -114,7 +112,7 @@ def build_processed(field: xr.DataArray, config: dict, dataset_name: str,
         if dim not in dataset.coords:
             dataset = dataset.assign_coords({dim: np.arange(field.sizes[dim], dtype=np.int32)})
             dataset[dim].attrs.update({"long_name": long_name, "units": "1"})
-    if not np.issubdtype(dataset["time"].dtype, np.datetime64):
+    if not _dates(dataset["time"].values):  # a frame index; dates carry their CF units in the encoding
         dataset["time"].attrs.setdefault("long_name", "time step index")
         dataset["time"].attrs.setdefault("units", "1")
     split_text = ("defined by the dataset" if "split" in field.coords else
@@ -133,6 +131,95 @@ def build_processed(field: xr.DataArray, config: dict, dataset_name: str,
         "segments": int(len(np.unique(segment))),
     }
     return dataset
+
+
+def _nan_hint(kind: str | None) -> str:
+    """'; ' + the kind's module's ``NAN_HINT`` (the params keys that fill missing data), if it has one."""
+    if not kind:
+        return ""
+    try:
+        module = sys.modules.get(get_dataset(kind).__module__)
+    except KeyError:
+        return ""
+    hint = getattr(module, "NAN_HINT", None)
+    return f"; {hint}" if hint else ""
+
+
+def _dates(values: np.ndarray) -> bool:
+    """datetime64, or cftime dates (a non-standard CF calendar: kind gridded's ``calendar``)."""
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.datetime64):
+        return True
+    return values.dtype == object and values.size > 0 and hasattr(values.flat[0], "calendar")
+
+
+def _where(field: xr.DataArray, dataset_name: str) -> str:
+    source = field.attrs.get("source")
+    return f"dataset {dataset_name!r}" + (f" (source {source})" if source else "")
+
+
+def check_windows(field: xr.DataArray, flags: np.ndarray, segment: np.ndarray, config: dict,
+                  dataset_name: str) -> None:
+    """Refuse, before anything is computed, a dataset whose frames cut into mostly one-frame
+    segments (a time step setting finer than the frames' spacing makes every step a gap) or a
+    split without a single window (found today at training time only). The window count is
+    :func:`nuwa.windows.window_starts`', the one that serves the windows later."""
+    where = _where(field, dataset_name)
+    problem = single_frame_segments(field, segment, config)
+    if problem:
+        raise DataFileError(f"{where}: {problem}")
+    message = empty_split_message(flags, config, segment,
+                                  split_by_dataset=config["kind"] if "split" not in config else None)
+    if message:
+        raise ValueError(f"{where}: {message}")
+
+
+def single_frame_segments(field: xr.DataArray, segment: np.ndarray, config: dict) -> str | None:
+    """The problem when single-frame segments hold at least half of the frames (and there are at
+    least two): no window can use them. With a datetime axis, the spacing found is named."""
+    lengths = np.bincount(np.unique(segment, return_inverse=True)[1])
+    singles = int((lengths == 1).sum())
+    if singles < 2 or 2 * singles < len(segment):
+        return None
+    step_key = next((key for key in TIME_STEP_KEYS if key in config), None)
+    setting = f"{step_key}: {config[step_key]!r}" if step_key else "the reader's segments"
+    spacing = describe_spacing(np.asarray(field["time"].values))
+    found = f"; the frames are {spacing} apart" if spacing else ""
+    fix = (f"set {step_key} to the spacing of the frames" + (" (calendar months: 1MS)" if "month" in found else "")
+           if step_key else "check how the reader cuts the frames into segments")
+    return (f"{singles} of {len(lengths)} segments are a single frame ({singles} of {len(segment)} frames), so no "
+            f"window can use them: with {setting} every larger step between frames is a gap that starts a new "
+            f"segment{found}; {fix}")
+
+
+def describe_spacing(times: np.ndarray) -> str | None:
+    """The spacing of consecutive times in words ('1 day', '28 to 31 days (calendar months)',
+    'mostly 6:00:00 (3:00:00 to 12:00:00)'); None for times that are not dates."""
+    import pandas as pd
+
+    if times.size < 2:
+        return None
+    try:
+        diffs = pd.to_timedelta(pd.Series(np.diff(times)))
+    except (TypeError, ValueError):
+        return None
+    counts = diffs.value_counts()
+    low, high = diffs.min(), diffs.max()
+    if low == high:
+        return duration_words(low)
+    days = {d.days for d in diffs if d.seconds == 0}
+    if len(days) == len(set(diffs)) and days <= {28, 29, 30, 31}:
+        return f"{min(days)} to {max(days)} days (calendar months)"
+    return f"mostly {duration_words(counts.index[0])} ({duration_words(low)} to {duration_words(high)})"
+
+
+def duration_words(delta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return str(delta)
 
 
 @contextlib.contextmanager

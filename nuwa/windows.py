@@ -17,11 +17,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nuwa.ingest import SPLIT_CODES, SPLITS
-from nuwa.io import DataFileError, check_finite, open_netcdf
+from nuwa.errors import DataFileError
 
 if TYPE_CHECKING:
     import torch
+
+# numpy only at import time: params validation (nuwa.config) counts windows with this module's
+# split_flags and window_starts before any job starts, without loading xarray or dask
+SPLITS = ("train", "val", "test")
+SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
+# params keys of the readers' nominal time step (a larger step between frames is a gap: a new segment)
+TIME_STEP_KEYS = ("time_step", "time_step_minutes")
 
 
 @dataclass
@@ -86,6 +92,8 @@ class SeriesData:
 
 
 def load_series(path) -> SeriesData:
+    from nuwa.io import check_finite, open_netcdf
+
     dataset = open_netcdf(path, variables=("split", "norm_mean", "norm_std"))
     name = dataset.attrs.get("nuwa_variable")
     if name not in dataset.data_vars:
@@ -175,6 +183,102 @@ def window_starts(split_flags: np.ndarray, split: str, window_length: int, strid
     starts = [np.arange(first, end - window_length + 1, stride, dtype=np.int64)
               for first, end in zip(run_starts, run_ends) if flags[first] == code]
     return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+
+
+def split_flags(n_times: int, fractions: dict) -> np.ndarray:
+    """Contiguous blocks: the first ``train`` fraction of steps, then val, then the rest test."""
+    n_train = int(n_times * fractions["train"])
+    n_val = int(n_times * fractions["val"])
+    flags = np.full(n_times, SPLIT_CODES["test"], dtype=np.int8)
+    flags[:n_train] = SPLIT_CODES["train"]
+    flags[n_train:n_train + n_val] = SPLIT_CODES["val"]
+    return flags
+
+
+def window_counts(flags: np.ndarray, window_length: int, stride: int,
+                  segment: np.ndarray | None = None) -> dict[str, int]:
+    """Windows per split (train, val, test): the windows :class:`WindowDataset` serves, counted by
+    :func:`window_starts` itself (the one place windows are laid out)."""
+    return {name: len(window_starts(flags, name, window_length, stride, segment)) for name in SPLITS}
+
+
+def _segment_lengths(segment: np.ndarray) -> list[int]:
+    """Frames per segment, in time order (segments are runs of one id)."""
+    segment = np.asarray(segment)
+    if segment.size == 0:
+        return []
+    boundary = np.flatnonzero(np.diff(segment) != 0) + 1
+    return np.diff(np.concatenate([[0], boundary, [segment.size]])).tolist()
+
+
+def _smallest_fraction(frames: int, length: int) -> float:
+    """The smallest fraction (in hundredths) whose block of ``frames`` (truncated, as in
+    :func:`split_flags`) holds ``length`` frames."""
+    hundredths = math.ceil(100 * length / frames)
+    while hundredths < 100 and int(frames * (hundredths / 100)) < length:
+        hundredths += 1
+    return hundredths / 100
+
+
+def describe_lengths(lengths: list[int], limit: int = 8) -> str:
+    """'40, 40, 40' or, for many, '54 (1 to 1 frames; 54 of a single frame)'."""
+    if len(lengths) <= limit:
+        return ", ".join(map(str, lengths))
+    singles = sum(1 for n in lengths if n == 1)
+    return (f"{min(lengths)} to {max(lengths)} (median {int(np.median(lengths))}"
+            + (f"; {singles} of a single frame" if singles else "") + ")")
+
+
+def empty_split_message(flags: np.ndarray, config: dict, segment: np.ndarray | None = None,
+                        frames_from: str = "", split_by_dataset: str | None = None) -> str | None:
+    """None when every split (train, val, test) has at least one window; else one sentence: the
+    frames and windows per split and the settings to change. ``config``: the params entry
+    (``input_frames``, ``output_frames``, ``window_stride``; ``split`` and ``length`` when it has
+    them). ``frames_from``: where the frame count comes from, e.g. '(length 160)'.
+    ``split_by_dataset``: the kind, when the dataset defines its own split (not ``split``).
+
+    Params validation (frame count known from the params alone) and ingest (the real frames and
+    segments) both refuse with it, so the two say the same thing."""
+    flags = np.asarray(flags)
+    inputs, outputs, stride = (int(config[k]) for k in ("input_frames", "output_frames", "window_stride"))
+    length = inputs + outputs
+    windows = window_counts(flags, length, stride, segment)
+    empty = [name for name in SPLITS if windows[name] == 0]
+    if not empty:
+        return None
+    frames = {name: int((flags == SPLIT_CODES[name]).sum()) for name in SPLITS}
+    lengths = _segment_lengths(segment) if segment is not None else [flags.size]
+    where = f"{flags.size} frames{' ' + frames_from if frames_from else ''}"
+    if len(lengths) > 1:
+        where += (f" in {len(lengths)} segments of {describe_lengths(lengths)} frames "
+                  "(no window crosses a segment boundary)")
+    listed = ", ".join(empty[:-1]) + (" and " if len(empty) > 1 else "") + empty[-1]
+    counts = (f"{where} split into {' / '.join(str(frames[n]) for n in SPLITS)} (train / val / test) give "
+              f"{' / '.join(str(windows[n]) for n in SPLITS)} windows of input_frames + output_frames = "
+              f"{inputs} + {outputs} = {length} frames, window_stride {stride}")
+    fixes = [f"lower input_frames or output_frames (each split's block needs at least {length} consecutive frames"
+             + (" within one segment" if len(lengths) > 1 else "") + ")"]
+    if split_by_dataset:
+        fixes[0] += f" (the split is kind {split_by_dataset}'s own: there is no split key to change)"
+    elif "split" in config:
+        if len(lengths) == 1 and 3 * length <= flags.size:
+            needed = _smallest_fraction(flags.size, length)
+            fixes.append(f"raise {' and '.join(f'split.{name}' for name in empty)} to at least {needed:g} "
+                         f"({length} of {flags.size} frames{', taking it from the others' if len(empty) < 3 else ''})")
+        elif len(lengths) == 1:
+            fixes.append(f"change split ({flags.size} frames cannot hold three blocks of {length})")
+        else:
+            fixes.append("change split (fractions of each segment's frames for kinds that split per segment, "
+                         "else of all frames)")
+    if "length" in config:
+        fixes.append("raise length")
+    if len(lengths) > 1:
+        step_key = next((key for key in TIME_STEP_KEYS if key in config), None)
+        fixes.append("make the segments longer (" + (f"a gap in time starts a new segment: check {step_key} against "
+                                                     "the spacing of the frames" if step_key else
+                                                     "the dataset's events, videos or gaps in time") + ")")
+    return (f"no window fits in the {listed} split{'s' if len(empty) > 1 else ''} (every split needs at least "
+            f"one): {counts}; to fix: {', or '.join(fixes)}")
 
 
 class WindowDataset:

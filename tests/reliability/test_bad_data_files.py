@@ -177,7 +177,7 @@ def ingest_params(tmp_path: Path, entry: dict) -> Path:
 
 def gridded_entry(source: Path) -> dict:
     return {"kind": "gridded", "source": str(source), "variables": ["t2m"], "time_step": "1h", "height": 4,
-            "width": 5, "input_frames": 2, "output_frames": 2, "window_stride": 1, "patch_size": 1,
+            "width": 5, "input_frames": 1, "output_frames": 1, "window_stride": 1, "patch_size": 1,
             "split": {"train": 0.5, "val": 0.25, "test": 0.25}, "csi_thresholds": [1.0], "seed": 0}
 
 
@@ -283,14 +283,17 @@ def test_radar_file_of_another_importer_is_named(tmp_path, capsys, kind, intrude
 @needs_radar
 def test_radar_gap_is_recorded_in_the_processed_file(tmp_path, capsys):
     """A missing radar file is legitimate: a gap, recorded (segments, time_gaps), never bridged."""
-    copies = radar_copies("radar_knmi", tmp_path / "radar", 8)
-    copies[3].unlink()  # 2010-08-26 00:15 missing
-    params = ingest_params(tmp_path, radar_entry("radar_knmi", tmp_path / "radar"))
+    # 20 five-minute files, 01:00 missing: segments of 12 and 7 frames, enough for a window in
+    # every split (ingest refuses a split without one)
+    copies = radar_copies("radar_knmi", tmp_path / "radar", 20)
+    copies[12].unlink()
+    params = ingest_params(tmp_path, {**radar_entry("radar_knmi", tmp_path / "radar"), "input_frames": 1,
+                                      "output_frames": 1})
     out = tmp_path / "processed" / "mine.nc"
     assert main(["ingest", "--params", str(params), "--dataset", "mine", "--out", str(out)]) == 0
     with xr.open_dataset(out) as processed:
         assert processed.attrs["segments"] == 2
         attrs = processed["rain_rate"].attrs
-        assert attrs["n_time_gaps"] == 1 and attrs["n_files"] == 7
-        assert "2010-08-26T00:10:00 -> 2010-08-26T00:20:00" in attrs["time_gaps"]
-        assert processed["segment"].values.tolist() == [0, 0, 0, 1, 1, 1, 1]
+        assert attrs["n_time_gaps"] == 1 and attrs["n_files"] == 19
+        assert "2010-08-26T00:55:00 -> 2010-08-26T01:05:00" in attrs["time_gaps"]
+        assert processed["segment"].values.tolist() == [0] * 12 + [1] * 7

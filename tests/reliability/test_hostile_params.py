@@ -166,8 +166,13 @@ CASES = {
                                 "datasets.moving_glyphs.patch_size: 32 does not divide height 16 "
                                 "(allowed: a divisor of both height 16 and width 16)"),
     "more_output_frames_than_data": (_set("datasets.moving_glyphs.output_frames", 400),
-                                     "datasets.moving_glyphs: the train split has 96 frames (length 160 x 0.6), "
-                                     "fewer than one window of input_frames + output_frames = 404"),
+                                     "datasets.moving_glyphs: no window fits in the train, val and test splits "
+                                     "(every split needs at least one): 160 frames (length 160) split into "
+                                     "96 / 32 / 32 (train / val / test) give 0 / 0 / 0 windows of input_frames + "
+                                     "output_frames = 4 + 400 = 404 frames, window_stride 2; to fix: lower "
+                                     "input_frames or output_frames (each split's block needs at least 404 "
+                                     "consecutive frames), or change split (160 frames cannot hold three blocks of "
+                                     "404), or raise length"),
     "split_not_summing_to_one": (_set("datasets.moving_glyphs.split", {"train": 0.5, "val": 0.1, "test": 0.1}),
                                  "datasets.moving_glyphs.split: fractions {'train': 0.5, 'val': 0.1, 'test': 0.1} "
                                  "sum to 0.7 (allowed: train + val + test = 1)"),
