@@ -246,6 +246,8 @@ def example_coords(series: SeriesData, starts: np.ndarray, input_frames: int, ou
         """Times since the reference, the same for every example; else (windows of different
         time steps, a pool of mixed steps) frames."""
         offset = times - reference[:, None]
+        if offset.dtype == object:  # cftime dates (a 360-day or no-leap calendar): datetime.timedelta
+            offset = offset.astype("timedelta64[us]")
         if len(starts) and (offset == offset[:1]).all():
             units = {} if np.issubdtype(offset.dtype, np.timedelta64) else {"units": time_attrs.get("units", "frame")}
             return offset[0], units

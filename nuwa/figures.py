@@ -65,7 +65,15 @@ def error_style(limit: float) -> dict:
 
 
 def _is_time(values) -> bool:
-    return np.issubdtype(np.asarray(values).dtype, np.datetime64)
+    values = np.asarray(values)
+    if values.dtype == object and values.size:  # cftime dates of a non-standard calendar
+        return hasattr(values.flat[0], "calendar")
+    return np.issubdtype(values.dtype, np.datetime64)
+
+
+def _day(value) -> str:
+    """The date of a time value: numpy datetime64 or a cftime date (360-day, no-leap calendars)."""
+    return value.strftime("%Y-%m-%d") if hasattr(value, "calendar") else str(np.datetime64(value, "D"))
 
 
 def time_text(value, attrs: dict | None = None, short: bool = False) -> str:
@@ -75,7 +83,7 @@ def time_text(value, attrs: dict | None = None, short: bool = False) -> str:
     if _is_time(value):
         import pandas as pd
 
-        stamp = pd.Timestamp(value)
+        stamp = value if hasattr(value, "calendar") else pd.Timestamp(value)
         zone = " UTC" if any("UTC" in str(text) for text in attrs.values()) else ""
         return stamp.strftime("%H:%M" if short else "%Y-%m-%d %H:%M") + ("" if short else zone)
     units = str(attrs.get("units", "frame"))
@@ -183,7 +191,7 @@ def _frame_times(examples: xr.Dataset, window: int) -> dict:
     attrs = examples["time"].attrs
     valid = examples["time"].values[window]
     inputs = examples["input_time"].values[window]
-    short = _is_time(valid) and len({str(np.datetime64(v, "D")) for v in (*inputs, *valid)}) == 1
+    short = _is_time(valid) and len({_day(v) for v in (*inputs, *valid)}) == 1
     issued = time_text(examples["forecast_reference_time"].values[window], attrs)
     return {"inputs": [f"{lead_text(o, examples['input_step'].attrs)}\n{time_text(t, attrs, short=short)}"
                        for o, t in zip(examples["input_step"].values, inputs)],

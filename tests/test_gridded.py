@@ -199,11 +199,28 @@ def _no_compute(*args, **kwargs):
 @pytest.mark.parametrize("kind", ["file", "parts", "zarr"])
 def test_field_stays_lazy_and_chunked_along_time(data, kind):
     entry = config(data[kind], variables=["t2m", "z"], select={"level": 500}, crop={"y": [30, 60]},
-                   coarsen=2, height=6, width=10, chunk_frames=10, fill_missing=0.0)
+                   coarsen=2, height=6, width=10, chunk_frames=10)
     with dask.config.set(scheduler=_no_compute):  # any compute inside the generator fails
         field = generate(entry)
     assert isinstance(field.data, da.Array) and field.chunks is not None
     assert field.chunks == ((10, 10, 10, 10, 8), (2,), (6,), (10,))
+
+
+def test_fill_missing_counts_in_one_pass_and_stays_lazy(data):
+    """fill_missing records what it fills: one counting pass (a single dask.compute), the field stays lazy."""
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return dask.get(*args, **kwargs)
+
+    entry = config(data["file"], variables=["t2m", "z"], select={"level": 500}, crop={"y": [30, 60]},
+                   coarsen=2, height=6, width=10, chunk_frames=10, fill_missing=0.0)
+    with dask.config.set(scheduler=counting):
+        field = generate(entry)
+    assert len(calls) == 1
+    assert isinstance(field.data, da.Array) and field.chunks == ((10, 10, 10, 10, 8), (2,), (6,), (10,))
+    assert field.attrs["frames_with_missing"] == 0 and (field["missing_fraction"].values == 0).all()
 
 
 # -- gaps and time checks -------------------------------------------------------------------
@@ -322,8 +339,11 @@ def test_wrong_dims_and_grid(data):
 
 
 def test_bad_time_step():
-    with pytest.raises(ValueError, match=r"time_step '1MS' is not a fixed-length"):
-        generate(config("unused.nc", time_step="1MS"))
+    with pytest.raises(ValueError, match=r"time_step '1QS' is neither a fixed-length pandas frequency .* nor calendar "
+                                         r"months \('1MS'"):
+        generate(config("unused.nc", time_step="1QS"))
+    with pytest.raises(ValueError, match=r"time_step '0MS' must be positive"):
+        generate(config("unused.nc", time_step="0MS"))
 
 
 def test_nan_fill_missing(tmp_path):
@@ -338,6 +358,18 @@ def test_nan_fill_missing(tmp_path):
         ingest("holes", config(path))
     coarse = generate(config(path, coarsen=2, height=10, width=10)).values  # a block mean keeps the hole
     assert np.isnan(coarse[3, 0, 2, 2]) and np.isfinite(np.delete(coarse.reshape(48, -1), 22, axis=1)).all()
+    # recorded: the fraction of each frame's cells filled, the fraction of frames a pixel was filled
+    assert field["missing_fraction"].dims == ("time",) and field["missing_frequency"].dims == ("y", "x")
+    expected = np.zeros(48)
+    expected[3] = 1 / (21 * 20)
+    np.testing.assert_array_equal(field["missing_fraction"].values, expected)
+    assert field["missing_frequency"].values[4, 5] == 1 / 48 and field["missing_frequency"].values.sum() == 1 / 48
+    assert field.attrs["frames_with_missing"] == 1 and field.attrs["missing_values"] == "t2m: 1"
+    # with coarsen, a filled cell does not dilute its block: the block mean of the three valid cells
+    coarse = generate(config(path, coarsen=2, height=10, width=10, fill_missing=-1.5))
+    raw = dataset["t2m"].values[3, 4:6, 4:6].astype(np.float64)
+    np.testing.assert_allclose(coarse.values[3, 0, 2, 2], np.nanmean(raw), rtol=1e-6)
+    assert coarse["missing_frequency"].shape == (10, 10) and coarse["missing_frequency"].values[2, 2] == 1 / 48
 
 
 def test_config_schema(data):
