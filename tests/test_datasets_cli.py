@@ -9,8 +9,8 @@ import yaml
 from conftest import REPO, TINY_PARAMS, tool_env
 from nuwa.datasets import dataset_kinds, source_status
 
-CONTRACT = {"taxibj", "kth", "sevir", "radar_knmi", "radar_mch", "radar_bom", "radar_pool", "nycbike", "nytaxi",
-            "pollutant", "wildfire", "moving_glyphs", "gridded"}
+CONTRACT = {"taxibj", "kth", "sevir", "radar", "radar_knmi", "radar_mch", "radar_bom", "radar_pool", "nycbike",
+            "nytaxi", "pollutant", "wildfire", "moving_glyphs", "gridded"}
 
 
 def test_registry_names_are_the_contract():

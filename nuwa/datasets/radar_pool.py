@@ -1,10 +1,11 @@
-"""radar_pool: several radar events (radar_knmi / radar_mch / radar_bom entries) as one dataset.
+"""radar_pool: several radar events (radar / radar_knmi / radar_mch / radar_bom entries) as one dataset.
 
 One shipped event leaves about forty training windows; a radar comparison needs more. This
 kind pools events: its entry lists ``members``, each an inline radar config exactly as the
-radar kinds take it (``kind``: ``radar_knmi`` | ``radar_mch`` | ``radar_bom``, ``source``,
-``pattern``, ``crop``, ``downsample``, ``quantity``, ``missing``, ``timestamp_format``,
-``time_step_minutes``; see :mod:`nuwa.datasets.radar`). Each member is read by its kind's own
+radar kinds take it (``kind``: ``radar`` | ``radar_knmi`` | ``radar_mch`` | ``radar_bom``,
+``importer`` and ``importer_kwargs`` (``radar``: required importer; a preset's is fixed),
+``source``, ``pattern``, ``crop``, ``downsample``, ``quantity``, ``missing``,
+``timestamp_format``, ``time_step_minutes``; see :mod:`nuwa.datasets.radar`). Each member is read by its kind's own
 reader (:func:`nuwa.datasets.radar.read_radar`, called once per member; nothing is re-implemented
 here), so a member's frames are bit for bit what its own ingest writes.
 
@@ -77,19 +78,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nuwa.datasets import field_array, register_dataset
-from nuwa.datasets.radar import PRODUCTS, SCHEMA as RADAR_SCHEMA, defaults_for
+from nuwa.datasets.radar import GENERIC_KIND, KINDS as RADAR_KINDS, PRESETS, SCHEMA as RADAR_SCHEMA, defaults_for
 from nuwa.errors import DataFileError
 
 if TYPE_CHECKING:
     import xarray as xr
 
 KIND = "radar_pool"
-MEMBER_KINDS = tuple(PRODUCTS)
+MEMBER_KINDS = tuple(RADAR_KINDS)
 MEMBER_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {"kind": {"enum": list(MEMBER_KINDS)}, **RADAR_SCHEMA},
     "required": ["kind", "source"],
+    "allOf": [  # kind radar names its importer and files; a preset's importer is its own
+        {"if": {"properties": {"kind": {"const": GENERIC_KIND}}},
+         "then": {"required": ["importer", "pattern", "timestamp_format"]}},
+        *({"if": {"properties": {"kind": {"const": kind}}},
+           "then": {"properties": {"importer": {"enum": [preset.importer]}}}} for kind, preset in PRESETS.items()),
+    ],
 }
 SCHEMA = {
     "source": {"type": "string", "minLength": 1},
@@ -190,10 +197,11 @@ def _crop_box(settings: dict, field: xr.DataArray) -> tuple[int, int, int, int]:
 
 
 def _check_no_repeats(members: list[tuple[dict, Path, xr.DataArray]]) -> None:
-    """Two members of one kind with common times over overlapping crops hold the same frames twice."""
+    """Two members of one kind (kind radar: and importer) with common times over overlapping crops hold the
+    same frames twice."""
     for j, (settings_j, source_j, field_j) in enumerate(members):
         for i, (settings_i, source_i, field_i) in enumerate(members[:j]):
-            if settings_i["kind"] != settings_j["kind"]:
+            if (settings_i["kind"], settings_i.get("importer")) != (settings_j["kind"], settings_j.get("importer")):
                 continue
             common = np.intersect1d(field_i["time"].values, field_j["time"].values)
             r0, r1, c0, c1 = _crop_box(settings_i, field_i)
