@@ -94,6 +94,17 @@ def _print_or_write(text: str, out: str | None) -> None:
         sys.stdout.write(text)
 
 
+def cmd_inspect(args):
+    """What a data file (or a glob of them) holds, and a datasets entry that ingests it (checked)."""
+    from nuwa.config import load_params
+    from nuwa.inspect import inspect_source, render
+
+    params = load_params(args.params) if args.params else None
+    inspection = inspect_source(args.source, name=args.name, params=params, scan=not args.no_scan)
+    sys.stdout.write(render(inspection, entry_only=args.entry_only))
+    return 1 if inspection.validation is not None and inspection.checked else 0
+
+
 def cmd_dvc_yaml(args):
     from nuwa.stages import dvc_yaml
 
@@ -812,6 +823,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_params)
     c.add_argument("file", help="a params or experiment file")
     c.add_argument("--out", help="write it here instead of printing it (e.g. params.yaml)")
+    c = sub.add_parser("inspect", help="what a data file (or a glob of them) holds, and a datasets: entry that "
+                       "ingests it (checked as `nuwa validate` checks params)",
+                       description="Describe a data source (variables, dimensions, time axis, grid, missing values) "
+                                   "and print a ready `datasets:` entry for params.yaml: kind gridded for NetCDF/Zarr, "
+                                   "kind radar for radar files pysteps reads (KNMI/ODIM HDF5, MeteoSwiss GIF, FMI PGM, "
+                                   "BoM NetCDF). The entry is validated in-process against the params schema; exit "
+                                   "status 1 if it does not pass")
+    c.set_defaults(func=cmd_inspect)
+    c.add_argument("source", help="a file, a glob of files (quote it: 'data/era5/*.nc'), a folder or a Zarr store")
+    c.add_argument("--name", help="the entry's name (default: from the file names)")
+    c.add_argument("--params", help="a params file: the name avoids its datasets and the entry is also validated "
+                                    "inside it (default: the entry alone)")
+    c.add_argument("--no-scan", action="store_true", help="metadata only: skip the pass over the values (NaN counts, "
+                                                          "CSI thresholds)")
+    c.add_argument("--entry-only", action="store_true", help="print the entry only (YAML), e.g. to append it to a file")
     c = sub.add_parser("dvc-yaml", help="print (or --out: write) dvc.yaml, generated from the stage table",
                        description="dvc.yaml generated from nuwa/stages.py (the table Snakemake's rules read too)")
     c.set_defaults(func=cmd_dvc_yaml)
