@@ -31,30 +31,184 @@ def load_schema() -> dict:
 EXTENDS = "extends"  # an experiment file's key: the params file it overlays (a path relative to it)
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
+def load_params(path: str | Path = "params.yaml", models: bool = False) -> dict:
     """The validated parameters of ``path``. A file with ``extends: <file>`` (an experiment file,
     e.g. experiments/table1_cpu.yaml with ``extends: ../params.yaml``) overlays that file:
     mappings merge key by key, any other value (a list, a number) replaces the base's; the
-    merged parameters are validated as one file."""
+    merged parameters are validated as one file. ``models``: also build every backbone of the
+    grid on torch's meta device (:func:`validate_params`), which imports torch: ``nuwa validate``
+    does, the stages' own reads (and Snakemake's, each time it reads the file) need not."""
     path = Path(path)
     params, bases = _read_params_file(path, ())
     source = str(path) + (f" (extends {' -> '.join(map(str, bases))})" if bases else "")
-    validate_params(params, source=source)
+    validate_params(params, source=source, models=models)
     return params
+
+
+# Bounds on what a params file may hold, checked while it is read (before anything is built from
+# it). params.yaml is 17 KB: 885 keys and values, 7 levels deep.
+MAX_FILE_BYTES = 1 << 20
+# YAML anchors and aliases are allowed (experiments/table2_cpu.yaml merges `<<: *pollutant64`),
+# but every alias counts as a copy of what it names: Snakemake's JSON of a job's parameters and
+# DVC's parser (dvc/parsing/context.py, which converts all of params.yaml before any stage runs)
+# copy every alias out, so that a 1.6 KB "alias bomb" becomes gigabytes there.
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 32  # PyYAML composes recursively: deeper nesting ends in a RecursionError
+
+
+def _read_text(path: Path, chain: tuple[Path, ...]) -> str:
+    """The file's text: at most MAX_FILE_BYTES bytes of UTF-8."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        where = f" (named by {EXTENDS!r} in {chain[-1]})" if chain else ""
+        raise ParamsError(f"{path}: parameter file not found{where}") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder (allowed: a YAML params file)") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ParamsError(f"{path}: larger than {MAX_FILE_BYTES:,} bytes (allowed: a params file of at most "
+                          f"{MAX_FILE_BYTES:,} bytes; params.yaml is about 17,000)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ParamsError(f"{path}: line {line}: byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8 text "
+                          "(a binary file? allowed: a YAML text file in UTF-8)") from None
+
+
+def _node_children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """Keys and values under ``node`` (itself included) with every alias copied out, memoised in
+    ``sizes`` by node id: linear in the nodes, however often they are aliased. A node that
+    contains itself (an alias cycle, refused after loading) counts once where it recurs."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    stack, open_ = [(node, False)], set()
+    while stack:
+        current, children_done = stack.pop()
+        key = id(current)
+        if children_done:
+            open_.discard(key)
+            sizes[key] = 1 + sum(sizes.get(id(child), 1) for child in _node_children(current))
+            continue
+        if key in sizes or key in open_:
+            continue
+        open_.add(key)
+        stack.append((current, True))
+        stack.extend((child, False) for child in _node_children(current)
+                     if id(child) not in sizes and id(child) not in open_)
+    return sizes[id(node)]
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader that counts, while it composes, the keys and values the file
+    would have with every alias copied out, and how deep they nest: over MAX_YAML_VALUES or
+    MAX_YAML_DEPTH it stops with a ParamsError naming the line and the key. A value that a tag
+    cannot be made from (``!!float none``) is a YAML error naming its line."""
+
+    def __init__(self, text: str, path: Path):
+        super().__init__(text)
+        self._path, self._values, self._sizes, self._parts = path, 0, {}, []
+
+    def _refuse(self, problem: str):
+        keys = []  # the mapping keys down to the first list item: the key a user looks for
+        for part in self._parts:
+            if not isinstance(part, str) or len(keys) == 6:
+                break
+            keys.append(part)
+        raise ParamsError(f"{self._path}: {'.'.join(keys) + ': ' if keys else ''}{problem}")
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.Node):  # a value: its key
+            part = index.value if isinstance(index, yaml.ScalarNode) else "?"
+        elif isinstance(parent, yaml.SequenceNode):
+            part = index
+        else:  # the document, or a key
+            part = None
+        if part is not None:
+            self._parts.append(part)
+        try:
+            if isinstance(event, yaml.AliasEvent):
+                node = super().compose_node(parent, index)
+                self._values += _expanded_size(node, self._sizes)
+                if self._values > MAX_YAML_VALUES:
+                    self._refuse(f"alias *{event.anchor} at line {line} takes the file past {MAX_YAML_VALUES:,} keys "
+                                 f"and values once its aliases are copied out (an alias bomb? allowed: at most "
+                                 f"{MAX_YAML_VALUES:,}, every alias counted as the copy that Snakemake and DVC make "
+                                 "of it)")
+                return node
+            self._values += 1
+            if self._values > MAX_YAML_VALUES:
+                self._refuse(f"more than {MAX_YAML_VALUES:,} keys and values by line {line} (allowed: at most "
+                             f"{MAX_YAML_VALUES:,} in a params file)")
+            if len(self._parts) > MAX_YAML_DEPTH:
+                self._refuse(f"values nested more than {MAX_YAML_DEPTH} levels deep at line {line} (allowed: at "
+                             f"most {MAX_YAML_DEPTH})")
+            return super().compose_node(parent, index)
+        finally:
+            if part is not None:
+                self._parts.pop()
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. float('none') for `!!float none`
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.tag} cannot be made from {getattr(node, 'value', '')!r}: {exc}"
+                if isinstance(node, yaml.ScalarNode) else f"{node.tag}: {exc}", node.start_mark) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line for a YAML syntax error: where, what, and the construct it was inside."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"line {line}: not valid YAML: unacceptable character #x{character:04x}: {exc.reason}"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {exc.problem}"
+        if exc.context and exc.context_mark is not None:
+            where += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        elif exc.context:
+            where += f" ({exc.context})"
+        return where
+    return "not valid YAML: " + " ".join(str(exc).split())
+
+
+def _load_yaml(text: str, path: Path):
+    """(the parsed file, the first duplicate key or None), bounded by _BoundedLoader."""
+    try:
+        loader = _BoundedLoader(text, path)  # its reader checks every character first
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: {_yaml_problem(exc, text)}") from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        duplicate = _duplicate_key(node)
+        return loader.construct_document(node), duplicate
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: {_yaml_problem(exc, text)}") from None
+    except ParamsError as exc:  # raised deep in the composer's recursion: a short traceback (Snakemake prints it)
+        raise ParamsError(str(exc)) from None
+    finally:
+        loader.dispose()
 
 
 def _read_params_file(path: Path, chain: tuple[Path, ...]) -> tuple[object, list[Path]]:
     """(the file's parameters with the files it extends overlaid, the files it extends in order)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        where = f" (named by {EXTENDS!r} in {chain[-1]})" if chain else ""
-        raise ParamsError(f"{path}: parameter file not found{where}") from None
-    try:
-        params = yaml.safe_load(text)
-        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    text = _read_text(path, chain)
+    params, duplicate = _load_yaml(text, path)
     if duplicate:
         raise ParamsError(f"{path}: {duplicate}")
     if not isinstance(params, dict) or EXTENDS not in params:
@@ -74,7 +228,7 @@ def _read_params_file(path: Path, chain: tuple[Path, ...]) -> tuple[object, list
     return overlay(merged, params), [base_path, *bases]
 
 
-def with_overrides(params: dict, overrides: dict, source: str) -> dict:
+def with_overrides(params: dict, overrides: dict, source: str, models: bool = False) -> dict:
     """``params`` with command-line overrides (``snakemake --config key=value``) merged in and
     validated as one file. Snakemake hands nested values over as strings (``train={"steps": 10}``
     gives ``"10"``): every string that YAML reads as a number, a boolean or null is typed as the
@@ -93,7 +247,7 @@ def with_overrides(params: dict, overrides: dict, source: str) -> dict:
         return value
 
     merged = overlay(params, typed(dict(overrides)))
-    validate_params(merged, source=source)
+    validate_params(merged, source=source, models=models)
     return merged
 
 
@@ -232,9 +386,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         if "exclusiveMinimum" in schema:
             bounds.append(f"> {schema['exclusiveMinimum']}")
         if "maximum" in schema:
-            bounds.append(f"<= {schema['maximum']}")
+            bounds.append(f"<= {_bound(schema['maximum'])}")
         if "exclusiveMaximum" in schema:
-            bounds.append(f"< {schema['exclusiveMaximum']}")
+            bounds.append(f"< {_bound(schema['exclusiveMaximum'])}")
         return f"{key}: {value!r} is out of range (allowed: {' and '.join(bounds)})"
     if kind == "minItems":
         return f"{key}: {value!r} must have at least {schema['minItems']} item(s)"
@@ -245,6 +399,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
         dupes = [item for item, count in counts.items() if count > 1]
         return f"{key}: duplicate item(s) {', '.join(dupes)} in {value!r} (items must be unique)"
     return f"{key}: {error.message}"
+
+
+def _bound(value) -> str:
+    """A schema bound as written in messages: 9223372036854775807 (2^63 - 1) says where it comes from."""
+    if isinstance(value, int) and value > 1 << 20 and ((value + 1) & value == 0):
+        return f"{value} (2^{value.bit_length()} - 1)"
+    return str(value)
 
 
 def _is_number(text: str) -> bool:
@@ -262,8 +423,12 @@ def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     return error
 
 
-def validate_params(params: Any, source: str = "params.yaml") -> None:
-    """Raise ParamsError on the first problem found; return None when params are usable."""
+def validate_params(params: Any, source: str = "params.yaml", models: bool = False) -> None:
+    """Raise ParamsError on the first problem found; return None when params are usable.
+    Every backbone entry is checked against its presets and its builder's own checks, without
+    torch. ``models``: also build each backbone of the grid on torch's meta device for every grid
+    dataset and task, as `nuwa train` would build it, which runs the checks of its modules'
+    constructors and bounds its size (imports torch, about 2 s; then 0.01-0.2 s a model)."""
     if not isinstance(params, dict):
         raise ParamsError(f"{source}: expected a mapping of keys at the top level, got {type(params).__name__}")
     unusable = _unusable_value(params)
@@ -275,6 +440,14 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
     errors = sorted(validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     if errors:
         error = errors[0]
+        if error.validator == "oneOf" and error.context:
+            # `null` or a bounded integer: say what is wrong with the integer, not "not valid under any schema"
+            error = next((inner for inner in error.context if inner.validator != "type"), error)
+        if error.validator == "oneOf" and error.context and all(inner.validator == "type" for inner in error.context):
+            expected = " or ".join(str(inner.schema["type"]) for inner in error.context)
+            hint = " (write it without a decimal point)" if isinstance(error.instance, float) else ""
+            raise ParamsError(f"{source}: {_dotted(error.absolute_path)}: {error.instance!r} has type "
+                              f"{type(error.instance).__name__}, expected {expected}{hint}")
         if error.validator == "propertyNames":
             inner = _deepest(error)
             raise ParamsError(f"{source}: {_dotted(error.absolute_path)}: name {inner.instance!r} is not allowed "
@@ -283,6 +456,9 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
         raise ParamsError(f"{source}: {_describe(error)}")
     for message in _cross_checks(params):
         raise ParamsError(f"{source}: {message}")
+    if models:
+        for message in _model_checks(params):
+            raise ParamsError(f"{source}: {message}")
 
 
 # Keys of the layout before seeds became one grid axis (see README, 'Migrating from replicate_seeds'),
@@ -347,6 +523,9 @@ def validate_dataset_entry(name: str, entry: Any, source: str = "datasets entry"
         raise ParamsError(f"{source}: {message}")
 
 
+MAX_GENERATED_VALUES = 1 << 30
+
+
 def _dataset_checks(name: str, entry: dict):
     """Checks of one dataset entry that need its kind's schema or more than one key. Yields messages."""
     from nuwa.datasets import dataset_config_schema, dataset_kinds
@@ -370,6 +549,13 @@ def _dataset_checks(name: str, entry: dict):
         if entry[side] % patch:
             yield (f"{key}.patch_size: {patch} does not divide {side} {entry[side]} "
                    f"(allowed: a divisor of both height {entry['height']} and width {entry['width']})")
+    if isinstance(entry.get("length"), int):  # a generated series, made in memory at once
+        values = entry["length"] * entry["height"] * entry["width"]
+        if values > MAX_GENERATED_VALUES:
+            yield (f"{key}: length x height x width = {entry['length']} x {entry['height']} x {entry['width']} = "
+                   f"{values:,} values (allowed: at most {MAX_GENERATED_VALUES:,}: a generated series is made in "
+                   f"memory, {MAX_GENERATED_VALUES * 4 // 2**30} GiB in float32)")
+            return
     if "split" not in entry:  # the kind defines its own split (its schema says so): known at ingest only
         return
     split = entry["split"]
@@ -388,6 +574,13 @@ def _cross_checks(params: dict):
     from nuwa.backbones import backbone_kinds
     from nuwa.grid import BANK_KNOBS, BANKLESS_METHODS, IMPORTANCE_METHODS
 
+    scheduler = (params.get("ingest") or {}).get("scheduler")
+    if scheduler not in (None, "local", "threads"):  # an address: refused unless loopback (dask imported only then)
+        from nuwa.ingest import check_scheduler_address
+
+        problem = check_scheduler_address(scheduler)
+        if problem:
+            yield problem
     grid = params["grid"]
     for section, grid_key in (("datasets", "datasets"), ("tasks", "tasks"), ("backbones", "backbones"),
                               ("variants", "variants")):
@@ -469,3 +662,226 @@ def _cross_checks(params: dict):
     methods = {params["variants"][v]["method"] for v in grid["variants"]}
     if "none" not in methods:
         yield "grid.variants: no variant with method 'none' (the Ori baseline every comparison needs)"
+    yield from _later_stage_checks(params)
+    yield from _backbone_checks(params)
+
+
+def _baseline_names() -> list[str]:
+    return list(load_schema()["properties"]["grid"]["properties"]["baselines"]["items"]["enum"])
+
+
+# A grid this large would make Snakemake's and DVC's graphs of jobs too large to plan.
+MAX_TRAINING_RUNS = 100_000
+GRID_AXES = ("datasets", "tasks", "train_percents", "backbones", "variants", "seeds")
+
+
+def _later_stage_checks(params: dict):
+    """Checks of the upstream ViT, the names, the GPUs and the grid's size that a later stage
+    would otherwise refuse, or fail on, after earlier stages ran. Yields messages."""
+    pretrain = params["pretrain"]
+    if pretrain["embed_dim"] % pretrain["num_heads"]:
+        yield (f"pretrain.num_heads: {pretrain['num_heads']} does not divide pretrain.embed_dim {pretrain['embed_dim']} "
+               f"(each head attends over embed_dim / num_heads channels; allowed: a divisor of {pretrain['embed_dim']})")
+    depth = pretrain["depth"]
+    layer_lists = [("saliency.layers", params["saliency"]["layers"])]
+    layer_lists += [(f"upstreams.{name}.layers", entry["layers"]) for name, entry in params["upstreams"].items()
+                    if "layers" in entry]
+    layer_lists += [(f"diagnostics.layer_choices.{index}", layers)
+                    for index, layers in enumerate(params["diagnostics"]["layer_choices"])]
+    for key, layers in layer_lists:
+        for index, layer in enumerate(layers):
+            if not -depth <= layer < depth:
+                yield (f"{key}.{index}: {layer} is not a block of the upstream ViT (pretrain.depth {depth}; allowed: "
+                       f"{-depth} to {depth - 1}, negative counting from the last)")
+    baselines = _baseline_names()
+    for section in ("backbones", "variants"):
+        for name in params[section]:
+            if name in baselines:
+                yield (f"{section}: name {name!r} is reserved for the baseline of that name (a table row named "
+                       f"{name!r} would read as the baseline's; reserved: {', '.join(sorted(baselines))})")
+    batch_size = params["train"]["batch_size"]
+    for name, entry in params["backbones"].items():
+        gpus = entry.get("gpus", 1)
+        if batch_size % gpus:
+            yield (f"backbones.{name}.gpus: {gpus} does not divide train.batch_size {batch_size} (every GPU trains on "
+                   f"an equal share of the batch; allowed: a divisor of {batch_size})")
+    grid = params["grid"]
+    counts = [len(grid[axis]) for axis in GRID_AXES]
+    if math.prod(counts) > MAX_TRAINING_RUNS:
+        yield (f"grid: {math.prod(counts):,} training runs ({' x '.join(GRID_AXES)} = {' x '.join(map(str, counts))}; "
+               f"allowed: at most {MAX_TRAINING_RUNS:,})")
+
+
+# The backbones' checks. Without torch (always): each backbone entry against its presets (the
+# override names and their types, nuwa.backbones._specs.<kind>.PRESETS) and every backbone of the
+# grid checked with its builder's own checks (`check`) for every grid dataset and task, with the
+# shapes `nuwa train` builds it for, and its upstream transfer. With `models=True` (`nuwa validate`),
+# also built on torch's meta device (no memory, no random draw), which runs the checks of every
+# module's constructor and bounds the model's size. One channel: the channel count is known after
+# ingest, and no builder's checks depend on it.
+MAX_MODEL_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights, 12 GB more with gradients and Adam's state
+MAX_MODEL_MODULES = 10_000            # the largest preset (rainformer reference) has 515
+MAX_HYPERPARAMETER = 65_536           # any number in an override: no width, depth, kernel or ratio is larger
+MAX_OVERRIDE_ITEMS = 64               # items of a list in an override (the presets' longest has 4)
+MAX_OVERRIDE_TEXT = 256               # characters of a text in an override ("3,5,7,11", "video_swin_2x8")
+PIPELINE_KEYS = ("kind", "init_from_upstream", "gpus")  # not the builder's (nuwa.train.PIPELINE_KEYS)
+
+
+def _override_items(value, path):
+    """(dotted path, value) of an override value and of everything in its lists and mappings."""
+    yield path, value
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _override_items(item, f"{path}.{index}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _override_items(item, f"{path}.{key}")
+
+
+def _override_problem(key: str, value, preset_values: list):
+    """What is wrong with one override, from its presets' values (None: nothing found). Sizes
+    are bounded here, before a builder loops over them; the model's size is bounded by
+    ``models=True`` (a few hundred blocks of a small width are within every single bound)."""
+    for path, item in _override_items(value, key):
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and abs(item) > MAX_HYPERPARAMETER:
+            return (f"{path}: {item} is out of range (allowed: >= -{MAX_HYPERPARAMETER} and <= {MAX_HYPERPARAMETER} "
+                    "for a backbone hyperparameter)")
+        if isinstance(item, (list, dict)) and len(item) > MAX_OVERRIDE_ITEMS:
+            return f"{path}: {len(item)} items (allowed: at most {MAX_OVERRIDE_ITEMS} in a backbone hyperparameter)"
+        if isinstance(item, str) and len(item) > MAX_OVERRIDE_TEXT:
+            return (f"{path}: text of {len(item)} characters (allowed: at most {MAX_OVERRIDE_TEXT} in a backbone "
+                    "hyperparameter)")
+    types = {type(preset) for preset in preset_values}
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if types == {int} and not is_int:
+        hint = " (write it without a decimal point)" if isinstance(value, float) else ""
+        return f"{key}: {value!r} has type {type(value).__name__}, expected integer{hint}"
+    if types == {bool} and not isinstance(value, bool):
+        return f"{key}: {value!r} has type {type(value).__name__}, expected boolean"
+    if float in types and types <= {int, float} and not (is_int or isinstance(value, float)):
+        return f"{key}: {value!r} has type {type(value).__name__}, expected number"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, ValueError) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _grid_shapes(params: dict) -> list[tuple]:
+    """(where, in_shape, out_frames, scale, dataset) of every grid dataset and task: the shapes
+    `nuwa train` builds a backbone for (nuwa.train.build_model)."""
+    grid, shapes = params["grid"], []
+    for dataset in grid["datasets"]:
+        config = params["datasets"][dataset]
+        for task in grid["tasks"]:
+            factor = params["tasks"][task].get("factor", 1)
+            in_shape = (config["input_frames"], 1, config["height"] // factor, config["width"] // factor)
+            where = (f"datasets.{dataset} ({in_shape[0]} -> {config['output_frames']} frames of {in_shape[2]} x "
+                     f"{in_shape[3]}{f': inputs / tasks.{task}.factor {factor}' if factor > 1 else ''})")
+            shapes.append((where, in_shape, config["output_frames"], factor, dataset))
+    return shapes
+
+
+def _backbone_checks(params: dict):
+    """The torch-free backbone checks. Yields messages."""
+    from nuwa.backbones import ENTRY_KEYS, backbone_spec
+    from nuwa.backbones._specs import resolve_hparams
+
+    specs = {}
+    for name, entry in params["backbones"].items():
+        spec = specs[name] = backbone_spec(entry["kind"])
+        if spec is None:  # registered at run time, without a spec: its builder checks its overrides
+            continue
+        if entry["size"] not in spec.PRESETS:
+            yield (f"backbones.{name}.size: {entry['size']!r} is not allowed "
+                   f"(allowed: {', '.join(map(repr, spec.PRESETS))})")
+            continue
+        hparams = spec.PRESETS[entry["size"]]
+        overrides = {key: value for key, value in entry.items() if key not in ENTRY_KEYS}
+        unknown = sorted(set(overrides) - set(hparams), key=str)
+        if unknown:
+            allowed = ", ".join(sorted({*ENTRY_KEYS, *hparams}))
+            yield f"backbones.{name}: unknown key {unknown[0]!r} (allowed: {allowed})"
+            continue
+        for key, value in overrides.items():
+            problem = _override_problem(f"backbones.{name}.{key}", value,
+                                        [preset[key] for preset in spec.PRESETS.values() if key in preset])
+            if problem:
+                yield problem
+    shapes = _grid_shapes(params)
+    for name in params["grid"]["backbones"]:
+        entry, spec = params["backbones"][name], specs[name]
+        if spec is None:
+            continue
+        overrides = {key: value for key, value in entry.items() if key not in ENTRY_KEYS}
+        hp = resolve_hparams(entry["kind"], spec.PRESETS, entry["size"], overrides)
+        for where, in_shape, out_frames, scale, _ in shapes:
+            try:
+                spec.check(hp, in_shape, out_frames, scale)
+            except Exception as exc:  # noqa: BLE001  whatever the builder's checks raise
+                yield f"backbones.{name}: cannot be built for {where}: {_one_line(exc)}"
+        if entry.get("init_from_upstream"):
+            check_upstream = getattr(spec, "check_upstream", None)
+            if check_upstream is None:
+                yield (f"backbones.{name}.init_from_upstream: backbone kind {entry['kind']!r} cannot start from the "
+                       "upstream ViT's weights (allowed: false for this kind)")
+                continue
+            try:
+                check_upstream(hp, params["pretrain"])
+            except (TypeError, ValueError) as exc:
+                yield f"backbones.{name}.init_from_upstream: {_upstream(params)} does not fit: {_one_line(exc)}"
+
+
+def _upstream(params: dict) -> str:
+    pretrain = params["pretrain"]
+    return (f"the upstream ViT (pretrain.embed_dim {pretrain['embed_dim']}, depth {pretrain['depth']}, "
+            f"num_heads {pretrain['num_heads']}, mlp_ratio {pretrain['mlp_ratio']})")
+
+
+def _meta_upstream(pretrain: dict, dataset_config: dict):
+    import torch
+
+    from nuwa.upstream import build_upstream
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build_upstream(pretrain, dataset_config, channels=1)
+
+
+def _model_checks(params: dict):
+    """Every backbone of the grid built on torch's meta device for every grid dataset and task
+    (``models=True``). Yields messages."""
+    from nuwa.backbones import ModelTooLarge, build_on_meta
+
+    built = set()
+    for name in params["grid"]["backbones"]:
+        entry = params["backbones"][name]
+        hparams = {key: value for key, value in entry.items() if key not in PIPELINE_KEYS}
+        transfer = bool(entry.get("init_from_upstream"))
+        for where, in_shape, out_frames, scale, dataset in _grid_shapes(params):
+            signature = (entry["kind"], repr(sorted(hparams.items())), in_shape, out_frames, scale, transfer and dataset)
+            if signature in built:
+                continue
+            built.add(signature)
+            try:
+                model, _ = build_on_meta(entry["kind"], in_shape=in_shape, out_frames=out_frames, scale=scale,
+                                         max_parameters=MAX_MODEL_PARAMETERS, max_modules=MAX_MODEL_MODULES, **hparams)
+            except ModelTooLarge as exc:
+                yield (f"backbones.{name}: {exc} for {where} (allowed: at most {MAX_MODEL_PARAMETERS:,} parameters "
+                       f"and {MAX_MODEL_MODULES:,} modules in a model)")
+                continue
+            except Exception as exc:  # noqa: BLE001  whatever the builder or a module's constructor raises
+                yield f"backbones.{name}: cannot be built for {where}: {_one_line(exc)}"
+                continue
+            if not transfer:
+                continue
+            if not hasattr(model, "load_upstream"):
+                yield (f"backbones.{name}.init_from_upstream: backbone kind {entry['kind']!r} cannot start from the "
+                       "upstream ViT's weights (allowed: false for this kind)")
+                continue
+            upstream = _meta_upstream(params["pretrain"], params["datasets"][dataset])
+            try:
+                model.load_upstream({"kind": "upstream_vit", "state_dict": upstream.state_dict(),
+                                     "model_config": dict(upstream.config)})
+            except ValueError as exc:
+                yield f"backbones.{name}.init_from_upstream: {_upstream(params)} does not fit: {_one_line(exc)}"

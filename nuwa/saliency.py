@@ -121,6 +121,10 @@ def saliency_dataset(source_index: np.ndarray, importance: np.ndarray, patch_siz
                      depth: int, dataset_name: str) -> xr.Dataset:
     """The saliency file: ``importance`` only. Masks belong to the banks (each variant's ratio)."""
     _, frames, gy, gx = importance.shape
+    for layer in layers:  # as nuwa.upstream.chosen_layers, without importing torch
+        if not -depth <= layer < depth:
+            raise ValueError(f"layer {layer} is not a block of the upstream ViT (depth {depth}; allowed: "
+                             f"{-depth} to {depth - 1}, negative counting from the last)")
     coords = {
         "sample": ("sample", np.asarray(source_index, dtype=np.int64),
                    {"long_name": "source window: index of its first time step in the processed dataset"}),

@@ -120,7 +120,13 @@ class UpstreamViT(nn.Module):
 
 
 def chosen_layers(layers: list[int], depth: int) -> list[int]:
-    """Block indices, sorted and unique; negative ones count from the last (-1 = last)."""
+    """Block indices, sorted and unique; negative ones count from the last (-1 = last). A layer
+    outside ``-depth .. depth - 1`` is an error (``layer % depth`` would silently pick another
+    block: 7 on a one-block model would mean block 0); ``nuwa validate`` refuses it first."""
+    for layer in layers:
+        if not -depth <= layer < depth:
+            raise ValueError(f"layer {layer} is not a block of the upstream ViT (depth {depth}; allowed: "
+                             f"{-depth} to {depth - 1}, negative counting from the last)")
     return sorted({layer % depth for layer in layers})
 
 

@@ -42,26 +42,8 @@ from ._blocks import (
     recurrent_rollout,
     resolve_hparams,
 )
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Fast on a 2-core CPU at 32x32, 10 -> 10 frames (19 recurrent steps): patches of 4 put the
-    # cells on an 8x8 grid with 16 input channels.
-    "small": {
-        "num_hidden": [24, 24],
-        "filter_size": 3,
-        "patch_size": 4,
-        "layer_norm": False,
-        "upsample_channels": 16,
-    },
-    # OpenSTL's TaxiBJ ConvLSTM settings (same as configs/taxibj/PredRNN.py's model block).
-    "reference": {
-        "num_hidden": [128, 128, 128, 128],
-        "filter_size": 5,
-        "patch_size": 2,
-        "layer_norm": False,
-        "upsample_channels": 64,
-    },
-}
+from ._specs.convlstm import PRESETS
+from ._specs.convlstm import check as check_hparams
 
 
 class ConvLSTMCell(nn.Module):
@@ -162,6 +144,7 @@ def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> ConvLSTM:
     hp = resolve_hparams("convlstm", PRESETS, size, overrides)
+    check_hparams(hp, in_shape, out_frames, scale)
     filter_size, patch_size = check_recurrent_hparams("convlstm", hp, in_shape, out_frames, scale)
     return ConvLSTM(
         in_shape,

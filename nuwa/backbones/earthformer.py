@@ -68,7 +68,6 @@ Differences from the official code:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,79 +77,16 @@ from torch.nn import functional as F
 
 from . import register_backbone
 from ._blocks import TransposedConvUpsampler, int_list, resolve_hparams
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Sized for the project's default CPU run (32x32, 10 -> 10 frames, C=1, batch 16; ~0.26 s
-    # forward+backward on one thread): a two-stage stem puts the transformer on an 8x8 grid
-    # (levels 8x8x16 and 4x4x32), the SEVIR layout otherwise (axial self-attention, 1x1
-    # cross-attention, global self-attention among the global vectors), with global vectors that
-    # the decoder also reads so that every parameter is trained.
-    "small": {
-        "base_units": 16,
-        "scale_alpha": 1.0,
-        "downsample": 2,
-        "enc_depth": [1, 1],
-        "dec_depth": [1, 1],
-        "num_heads": 2,
-        "self_pattern": "axial",
-        "cross_self_pattern": "axial",
-        "cross_pattern": "cross_1x1",
-        "num_global_vectors": 4,
-        "use_dec_self_global": True,
-        "use_dec_cross_global": True,
-        "use_global_vector_ffn": False,
-        "use_global_self_attn": True,
-        "separate_global_qkv": False,
-        "attn_drop": 0.0,
-        "proj_drop": 0.0,
-        "ffn_drop": 0.0,
-        "ffn_activation": "gelu",
-        "padding_type": "ignore",
-        "pos_embed_type": "t+h+w",
-        "use_relative_pos": True,
-        "z_init_method": "zeros",
-        "stem_dims": [8, 16],
-        "stem_scales": [2, 2],
-        "stem_convs": [1, 1],
-        "stem_activation": "leaky",
-    },
-    # The published SEVIR model (scripts/cuboid_transformer/sevir/earthformer_sevir_v1.yaml, the
-    # configuration of the released checkpoint; 13 -> 12 frames of 384x384x1): the stem divides the
-    # resolution by 3*2*2 = 12 (384 -> 32x32 grid), two levels of width 128/256, axial
-    # self-attention, 1x1 cross-attention, 8 global vectors used by the encoder only.
-    # ``stem_*`` are ``initial_downsample_stack_conv_{dim,downscale,num_conv}_list``.  At 32x32
-    # inputs the same stem gives a 3x3 grid (11 -> 6 -> 3 with padding); override ``stem_scales``
-    # (e.g. [1, 1, 1]) to keep the paper's ~32x32 transformer grid.
-    "reference": {
-        "base_units": 128,
-        "scale_alpha": 1.0,
-        "downsample": 2,
-        "enc_depth": [1, 1],
-        "dec_depth": [1, 1],
-        "num_heads": 4,
-        "self_pattern": "axial",
-        "cross_self_pattern": "axial",
-        "cross_pattern": "cross_1x1",
-        "num_global_vectors": 8,
-        "use_dec_self_global": False,
-        "use_dec_cross_global": False,
-        "use_global_vector_ffn": False,
-        "use_global_self_attn": True,
-        "separate_global_qkv": True,
-        "attn_drop": 0.1,
-        "proj_drop": 0.1,
-        "ffn_drop": 0.1,
-        "ffn_activation": "gelu",
-        "padding_type": "zeros",
-        "pos_embed_type": "t+h+w",
-        "use_relative_pos": True,
-        "z_init_method": "zeros",
-        "stem_dims": [16, 64, 128],
-        "stem_scales": [3, 2, 2],
-        "stem_convs": [2, 2, 2],
-        "stem_activation": "leaky",
-    },
-}
+from ._specs.earthformer import (  # noqa: F401  (the patterns are this module's API too)
+    PRESETS,
+    CrossSpec,
+    SelfSpec,
+    Triple,
+    check as check_hparams,
+    cross_attention_pattern,
+    out_hw,
+    self_attention_pattern,
+)
 
 _ACTIVATIONS = {"gelu": nn.GELU, "leaky": lambda: nn.LeakyReLU(0.1), "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -159,7 +95,6 @@ _ACTIVATIONS = {"gelu": nn.GELU, "leaky": lambda: nn.LeakyReLU(0.1), "relu": nn.
 # Cuboid decomposition
 # ---------------------------------------------------------------------------------------------
 
-Triple = tuple[int, int, int]
 
 
 def cuboid_reorder(x: torch.Tensor, cuboid_size: Sequence[int], strategy: Sequence[str]) -> torch.Tensor:
@@ -236,130 +171,8 @@ def _additive_mask(allowed: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
 
 
-# ---------------------------------------------------------------------------------------------
-# Attention patterns
-# ---------------------------------------------------------------------------------------------
-
-SelfSpec = tuple[Triple, tuple[str, str, str], Triple]
-CrossSpec = tuple[tuple[int, int], tuple[int, int], tuple[str, str, str], int]
-
-
-def _strategy(value: Any) -> tuple[str, str, str]:
-    strategy = tuple(value)
-    if len(strategy) != 3 or any(s not in ("l", "d") for s in strategy):
-        raise ValueError(f"strategy must be three of 'l'/'d' (e.g. 'lll', 'dld'), got {value!r}")
-    return strategy  # type: ignore[return-value]
-
-
-def _ints(value: Any, n: int, what: str, minimum: int) -> tuple[int, ...]:
-    try:
-        items = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be {n} ints, got {value!r}") from None
-    if len(items) != n or any(v < minimum for v in items):
-        raise ValueError(f"{what} must be {n} ints >= {minimum}, got {value!r}")
-    return items
-
-
-def self_attention_pattern(pattern: Any, grid: Triple) -> list[SelfSpec]:
-    """``[(cuboid_size, strategy, shift_size), ...]`` for a ``(T, H, W)`` grid.
-
-    Cuboid sizes are clamped to the grid (shift 0 on clamped axes) and dilated axes never shift,
-    as in the official ``update_cuboid_size_shift_size``.
-    """
-    t, h, w = grid
-    local, zero = ("l", "l", "l"), (0, 0, 0)
-    if isinstance(pattern, str):
-        if pattern == "full":
-            specs = [((t, h, w), local, zero)]
-        elif pattern == "axial":
-            specs = [((t, 1, 1), local, zero), ((1, h, 1), local, zero), ((1, 1, w), local, zero)]
-        elif pattern == "divided_st":
-            specs = [((t, 1, 1), local, zero), ((1, h, w), local, zero)]
-        elif match := re.fullmatch(r"video_swin(?:_(\d+)x(\d+))?", pattern):
-            p, m = (int(match[1]), int(match[2])) if match[1] else (2, 4)
-            p, m = min(p, t), min(m, h, w)
-            specs = [((p, m, m), local, zero), ((p, m, m), local, (p // 2, m // 2, m // 2))]
-        elif match := re.fullmatch(r"spatial_lg_(v1|\d+)", pattern):
-            m = 4 if match[1] == "v1" else int(match[1])
-            if h <= m and w <= m:
-                specs = [((t, 1, 1), local, zero), ((1, h, w), local, zero)]
-            else:
-                specs = [((t, 1, 1), local, zero), ((1, m, m), local, zero), ((1, m, m), ("d", "d", "d"), zero)]
-        elif match := re.fullmatch(r"axial_space_dilate_(\d+)", pattern):
-            k = min(int(match[1]), h, w)
-            dilated = ("d", "d", "d")
-            specs = [
-                ((t, 1, 1), local, zero),
-                ((1, h // k, 1), dilated, zero), ((1, h // k, 1), local, zero),
-                ((1, 1, w // k), dilated, zero), ((1, 1, w // k), local, zero),
-            ]  # fmt: skip
-        else:
-            raise ValueError(
-                f"unknown self-attention pattern {pattern!r}; named patterns: full, axial, divided_st, "
-                "video_swin[_PxM], spatial_lg_{v1,M}, axial_space_dilate_K, or a list of "
-                "(cuboid_size, strategy, shift_size)"
-            )
-    else:
-        try:
-            specs = [
-                (_ints(c, 3, "cuboid_size", 1), _strategy(s), _ints(sh, 3, "shift_size", 0))
-                for c, s, sh in pattern
-            ]
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"bad self-attention pattern {pattern!r}: {err}") from None
-        if not specs:
-            raise ValueError("self-attention pattern must not be empty")
-    resolved = []
-    for cuboid, strategy, shift in specs:
-        cuboid, shift = list(cuboid), list(shift)
-        for axis, length in enumerate(grid):
-            if strategy[axis] == "d" or length <= cuboid[axis]:
-                shift[axis] = 0
-            cuboid[axis] = min(cuboid[axis], length)
-            if shift[axis] >= cuboid[axis]:
-                raise ValueError(f"shift_size {tuple(shift)} must be smaller than cuboid_size {tuple(cuboid)}")
-        resolved.append((tuple(cuboid), strategy, tuple(shift)))
-    return resolved  # type: ignore[return-value]
-
-
-def cross_attention_pattern(pattern: Any, hw: tuple[int, int]) -> list[CrossSpec]:
-    """``[(cuboid_hw, shift_hw, strategy, n_temporal), ...]`` for an ``(H, W)`` grid."""
-    h, w = hw
-    if isinstance(pattern, str):
-        match = re.fullmatch(r"cross_(\d+)x\1(_lg|_heter)?", pattern)
-        if not match:
-            raise ValueError(
-                f"unknown cross-attention pattern {pattern!r}; named patterns: cross_KxK, cross_KxK_lg, "
-                "cross_KxK_heter, or a list of (cuboid_hw, shift_hw, strategy, n_temporal)"
-            )
-        k = min(int(match[1]), h, w)
-        specs: list[Any] = [((k, k), (0, 0), "lll", 1)]
-        if match[2]:
-            specs.append(((k, k), (0, 0), "ddd", 1))
-        if match[2] == "_heter":
-            specs.append(((k, k), (k // 2, k // 2), "lll", 1))
-    else:
-        specs = list(pattern)
-        if not specs:
-            raise ValueError("cross-attention pattern must not be empty")
-    resolved = []
-    try:
-        for cuboid, shift, strategy, n_temporal in specs:
-            cuboid, shift = list(_ints(cuboid, 2, "cuboid_hw", 1)), list(_ints(shift, 2, "shift_hw", 0))
-            strategy, n_temporal = _strategy(strategy), int(n_temporal)
-            if n_temporal < 1:
-                raise ValueError(f"n_temporal must be >= 1, got {n_temporal}")
-            for axis, length in enumerate(hw):
-                if strategy[axis + 1] == "d" or length <= cuboid[axis]:
-                    shift[axis] = 0
-                cuboid[axis] = min(cuboid[axis], length)
-                if shift[axis] >= cuboid[axis]:
-                    raise ValueError(f"shift_hw {tuple(shift)} must be smaller than cuboid_hw {tuple(cuboid)}")
-            resolved.append((tuple(cuboid), tuple(shift), strategy, n_temporal))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bad cross-attention pattern {pattern!r}: {err}") from None
-    return resolved  # type: ignore[return-value]
+# Attention patterns: self_attention_pattern and cross_attention_pattern live in
+# nuwa.backbones._specs.earthformer (torch-free, so that `nuwa validate` checks them on every grid).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -786,9 +599,7 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(factor * factor * dim)
         self.reduction = nn.Linear(factor * factor * dim, out_dim, bias=False)
 
-    @staticmethod
-    def out_hw(hw: tuple[int, int], factor: int) -> tuple[int, int]:
-        return (-(-hw[0] // factor), -(-hw[1] // factor))
+    out_hw = staticmethod(out_hw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.factor
@@ -1098,32 +909,10 @@ def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> Earthformer:
     hp = resolve_hparams("earthformer", PRESETS, size, overrides)
-    t_in, _, _, _ = in_shape
-    if t_in < 1 or out_frames < 1 or scale < 1:
-        raise ValueError(f"earthformer: need T_in, out_frames, scale >= 1, got {t_in}, {out_frames}, {scale}")
-    for key in ("base_units", "num_heads", "downsample"):
-        if int(hp[key]) < 1:
-            raise ValueError(f"earthformer: {key} must be >= 1, got {hp[key]!r}")
-    if int(hp["num_global_vectors"]) < 0:
-        raise ValueError(f"earthformer: num_global_vectors must be >= 0, got {hp['num_global_vectors']!r}")
+    check_hparams(hp, in_shape, out_frames, scale)
     enc_depth, dec_depth = int_list(hp["enc_depth"], "enc_depth"), int_list(hp["dec_depth"], "dec_depth")
-    if len(enc_depth) != len(dec_depth):
-        raise ValueError(f"earthformer: enc_depth {enc_depth} and dec_depth {dec_depth} need one entry per level")
     stem_dims, stem_scales = int_list(hp["stem_dims"], "stem_dims"), int_list(hp["stem_scales"], "stem_scales")
     stem_convs = [int(c) for c in hp["stem_convs"]]
-    if not (len(stem_dims) == len(stem_scales) == len(stem_convs)) or any(c < 0 for c in stem_convs):
-        raise ValueError("earthformer: stem_dims, stem_scales, stem_convs need one entry (>= 0 convs) per stage")
-    if stem_dims[-1] != int(hp["base_units"]):
-        raise ValueError(f"earthformer: stem_dims[-1]={stem_dims[-1]} must equal base_units={hp['base_units']}")
-    for key, allowed in (
-        ("ffn_activation", _ACTIVATIONS), ("stem_activation", _ACTIVATIONS), ("padding_type", ("ignore", "zeros")),
-        ("pos_embed_type", ("t+h+w", "t+hw")), ("z_init_method", ("zeros", "nearest_interp", "last", "mean")),
-    ):  # fmt: skip
-        if hp[key] not in allowed:
-            raise ValueError(f"earthformer: {key} must be one of {', '.join(allowed)}; got {hp[key]!r}")
-    for key in ("attn_drop", "proj_drop", "ffn_drop"):
-        if not 0.0 <= float(hp[key]) < 1.0:
-            raise ValueError(f"earthformer: {key} must be in [0, 1), got {hp[key]!r}")
     return Earthformer(
         in_shape,
         out_frames,

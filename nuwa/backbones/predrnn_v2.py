@@ -53,29 +53,8 @@ from ._blocks import (
     recurrent_rollout,
     resolve_hparams,
 )
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Fast on a 2-core CPU at 32x32, 10 -> 10 frames (19 recurrent steps): patches of 4 put the
-    # cells on an 8x8 grid with 16 input channels.
-    "small": {
-        "num_hidden": [16, 16],
-        "filter_size": 3,
-        "patch_size": 4,
-        "layer_norm": False,
-        "decouple_beta": 0.1,
-        "upsample_channels": 16,
-    },
-    # OpenSTL configs/taxibj/PredRNNv2.py: num_hidden '128,128,128,128', filter_size 5, stride 1,
-    # patch_size 2, layer_norm 0, decouple_beta 0.1.
-    "reference": {
-        "num_hidden": [128, 128, 128, 128],
-        "filter_size": 5,
-        "patch_size": 2,
-        "layer_norm": False,
-        "decouple_beta": 0.1,
-        "upsample_channels": 64,
-    },
-}
+from ._specs.predrnn_v2 import PRESETS
+from ._specs.predrnn_v2 import check as check_hparams
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, height: int, width: int, layer_norm: bool,
@@ -203,14 +182,10 @@ def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> PredRNNv2:
     hp = resolve_hparams("predrnn_v2", PRESETS, size, overrides)
+    check_hparams(hp, in_shape, out_frames, scale)
     filter_size, patch_size = check_recurrent_hparams("predrnn_v2", hp, in_shape, out_frames, scale)
     num_hidden = int_list(hp["num_hidden"], "num_hidden")
-    if len(set(num_hidden)) != 1:
-        # M flows through every layer and the adapter is shared, so all layers have one width.
-        raise ValueError(f"predrnn_v2: all num_hidden entries must be equal, got {num_hidden}")
     decouple_beta = float(hp["decouple_beta"])
-    if decouple_beta < 0:
-        raise ValueError(f"predrnn_v2: decouple_beta must be >= 0, got {hp['decouple_beta']!r}")
     return PredRNNv2(
         in_shape,
         out_frames,

@@ -27,16 +27,10 @@ from timm.models.swin_transformer import SwinTransformerBlock
 
 from . import register_backbone
 from ._blocks import resolve_hparams
-from .simvp import SimVPBase, validate_frame_hparams
-from .vit import PRESETS as VIT_PRESETS
-from .vit import TransformerTranslator, drop_path_rates, validate_transformer_hparams
-
-# OpenSTL's SimVP_Swin configs use the same translator sizes as SimVP_ViT (configs/taxibj/simvp/
-# SimVP_Swin.py: hid_S 32, hid_T 256, N_S 2, N_T 8, drop_path 0.1; mlp_ratio 8, SwinSubBlock
-# num_heads 8) -- TaxiBJ "9.66M" -- so the presets are vit's plus a window: None applies OpenSTL's
-# rule (4 on both presets' grids). Reference: 9,331,098 params at in_shape (4, 2, 32, 32), 4 -> 4
-# (-3.4%, for the reason vit.py's presets give).
-PRESETS: dict[str, dict[str, Any]] = {size: {**hparams, "window_size": None} for size, hparams in VIT_PRESETS.items()}
+from ._specs.swin import PRESETS
+from ._specs.swin import check as check_hparams
+from .simvp import SimVPBase
+from .vit import TransformerTranslator, drop_path_rates
 
 
 def openstl_window_size(grid: tuple[int, int]) -> int:
@@ -101,11 +95,8 @@ def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> SimVPSwin:
     hp = resolve_hparams("swin", PRESETS, size, overrides)
-    validate_frame_hparams("swin", hp, in_shape, out_frames, scale)
-    validate_transformer_hparams("swin", hp)
+    check_hparams(hp, in_shape, out_frames, scale)
     window_size = hp["window_size"]
-    if window_size is not None and int(window_size) < 1:
-        raise ValueError(f"swin: window_size must be >= 1 or None (OpenSTL's rule), got {window_size!r}")
     return SimVPSwin(
         in_shape,
         out_frames,

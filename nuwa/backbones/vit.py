@@ -46,42 +46,11 @@ from torch import nn
 
 from . import register_backbone
 from ._blocks import resolve_hparams
-from .simvp import SimVPBase, validate_frame_hparams
+from ._specs.vit import PRESETS
+from ._specs.vit import check as check_hparams
+from ._specs.vit import check_transformer as validate_transformer_hparams  # noqa: F401  (swin imports it here)
+from .simvp import SimVPBase
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The project's default CPU run (32x32, 10 -> 10 frames, C=1, batch 16): SimVP-small's thin
-    # encoder/decoder (N_S=4 -> an 8x8 grid, 64 tokens per sample) and two 64-wide blocks.
-    "small": {
-        "hid_S": 4,
-        "hid_T": 64,
-        "N_S": 4,
-        "N_T": 2,
-        "num_heads": 4,
-        "mlp_ratio": 4.0,
-        "drop": 0.0,
-        "drop_path": 0.0,
-        "spatio_kernel_enc": 3,
-        "spatio_kernel_dec": 3,
-    },
-    # OpenSTL configs/taxibj/simvp/SimVP_ViT.py (hid_S 32, hid_T 256, N_S 2, N_T 8, drop_path 0.1;
-    # SimVP_Model defaults mlp_ratio 8, ViTSubBlock num_heads 8) -- TaxiBJ benchmark "9.66M".
-    # OpenSTL's 8 MetaBlocks are one block at T_in*hid_S = 128 channels plus seven at 256; we keep
-    # the seven 256-wide blocks and replace the 128-wide one by the 1x1 input conv, so N_T = 7:
-    # 9,328,354 params at in_shape (4, 2, 32, 32), 4 -> 4 (-3.4%; OpenSTL's layout counts
-    # 9,657,698).  N_T = 8 here would be 10.64M (+10.2%).
-    "reference": {
-        "hid_S": 32,
-        "hid_T": 256,
-        "N_S": 2,
-        "N_T": 7,
-        "num_heads": 8,
-        "mlp_ratio": 8.0,
-        "drop": 0.0,
-        "drop_path": 0.1,
-        "spatio_kernel_enc": 3,
-        "spatio_kernel_dec": 3,
-    },
-}
 
 UPSTREAM_KIND = "upstream_vit"
 
@@ -134,19 +103,6 @@ class TransformerTranslator(nn.Module):
             x = block(x)
         x = self.norm(x).reshape(batch, h, w, -1).permute(0, 3, 1, 2)
         return self.out_proj(x)
-
-
-def validate_transformer_hparams(backbone: str, hp: dict[str, Any]) -> None:
-    for key in ("hid_T", "N_T", "num_heads"):
-        if int(hp[key]) < 1:
-            raise ValueError(f"{backbone}: {key} must be >= 1, got {hp[key]!r}")
-    if int(hp["hid_T"]) % int(hp["num_heads"]):
-        raise ValueError(f"{backbone}: hid_T={hp['hid_T']} is not divisible by num_heads={hp['num_heads']}")
-    if float(hp["mlp_ratio"]) <= 0:
-        raise ValueError(f"{backbone}: mlp_ratio must be > 0, got {hp['mlp_ratio']!r}")
-    for key in ("drop", "drop_path"):
-        if not 0.0 <= float(hp[key]) < 1.0:
-            raise ValueError(f"{backbone}: {key} must be in [0, 1), got {hp[key]!r}")
 
 
 class SimVPViT(SimVPBase):
@@ -258,8 +214,7 @@ def build(
     *, in_shape: tuple[int, int, int, int], out_frames: int, scale: int = 1, size: str = "small", **overrides: Any
 ) -> SimVPViT:
     hp = resolve_hparams("vit", PRESETS, size, overrides)
-    validate_frame_hparams("vit", hp, in_shape, out_frames, scale)
-    validate_transformer_hparams("vit", hp)
+    check_hparams(hp, in_shape, out_frames, scale)
     return SimVPViT(
         in_shape,
         out_frames,
