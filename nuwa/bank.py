@@ -605,17 +605,20 @@ def empty_bank_dataset(series, config: dict, dataset_name: str, variant: str, se
                         strength={"changed_cell_fraction": 0.0, "mean_abs_change_std": 0.0})
 
 
-def load_importance(saliency_path: str | Path, source_index: np.ndarray, patches: tuple[int, int, int]) -> np.ndarray:
+def load_importance(saliency_path: str | Path, source_index: np.ndarray, patches: tuple[int, int, int],
+                    dataset_name: str | None = None) -> np.ndarray:
     """The saliency file's ``importance`` (N, T, Py, Px) float32, checked against the training
     windows: its ``sample`` coordinate must equal ``source_index`` and its (step, patch_y,
-    patch_x) shape ``patches``, every value finite. Each failure is a
+    patch_x) shape ``patches``, every value finite; with ``dataset_name``, its ``nuwa_dataset``
+    attribute too. Each failure is a
     :class:`nuwa.io.DataFileError` naming the file and saying to rerun the saliency stage."""
     from nuwa.io import DataFileError, check_finite, open_netcdf
 
     rerun = "rerun the saliency stage"
     try:
         saliency = open_netcdf(saliency_path, variables=("importance",),
-                               dims={"importance": ("sample", "step", "patch_y", "patch_x")})
+                               dims={"importance": ("sample", "step", "patch_y", "patch_x")},
+                               expect={"nuwa_dataset": dataset_name}, hint=" (the saliency file of another dataset)")
     except DataFileError as exc:
         raise DataFileError(f"{exc}; {rerun}") from None
     samples = saliency["sample"].values if "sample" in saliency.coords else None

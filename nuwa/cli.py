@@ -19,7 +19,7 @@ from nuwa import grid
 COMMON_HELP = "parameter file (validated against the schema before anything runs)"
 
 
-def _params(args, stage=None, uses_torch=False, **wildcards):
+def _params(args, stage=None, uses_torch=False, models=False, **wildcards):
     """The validated parameter file; with ``stage``, only the keys the stage table declares for
     that stage's job (:func:`nuwa.stages.declared_params`: reading another key is an error).
     Names given on the command line are checked against the whole file first. ``uses_torch``:
@@ -27,7 +27,7 @@ def _params(args, stage=None, uses_torch=False, **wildcards):
     others start 2-5 s sooner per job."""
     from nuwa.config import load_params
 
-    params = load_params(args.params)
+    params = load_params(args.params, models=models)
     for section, name in (("datasets", wildcards.get("dataset")), ("tasks", wildcards.get("task")),
                           ("upstreams", wildcards.get("upstream")),
                           ("backbones", wildcards.get("backbone")), ("variants", wildcards.get("variant"))):
@@ -42,6 +42,62 @@ def _params(args, stage=None, uses_torch=False, **wildcards):
     return declared_params(params, stage, **wildcards)
 
 
+def _check_files(inputs: dict, outputs: dict, emptied: dict | None = None) -> None:
+    """Before a stage computes anything: refuse an output that is one of its inputs (the same real
+    file, through any path or link; an existing file inside an input folder counts), two outputs
+    that are the same file, an output folder the stage empties that holds an input, and an output
+    that cannot be written (a folder, under a file, a folder not writable). ``inputs`` and
+    ``outputs``: option (as the user knows it, e.g. ``--data``) -> path, list of paths or None;
+    ``emptied``: option -> a folder whose files the stage removes. One line naming the file."""
+    from nuwa.io import DataFileError, check_writable
+
+    def real(path) -> str:
+        return os.path.realpath(os.path.expanduser(str(path)))
+
+    read, folders = {}, []
+    for option, paths in inputs.items():
+        for path in [paths] if isinstance(paths, (str, Path)) else (paths or []):
+            if path:
+                read.setdefault(real(path), (option, path))
+                if os.path.isdir(path):
+                    folders.append((real(path), option, path))
+    written = {}
+    for option, path in outputs.items():
+        if not path:
+            continue
+        key = real(path)
+        if key in read:
+            source, given = read[key]
+            same = "" if str(given) == str(path) else f" ({given})"
+            raise DataFileError(f"{path}: output {option} is the input {source}{same}: refusing to overwrite an "
+                                f"input; give {option} another path")
+        inside = next(((o, f) for folder, o, f in folders if key.startswith(folder + os.sep)), None)
+        if inside is not None and os.path.lexists(path):
+            raise DataFileError(f"{path}: output {option} is a file of the input folder {inside[0]} ({inside[1]}): "
+                                f"refusing to overwrite an input; give {option} another path")
+        if key in written:
+            raise DataFileError(f"{path}: given as two outputs, {written[key]} and {option}: the second would "
+                                "overwrite the first")
+        written[key] = option
+    for option, folder in (emptied or {}).items():
+        if folder:
+            inside = next(((o, p) for key, (o, p) in read.items() if key.startswith(real(folder) + os.sep)), None)
+            if inside is not None:
+                raise DataFileError(f"{folder}: output folder {option} holds the input {inside[0]} ({inside[1]}), "
+                                    f"whose files this stage removes; give {option} a folder of its own")
+    for path in outputs.values():
+        if path:
+            check_writable(path)
+
+
+def _series(path, params, name: str, entry: bool = True):
+    """The processed file ``path`` of dataset ``name``, checked against its params entry
+    (``entry=False``: a stage that does not declare it: its name and grid only)."""
+    from nuwa.windows import load_series
+
+    return load_series(path, name, params["datasets"][name] if entry else None)
+
+
 def _torch_threads(args):
     if getattr(args, "threads", None):
         import torch
@@ -50,10 +106,13 @@ def _torch_threads(args):
 
 
 def cmd_validate(args):
-    params = _params(args)
+    # every backbone of the grid built on torch's meta device (parameter and module counts bounded):
+    # DVC's and Snakemake's validate step refuse what train would, before any stage runs
+    params = _params(args, models=True)
     cells = grid.train_cells(params)
     print(f"{args.params}: valid; {len(params['grid']['datasets'])} dataset(s), {len(cells)} training run(s)")
     if args.out:
+        _check_files({"--params": args.params}, {"--out": args.out})
         # DVC's first stage (dvc.yaml `validate`): every other stage depends on this file, so
         # no stage command, with grid names in it, runs before the names are checked. The bytes
         # never depend on the values, so a params change reruns only the stages that read it.
@@ -75,6 +134,7 @@ def cmd_params(args):
     text = yaml.safe_dump(load_params(args.file), sort_keys=False, width=110)
     header = f"# {args.file} merged with the files it extends (nuwa params); validated\n"
     if args.out:
+        _check_files({"FILE": args.file}, {"--out": args.out})
         from nuwa.io import write_text
 
         write_text(header + text, args.out)
@@ -88,6 +148,7 @@ def _print_or_write(text: str, out: str | None) -> None:
     from nuwa.io import write_text
 
     if out:
+        _check_files({}, {"--out": out})
         write_text(text, out)
         print(f"wrote {out}")
     else:
@@ -153,6 +214,7 @@ def cmd_ingest(args):
 
     params = _params(args, "ingest", dataset=args.dataset)
     out = args.out or grid.PROCESSED.format(dataset=args.dataset)
+    _check_files({"--params": args.params, "source": _source_files(params["datasets"][args.dataset])}, {"--out": out})
     settings = params.get("ingest") or {}
     with dask_scheduler(settings.get("scheduler", "local"), threads=args.threads or 1):
         processed = ingest(args.dataset, params["datasets"][args.dataset],
@@ -161,18 +223,33 @@ def cmd_ingest(args):
     print(f"wrote {out}")
 
 
+def _source_files(entry: dict) -> list[str]:
+    """A params entry's source, as ingest's inputs: the files a pattern matches (bounded:
+    nuwa.globbing), or the file or folder it names."""
+    from nuwa.globbing import find_paths, has_magic
+
+    source = entry.get("source")
+    if source is None:
+        return []
+    source = os.path.expanduser(str(source))
+    if has_magic(source):
+        return find_paths(source)
+    return [source] if os.path.exists(source) else []
+
+
 def cmd_pretrain(args):
     from nuwa.io import save_checkpoint, write_csv
     from nuwa.pretrain import checkpoint, pretrain
-    from nuwa.windows import load_series
 
     stage = "pretrain_ablation" if args.upstream else "pretrain"
     params = _params(args, stage, uses_torch=True, dataset=args.dataset, upstream=args.upstream)
-    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    settings = grid.upstream_settings(params, "pretrain", args.upstream)
-    model, history = pretrain(series, args.dataset, params["datasets"][args.dataset], settings, settings["seed"])
+    data = args.data or grid.PROCESSED.format(dataset=args.dataset)
     files = grid.upstream_files(args.dataset, args.upstream)
     model_out, history_out = args.model_out or files["model"], args.history_out or files["history"]
+    _check_files({"--params": args.params, "--data": data}, {"--model-out": model_out, "--history-out": history_out})
+    series = _series(data, params, args.dataset)
+    settings = grid.upstream_settings(params, "pretrain", args.upstream)
+    model, history = pretrain(series, args.dataset, params["datasets"][args.dataset], settings, settings["seed"])
     write_csv(history, history_out)
     save_checkpoint(checkpoint(model, args.dataset, settings), model_out)
     print(f"wrote {model_out} (final loss {history['loss'].iloc[-1]:.4g})")
@@ -182,25 +259,27 @@ def cmd_saliency(args):
     from nuwa.io import load_checkpoint, write_netcdf
     from nuwa.pretrain import load_upstream
     from nuwa.saliency import compute_importance, saliency_dataset
-    from nuwa.windows import load_series, select_dataset
+    from nuwa.windows import select_dataset
 
     stage = "saliency_ablation" if args.upstream else "saliency"
     params = _params(args, stage, uses_torch=True, dataset=args.dataset, upstream=args.upstream)
     config = params["datasets"][args.dataset]
-    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    data = args.data or grid.PROCESSED.format(dataset=args.dataset)
     files = grid.upstream_files(args.dataset, args.upstream)
     model_path = args.model or files["model"]
+    out = args.out or files["saliency"]
+    _check_files({"--params": args.params, "--data": data, "--model": model_path}, {"--out": out})
+    series = _series(data, params, args.dataset)
     frames, channels, height, width = config["input_frames"], *series.field.shape[1:]
     model = load_upstream(load_checkpoint(model_path), model_path,
                           expected={"frames": frames, "channels": channels, "height": height, "width": width,
-                                    "patch_size": config["patch_size"]})
+                                    "patch_size": config["patch_size"]}, dataset=args.dataset)
     train = select_dataset(series, config, "train")
     settings = grid.upstream_settings(params, "saliency", args.upstream)
     source_index, importance = compute_importance(model, train, settings["layers"], settings["batch_size"],
                                                   args.dataset)
     dataset = saliency_dataset(source_index, importance, config["patch_size"], settings["layers"], len(model.blocks),
                                args.dataset)
-    out = args.out or files["saliency"]
     write_netcdf(dataset, out)
     print(f"wrote {out} ({len(source_index)} training windows)")
 
@@ -213,11 +292,22 @@ def cmd_diagnostics(args):
     from nuwa.diagnostics import add_masks_in_use, diagnose_tables, training_climatology
     from nuwa.figures import diagnostics_figure
     from nuwa.io import save_figure, write_csv
-    from nuwa.windows import load_series, patch_grid, select_dataset
+    from nuwa.windows import patch_grid, select_dataset
 
     params = _params(args, "diagnostics", uses_torch=True, dataset=args.dataset)
     settings, config = params["diagnostics"], params["datasets"][args.dataset]
-    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    data = args.data or grid.PROCESSED.format(dataset=args.dataset)
+    saliency_path = args.saliency or grid.SALIENCY.format(dataset=args.dataset)
+    out = args.out or grid.DIAGNOSTICS.format(dataset=args.dataset)
+    out_per_seed = args.out_per_seed or grid.DIAGNOSTICS_PER_SEED.format(dataset=args.dataset)
+    out_figure = args.out_figure or grid.DIAGNOSTICS_FIGURE.format(dataset=args.dataset)
+    _check_files({"--params": args.params, "--data": data, "--saliency": saliency_path},
+                 {"--out": out, "--out-per-seed": out_per_seed, "--out-figure": out_figure})
+    series = _series(data, params, args.dataset)
+    # the masks the banks actually use (the saliency file, at the bank's ratio): read and checked
+    # before the minutes of pretraining below
+    train = select_dataset(series, config, "train")
+    importance = load_importance(saliency_path, np.asarray(train.starts), patch_grid(series, config), args.dataset)
     table, per_seed = diagnose_tables(series, args.dataset, config, params["pretrain"],
                                       objectives=settings["objectives"], seeds=settings["seeds"],
                                       layer_choices=settings["layer_choices"],
@@ -225,20 +315,14 @@ def cmd_diagnostics(args):
                                       batch_size=params["saliency"]["batch_size"])
     print(f"diagnostics {args.dataset}: {table['seconds'].sum():.1f} s of pretraining and saliency", flush=True)
     figure = diagnostics_figure(table, args.dataset)
-    # and the masks the banks actually use: the saliency file, at the bank's ratio
-    saliency_path = args.saliency or grid.SALIENCY.format(dataset=args.dataset)
-    train = select_dataset(series, config, "train")
-    importance = load_importance(saliency_path, np.asarray(train.starts), patch_grid(series, config))
     table = add_masks_in_use(table, train.inputs(train.starts), training_climatology(series), importance,
                              dataset_name=args.dataset, patch_size=config["patch_size"],
                              ratio=params["bank"]["environment_ratio"], pretrain_config=params["pretrain"],
                              layers=params["saliency"]["layers"], source=saliency_path)
     # wall-clock seconds stay in the log: the files hold the same bytes on every run
-    write_csv(per_seed.drop(columns="seconds"),
-              args.out_per_seed or grid.DIAGNOSTICS_PER_SEED.format(dataset=args.dataset))
-    save_figure(figure, args.out_figure or grid.DIAGNOSTICS_FIGURE.format(dataset=args.dataset), dpi=110)
+    write_csv(per_seed.drop(columns="seconds"), out_per_seed)
+    save_figure(figure, out_figure, dpi=110)
     plt.close(figure)
-    out = args.out or grid.DIAGNOSTICS.format(dataset=args.dataset)
     write_csv(table.drop(columns="seconds"), out)
     print(f"wrote {out}")
 
@@ -249,20 +333,28 @@ def cmd_bank(args):
     from nuwa.bank import (BANK_CONTIGUOUS, IMPORTANCE_METHODS, LazyWindows, empty_bank_dataset, load_importance,
                            write_bank)
     from nuwa.io import write_netcdf
-    from nuwa.windows import load_series, patch_grid, select_dataset, training_subset
+    from nuwa.windows import patch_grid, select_dataset, training_subset
 
     params = _params(args, "bank", dataset=args.dataset, train_percent=args.train_percent, variant=args.variant,
                      seed=args.seed)
     config = params["datasets"][args.dataset]
     settings = grid.variant_settings(params, args.variant)
     method = settings.pop("method")
-    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    data = args.data or grid.PROCESSED.format(dataset=args.dataset)
+    out = args.out or grid.BANK.format(dataset=args.dataset, train_percent=args.train_percent, variant=args.variant,
+                                       seed=args.seed)
+    saliency_path = None
+    if method in IMPORTANCE_METHODS:
+        # --saliency is the pipeline's file; a variant that names an ablation upstream reads that one's
+        saliency_path = (grid.bank_saliency(params, args.dataset, args.variant)
+                         if "upstream" in params["variants"][args.variant]
+                         else args.saliency or grid.SALIENCY.format(dataset=args.dataset))
+    _check_files({"--params": args.params, "--data": data, "--saliency": saliency_path}, {"--out": out})
+    series = _series(data, params, args.dataset)
     # a cell with a share of the training windows gets a bank of those windows alone
     every_window = select_dataset(series, config, "train")
     train = training_subset(every_window, args.train_percent, params["train"]["subset"], args.seed, args.dataset)
     source_index = np.asarray(train.starts)
-    out = args.out or grid.BANK.format(dataset=args.dataset, train_percent=args.train_percent, variant=args.variant,
-                                       seed=args.seed)
     if method in grid.BANKLESS_METHODS:
         # Ori trains on the original windows, mixup mixes them at batch time: the bank is empty by
         # definition, which keeps the DAG uniform (every variant's training reads its bank) in
@@ -274,11 +366,7 @@ def cmd_bank(args):
     importance = None
     if method in IMPORTANCE_METHODS:
         # the saliency covers every training window (one upstream model per dataset): the subset's rows
-        # --saliency is the pipeline's file; a variant that names an ablation upstream reads that one's
-        saliency_path = (grid.bank_saliency(params, args.dataset, args.variant)
-                         if "upstream" in params["variants"][args.variant]
-                         else args.saliency or grid.SALIENCY.format(dataset=args.dataset))
-        importance = load_importance(saliency_path, every_window.starts, patch_grid(series, config))
+        importance = load_importance(saliency_path, every_window.starts, patch_grid(series, config), args.dataset)
         importance = importance[np.isin(every_window.starts, source_index)]
     # windows fetched chunk by chunk while the bank streams to the file: neither the windows nor
     # the bank are ever whole in memory
@@ -321,24 +409,32 @@ def _train(args, params, context):
     from nuwa.io import DataFileError, NetCDFRows, load_checkpoint, open_netcdf, save_checkpoint, write_csv, \
         write_json, write_netcdf
     from nuwa.train import model_payload, train_cell
-    from nuwa.windows import load_series
 
     cell = grid.Cell(*(getattr(args, axis) for axis in grid.AXES))
     out_dir = Path(args.out_dir or cell.run_dir)
+    data = args.data or grid.PROCESSED.format(dataset=args.dataset)
+    settings = grid.variant_settings(params, args.variant, grid.TRAIN_KNOBS)
+    method = settings["method"]
+    bank_path = args.bank or grid.BANK.format(dataset=args.dataset, train_percent=args.train_percent,
+                                              variant=args.variant, seed=args.seed)
+    upstream_path = None
+    if params["backbones"][args.backbone].get("init_from_upstream"):
+        upstream_path = args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
+    _check_files({"--params": args.params, "--data": data, "--bank": bank_path, "--upstream": upstream_path},
+                 {f"--out-dir {name}": out_dir / name for name in (*grid.RUN_FILES, "checkpoint.pt")})
     if context.is_main:
         # temporary files of a writer killed mid-write (SIGKILL skips the clean-up of io.atomic_path)
         for name in (*grid.RUN_FILES, "checkpoint.pt"):
             for partial in out_dir.glob(f".{name}.*.tmp"):
                 partial.unlink(missing_ok=True)
-    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
-    settings = grid.variant_settings(params, args.variant, grid.TRAIN_KNOBS)
-    method = settings["method"]
-    bank_path = args.bank or grid.BANK.format(dataset=args.dataset, train_percent=args.train_percent,
-                                              variant=args.variant, seed=args.seed)
+    series = _series(data, params, args.dataset)
     # the bank's metadata, sources and copies only: its windows are read per batch, by every process itself
     with open_netcdf(bank_path, variables=("augmented", "source_index", "copy"), load=False,
                      dims={"augmented": ("bank_sample", "step", "channel", "y", "x"),
-                           "source_index": ("bank_sample",), "copy": ("bank_sample",)}) as bank:
+                           "source_index": ("bank_sample",), "copy": ("bank_sample",)},
+                     expect={"nuwa_dataset": args.dataset, "variant": args.variant,
+                             "patch_size": params["datasets"][args.dataset]["patch_size"]},
+                     hint="; rerun the bank stage") as bank:
         if bank.attrs.get("method") != method:
             raise DataFileError(f"{bank_path}: bank made with method {bank.attrs.get('method')!r}, but variant "
                                 f"{args.variant!r} has method {method!r}; rerun the bank stage")
@@ -360,10 +456,10 @@ def _train(args, params, context):
         mixed = mixup_strength(train, mixup_alpha, args.seed, args.dataset, patch_size=config["patch_size"])
         strength = {"bank_changed_cell_fraction": mixed["changed_cell_fraction"],
                     "bank_mean_abs_change": mixed["mean_abs_change_std"]}
-    upstream = upstream_path = None
-    if params["backbones"][args.backbone].get("init_from_upstream"):
-        upstream_path = args.upstream or grid.UPSTREAM_MODEL.format(dataset=args.dataset)
-        upstream = load_checkpoint(upstream_path)
+    upstream = None
+    if upstream_path is not None:
+        upstream = load_checkpoint(upstream_path, expect={"kind": "upstream_vit", "dataset": args.dataset},
+                                   hint=f" (not the upstream model of {args.dataset}; nuwa pretrain writes it)")
     checkpoint_path = out_dir / "checkpoint.pt"
     factor = grid.task_factor(params, args.task)  # super-resolution: inputs coarsened by it
     with NetCDFRows(bank_path, "augmented") as bank_inputs:
@@ -398,11 +494,14 @@ def _train(args, params, context):
 
 def score_checkpoint(model_path, backbone_config: dict, trained_config: dict, train_path, data_path, config: dict,
                      factor: int, fss_scales, example_count: int = 0, attrs: dict | None = None,
-                     what: str = "backbone"):
+                     what: str = "backbone", names: tuple[str, str] = (None, None), expect: dict | None = None):
     """A saved model scored on the test split of a processed dataset of the same frame shape, its
     inputs normalised with the training dataset's statistics (as the model saw them). Returns
     (metrics, examples, losses, series, test windows). A dataset whose frames differ is refused
-    with both shapes; a model file that does not fit the backbone, with the tensor that differs."""
+    with both shapes; a model file that does not fit the backbone, with the tensor that differs.
+    ``names``: the datasets of ``train_path`` and ``data_path`` (their params entries:
+    ``trained_config`` and ``config``), which the files must be; ``expect``: keys the model file
+    must hold with these values (its cell)."""
     from dataclasses import replace
 
     import torch
@@ -412,12 +511,13 @@ def score_checkpoint(model_path, backbone_config: dict, trained_config: dict, tr
     from nuwa.train import build_model
     from nuwa.windows import load_series, select_dataset
 
-    trained, other = load_series(train_path), load_series(data_path)
+    trained = load_series(train_path, names[0], trained_config if names[0] else None)
+    other = load_series(data_path, names[1], config if names[1] else None)
     if trained.field.shape[1:] != other.field.shape[1:]:
         raise DataFileError(f"{data_path}: frames of (channel, y, x) = {other.field.shape[1:]}, but the model was "
                             f"trained on {train_path} with {trained.field.shape[1:]}; it cannot be evaluated there")
     series = replace(other, mean=trained.mean, std=trained.std)
-    payload = load_checkpoint(model_path)
+    payload = load_checkpoint(model_path, expect=expect, hint=" (the model of another cell; nuwa train writes it)")
     model = build_model(backbone_config, trained_config, trained.field.shape[1], factor)
     check_state_dict(model_path, payload.get("state_dict"), model.state_dict(), what)
     model.load_state_dict(payload["state_dict"])
@@ -441,16 +541,25 @@ def cmd_transfer(args):
     cell = grid.Cell(**axes)
     config = params["datasets"][args.eval_on]
     factor = grid.task_factor(params, args.task)
+    model_path = args.model or cell.file("model.pt")
+    train_data = args.train_data or grid.PROCESSED.format(dataset=args.dataset)
+    data = args.data or grid.PROCESSED.format(dataset=args.eval_on)
+    out = args.out or grid.TRANSFER_DIR.format(eval_on=args.eval_on, **axes) + "/metrics.json"
+    losses_out = args.losses_out or str(Path(out).with_name("test_losses.nc"))
+    _check_files({"--params": args.params, "--model": model_path, "--train-data": train_data, "--data": data},
+                 {"--out": out, "--losses-out": losses_out})
+    # the model file must be this cell's: trained on the dataset, with the backbone entry as it is now
+    expect = {"dataset": args.dataset, "backbone": dict(params["backbones"][args.backbone]), "variant": args.variant,
+              "seed": args.seed}
     metrics, _, losses, series, test = score_checkpoint(
-        args.model or cell.file("model.pt"), params["backbones"][args.backbone], params["datasets"][args.dataset],
-        args.train_data or grid.PROCESSED.format(dataset=args.dataset),
-        args.data or grid.PROCESSED.format(dataset=args.eval_on), config, factor, params["evaluation"]["fss_scales"],
+        model_path, params["backbones"][args.backbone], params["datasets"][args.dataset], train_data, data, config,
+        factor, params["evaluation"]["fss_scales"],
         attrs={**{k: str(v) for k, v in axes.items()}, "eval_on": args.eval_on,
-               "window_stride": int(config["window_stride"])}, what=f"backbone {args.backbone!r}")
+               "window_stride": int(config["window_stride"])}, what=f"backbone {args.backbone!r}",
+        names=(args.dataset, args.eval_on), expect=expect)
     metrics.update({**axes, "eval_on": args.eval_on, "input_factor": factor, "split": "test",
                     "normalised_with": args.dataset, "never_observed_masked": never_observed_masked(series)})
-    out = args.out or grid.TRANSFER_DIR.format(eval_on=args.eval_on, **axes) + "/metrics.json"
-    write_netcdf(losses, args.losses_out or str(Path(out).with_name("test_losses.nc")))
+    write_netcdf(losses, losses_out)
     write_json(metrics, out)  # last: it marks the stage done
     print(f"wrote {out} ({args.dataset} cell on {args.eval_on}'s {len(test)} test windows: mse {metrics['mse']:.4g})")
 
@@ -462,6 +571,11 @@ def cmd_evaluate(args):
     from nuwa.io import DataFileError, load_checkpoint, write_json, write_netcdf
 
     params = _params(args, uses_torch=True, dataset=args.dataset)
+    out = Path(args.out_dir)
+    _check_files({"--params": args.params, "--checkpoint": args.checkpoint,
+                  "--data": args.data or grid.PROCESSED.format(dataset=args.dataset), "--train-data": args.train_data},
+                 {f"--out-dir {name}": out / name
+                  for name in ("test_losses.nc", "metrics.json", *(("examples.nc",) if args.examples else ()))})
     payload = load_checkpoint(args.checkpoint)
     missing = [key for key in ("state_dict", "backbone", "dataset") if key not in payload]
     if missing:
@@ -478,12 +592,12 @@ def cmd_evaluate(args):
         args.train_data or grid.PROCESSED.format(dataset=trained_name),
         args.data or grid.PROCESSED.format(dataset=args.dataset), config, factor, params["evaluation"]["fss_scales"],
         example_count=args.examples, attrs={"dataset": args.dataset, "checkpoint": str(args.checkpoint),
-                                            "window_stride": int(config["window_stride"])})
+                                            "window_stride": int(config["window_stride"])},
+        names=(trained_name, args.dataset))
     metrics.update({"checkpoint": str(args.checkpoint), "dataset": args.dataset, "trained_on": trained_name,
                     "variant": str(payload.get("variant", "")), "seed": payload.get("seed"),
                     "input_factor": factor, "split": "test", "normalised_with": trained_name,
                     "never_observed_masked": never_observed_masked(series)})
-    out = Path(args.out_dir)
     write_netcdf(losses, out / "test_losses.nc")
     if args.examples:
         write_netcdf(examples_dataset(examples, series, {"dataset": args.dataset, "checkpoint": str(args.checkpoint)}),
@@ -503,13 +617,27 @@ def never_observed_masked(series) -> bool:
 def cmd_baseline(args):
     from nuwa.baselines import normalised_forecaster
     from nuwa.evaluate import evaluate_forecaster
-    from nuwa.io import write_json, write_netcdf
-    from nuwa.windows import load_series, select_dataset
+    from nuwa.io import DataFileError, write_json, write_netcdf
+    from nuwa.windows import select_dataset
 
     params = _params(args, "baseline", uses_torch=True, dataset=args.dataset, task=args.task, baseline=args.baseline)
     config = params["datasets"][args.dataset]
-    series = load_series(args.data or grid.PROCESSED.format(dataset=args.dataset))
+    data = args.data or grid.PROCESSED.format(dataset=args.dataset)
+    out = args.out or grid.BASELINE.format(dataset=args.dataset, task=args.task, baseline=args.baseline)
+    losses_out = args.losses_out or grid.BASELINE_LOSSES.format(dataset=args.dataset, task=args.task,
+                                                               baseline=args.baseline)
+    _check_files({"--params": args.params, "--data": data}, {"--out": out, "--losses-out": losses_out})
+    series = _series(data, params, args.dataset)
     test = select_dataset(series, config, "test")
+    if len(test) == 0:  # a file ingested with other settings (one made before ingest recorded them)
+        from nuwa.windows import SPLIT_CODES
+
+        frames = int((series.split == SPLIT_CODES["test"]).sum())
+        need = (config["input_frames"], config["output_frames"])
+        raise DataFileError(f"{data}: its test split has {frames} frames, no window of input_frames + output_frames "
+                            f"= {need[0]} + {need[1]} = {sum(need)} consecutive frames (datasets.{args.dataset}): "
+                            "ingest the file again with these params (nuwa ingest says which settings leave a split "
+                            "without a window)")
     factor = grid.task_factor(params, args.task)  # super-resolution: the baseline sees the coarsened inputs
     try:
         forecaster = normalised_forecaster(args.baseline, series, config["output_frames"], input_factor=factor)
@@ -524,9 +652,7 @@ def cmd_baseline(args):
     metrics.update({"dataset": args.dataset, "task": args.task, "input_factor": factor, "baseline": args.baseline,
                     "split": "test",
                     **forecaster.summary(), "never_observed_masked": never_observed_masked(series)})
-    out = args.out or grid.BASELINE.format(dataset=args.dataset, task=args.task, baseline=args.baseline)
-    write_netcdf(losses, args.losses_out or grid.BASELINE_LOSSES.format(dataset=args.dataset, task=args.task,
-                                                                       baseline=args.baseline))
+    write_netcdf(losses, losses_out)
     write_json(metrics, out)  # last: it marks the stage done
     print(f"wrote {out} (test mse {metrics['mse']:.4g})")
 
@@ -538,12 +664,28 @@ def cmd_tables(args):
     from nuwa import paper
     from nuwa.compare import lead_time_table
     from nuwa.figures import scarcity_figure
-    from nuwa.io import DataFileError, open_netcdf, read_json, save_figure, write_csv, write_json, write_text
+    from nuwa.io import (DataFileError, check_identity, open_netcdf, read_json, save_figure, write_csv, write_json,
+                         write_text)
     from nuwa.metrics import conventions
-    from nuwa.tables import (comparison_table, compact_metrics, lead_time_curves, loss_curves, summarise,
-                             to_markdown)
+    from nuwa.tables import (comparison_table, compact_metrics, lead_time_curves, loss_curves, read_metrics,
+                             summarise, to_markdown)
+
+    from nuwa.stages import input_files
 
     params = _params(args, "tables")
+    folder = Path(args.out_csv or grid.SUMMARY_CSV).parent  # the paper's tables go beside the summary
+    outputs = {"--out-csv": args.out_csv or grid.SUMMARY_CSV, "--out-md": args.out_md or grid.SUMMARY_MD,
+               "--out-comparisons": args.out_comparisons or grid.COMPARISONS_CSV,
+               "--out-lead-time": args.out_lead_time or grid.LEAD_TIME_CSV,
+               "--out-scarcity": args.out_scarcity or grid.SCARCITY_FIGURE,
+               "--out-loss-plot": args.out_loss_plot or grid.LOSS_PLOT,
+               "--out-lead-time-plot": args.out_lead_time_plot or grid.LEAD_TIME_PLOT,
+               **{f"--out-csv folder's {Path(path).name}": folder / Path(path).name
+                  for path in (*(grid.PAPER_TABLE.format(name=name, extension=extension) for name in paper.TABLES
+                                 for extension in ("csv", "md")), grid.PAPER_VS_OURS)}}
+    _check_files({"--params": args.params, **{f"the {name} input": paths
+                                               for name, paths in input_files("tables", params, {}).items()}},
+                 outputs, emptied={"--out-metrics": args.out_metrics or grid.METRICS_DIR})
     settings = params["evaluation"]
     records, losses, histories = [], {}, {}
     cells = every_cell = grid.train_cells(params)
@@ -554,12 +696,17 @@ def cmd_tables(args):
                                 "no table to build")
     unfinished = len(every_cell) - len(cells)
     for cell in cells:
-        metrics = read_json(cell.file("metrics.json"))
+        metrics = read_metrics(cell.file("metrics.json"))  # every metric a finite number (nuwa.tables)
+        check_identity(cell.file("metrics.json"), metrics, {axis: getattr(cell, axis) for axis in grid.AXES}, "key",
+                       "; rerun the train stage of that cell", partial=True)
         key = tuple(getattr(cell, axis) for axis in grid.AXES)
         records.append({**{axis: getattr(cell, axis) for axis in grid.AXES},
                         **{k: v for k, v in metrics.items()
                            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in grid.AXES}})
-        losses[key] = open_netcdf(cell.file("test_losses.nc"), variables=("mse", "mae", "target_mean", "target_max"))
+        losses[key] = open_netcdf(cell.file("test_losses.nc"), variables=("mse", "mae", "target_mean", "target_max"),
+                                  expect={"dataset": cell.dataset, "backbone": cell.backbone, "variant": cell.variant,
+                                          "seed": cell.seed}, hint="; rerun the train stage of that cell",
+                                  partial=True)
         histories[key] = pd.read_csv(cell.file("history.csv"))
     datasets, tasks, names = params["grid"]["datasets"], params["grid"]["tasks"], params["grid"]["baselines"]
     # a grid still running may not have scored every baseline yet: those it has are used
@@ -568,6 +715,9 @@ def cmd_tables(args):
     baselines = {(d, t): {} for d in datasets for t in tasks}
     for d, t, name in scored:
         baselines[d, t][name] = read_json(grid.BASELINE.format(dataset=d, task=t, baseline=name))
+        check_identity(grid.BASELINE.format(dataset=d, task=t, baseline=name), baselines[d, t][name],
+                       {"dataset": d, "task": t, "baseline": name}, "key", "; rerun the baseline stage",
+                       partial=True)
     methods = {name: entry["method"] for name, entry in params["variants"].items()}
     summary = summarise(records, baselines, methods)
     blocks = {d: block_length(settings, params["datasets"][d]) for d in datasets}
@@ -577,7 +727,9 @@ def cmd_tables(args):
     # a baseline's row: its name as the backbone, '-' for the axes it has no value of
     by_run = {**losses, **{(d, t, "-", name, "-", "-"): open_netcdf(grid.BASELINE_LOSSES.format(dataset=d, task=t,
                                                                                                baseline=name),
-                                                                    variables=("mse", "mae"))
+                                                                    variables=("mse", "mae"),
+                                                                    expect={"dataset": d, "task": t, "baseline": name},
+                                                                    hint="; rerun the baseline stage", partial=True)
                            for d, t, name in scored}}
     lead_time = lead_time_table(by_run)
     keys = pd.DataFrame(lead_time["key"].tolist(), columns=list(grid.AXES), index=lead_time.index)
@@ -609,7 +761,6 @@ def cmd_tables(args):
     write_csv(loss_curves(histories), args.out_loss_plot or grid.LOSS_PLOT)
     write_csv(lead_time_curves(lead_time), args.out_lead_time_plot or grid.LEAD_TIME_PLOT)
     # the paper's tables in its layout, and its claims beside ours, in the summary's folder
-    folder = Path(args.out_csv or grid.SUMMARY_CSV).parent
     transfers = transfer_comparisons(params, settings, finished_only=args.finished_only)
     for name, (build, title, empty) in paper.TABLES.items():
         part, grid_table = build(transfers if name == "generalisation" else comparisons, params["tasks"])
@@ -657,7 +808,11 @@ def transfer_comparisons(params, settings, finished_only: bool = False):
                 if finished_only and not Path(path).exists():
                     continue
                 key = (label, *(getattr(cell, axis) for axis in grid.AXES if axis != "dataset"))
-                losses[key] = open_netcdf(path, variables=("mse", "mae", "target_mean", "target_max"))
+                losses[key] = open_netcdf(path, variables=("mse", "mae", "target_mean", "target_max"),
+                                          expect={"dataset": cell.dataset, "eval_on": pair["test"],
+                                                  "backbone": cell.backbone, "variant": cell.variant,
+                                                  "seed": str(cell.seed)}, hint="; rerun the transfer stage",
+                                          partial=True)
     return comparison_table(losses, settings["comparisons"], blocks, confidence=settings["confidence"],
                             resamples=settings["resamples"],
                             extreme_quantile=settings["extreme_quantile"]).drop(columns=PER_SEED, errors="ignore")
@@ -672,25 +827,37 @@ def cmd_figures(args):
     from nuwa.figures import (comparison_figure, learning_curves_figure, lead_time_figure, prediction_animation,
                               prediction_figure)
     from nuwa.io import DataFileError, open_netcdf, save_animation, save_figure
-    from nuwa.stages import figure_bank_variants
+    from nuwa.stages import figure_bank_variants, input_files
 
     params = _params(args, "figures", dataset=args.dataset)
+    outputs = {"--out-predictions": args.out_predictions or grid.PREDICTION_FIGURE.format(dataset=args.dataset),
+               "--out-animation": args.out_animation or grid.PREDICTION_ANIMATION.format(dataset=args.dataset),
+               "--out-learning-curves": (args.out_learning_curves
+                                         or grid.LEARNING_CURVES_FIGURE.format(dataset=args.dataset)),
+               "--out-saliency": args.out_saliency or grid.SALIENCY_FIGURE.format(dataset=args.dataset),
+               "--out-comparisons": args.out_comparisons or grid.COMPARISON_FIGURE.format(dataset=args.dataset),
+               "--out-lead-time": args.out_lead_time or grid.LEAD_TIME_FIGURE.format(dataset=args.dataset)}
+    _check_files({"--params": args.params, **{f"the {name} input": paths for name, paths
+                                               in input_files("figures", params, {"dataset": args.dataset}).items()}},
+                 outputs)
     # the figures show one setting: the first task, the largest train percent (grid.shown_value)
     task, percent, seed = (grid.shown_value(params, axis) for axis in ("task", "train_percent", "seed"))
     examples = {}
     for backbone in params["grid"]["backbones"]:
         for variant in params["grid"]["variants"]:
             path = grid.Cell(args.dataset, task, percent, backbone, variant, seed).file("examples.nc")
-            examples[backbone, variant] = open_netcdf(path, variables=("inputs", "truth", "prediction",
-                                                                       "source_index"))
+            examples[backbone, variant] = open_netcdf(
+                path, variables=("inputs", "truth", "prediction", "source_index"),
+                expect={"dataset": args.dataset, "task": task, "train_percent": percent, "backbone": backbone,
+                        "variant": variant, "seed": seed}, hint="; rerun the train stage of that cell",
+                partial=True)
     title = f"{args.dataset} ({task}, {percent} %, seed {seed})"
     # the prediction figure first: its file is the stage's first output (tests/reliability)
     figure = prediction_figure(examples, title)
-    save_figure(figure, args.out_predictions or grid.PREDICTION_FIGURE.format(dataset=args.dataset), dpi=110)
+    save_figure(figure, outputs["--out-predictions"], dpi=110)
     plt.close(figure)
     figure, animation = prediction_animation(examples, title)
-    save_animation(animation, args.out_animation or grid.PREDICTION_ANIMATION.format(dataset=args.dataset),
-                   params["figures"]["animation_frame_ms"])
+    save_animation(animation, outputs["--out-animation"], params["figures"]["animation_frame_ms"])
     plt.close(figure)
     histories = {}  # every run of the dataset: (task, train_percent, backbone, variant, seed) -> history
     for values in product(*(grid.axis_values(params, axis) for axis in list(grid.AXES)[1:])):
@@ -706,20 +873,19 @@ def cmd_figures(args):
     # figures stage's input, nuwa.stages)
     bank = next((grid.BANK.format(dataset=args.dataset, train_percent=percent, variant=variant, seed=seed)
                  for variant in figure_bank_variants(params)), None)
-    out = args.out_saliency or grid.SALIENCY_FIGURE.format(dataset=args.dataset)
-    show_mask(grid.SALIENCY.format(dataset=args.dataset), None, out, data=grid.PROCESSED.format(dataset=args.dataset),
-              bank=bank)
+    show_mask(grid.SALIENCY.format(dataset=args.dataset), None, outputs["--out-saliency"],
+              data=grid.PROCESSED.format(dataset=args.dataset), bank=bank, dataset=args.dataset)
     # the paired differences with their intervals, and the error by lead time (runs and baselines), of that setting
     comparisons = pd.read_csv(grid.COMPARISONS_CSV, keep_default_na=False, na_values=[""],
                               dtype={"train_percent": str})
     comparisons = comparisons[(comparisons["task"] == task) & (comparisons["train_percent"] == str(percent))]
     figure = comparison_figure(comparisons, args.dataset)
-    save_figure(figure, args.out_comparisons or grid.COMPARISON_FIGURE.format(dataset=args.dataset), dpi=110)
+    save_figure(figure, outputs["--out-comparisons"], dpi=110)
     plt.close(figure)
     lead_time = pd.read_csv(grid.LEAD_TIME_CSV, dtype={"seed": str, "train_percent": str})
     lead_time = lead_time[(lead_time["task"] == task) & lead_time["train_percent"].isin([str(percent), "-"])]
     figure = lead_time_figure(lead_time, args.dataset, lead_time_metrics(lead_time, args.dataset))
-    save_figure(figure, args.out_lead_time or grid.LEAD_TIME_FIGURE.format(dataset=args.dataset), dpi=110)
+    save_figure(figure, outputs["--out-lead-time"], dpi=110)
     plt.close(figure)
     print(f"wrote figures for {args.dataset}")
 
@@ -738,20 +904,24 @@ def lead_time_metrics(lead_time, dataset: str) -> list[str]:
     return ["mse", lowest, *([max(fss, key=lambda c: int(c.rsplit("_", 1)[1]))] if fss else [])]
 
 
-def show_mask(saliency_path, sample, out, data=None, bank=None, copy=0):
+def show_mask(saliency_path, sample, out, data=None, bank=None, copy=0, dataset=None):
     """Write the PNG of one window (``sample``: its start index; None: the first training window)
-    with its importance and, from ``bank``, the environmental patches that bank used."""
+    with its importance and, from ``bank``, the environmental patches that bank used. Every file
+    must be of ``dataset`` (default: the saliency file's)."""
     import matplotlib.pyplot as plt
 
     from nuwa.figures import mask_figure
     from nuwa.io import open_netcdf, save_figure
     from nuwa.windows import load_series
 
-    saliency = open_netcdf(saliency_path, variables=("importance",))
-    data = data or grid.PROCESSED.format(dataset=saliency.attrs.get("nuwa_dataset", ""))
-    bank_data = open_netcdf(bank, variables=("causal", "source_index", "copy")) if bank else None
+    saliency = open_netcdf(saliency_path, variables=("importance",), expect={"nuwa_dataset": dataset},
+                           hint="; rerun the saliency stage")
+    dataset = dataset or str(saliency.attrs.get("nuwa_dataset", ""))
+    data = data or grid.PROCESSED.format(dataset=dataset)
+    bank_data = (open_netcdf(bank, variables=("causal", "source_index", "copy"), expect={"nuwa_dataset": dataset},
+                             hint=f" (the bank of another dataset than {saliency_path}'s)") if bank else None)
     sample = int(saliency["sample"].values[0]) if sample is None else sample
-    figure = mask_figure(saliency, load_series(data).field, sample, bank=bank_data, copy=copy,
+    figure = mask_figure(saliency, load_series(data, dataset or None).field, sample, bank=bank_data, copy=copy,
                          source=str(saliency_path), bank_source=str(bank) if bank else None)
     save_figure(figure, out, dpi=110)
     plt.close(figure)
@@ -759,6 +929,7 @@ def show_mask(saliency_path, sample, out, data=None, bank=None, copy=0):
 
 def cmd_show_mask(args):
     out = args.out or f"mask_{Path(args.saliency).stem}_{args.sample}.png"
+    _check_files({"SALIENCY": args.saliency, "--bank": args.bank, "--data": args.data}, {"--out": out})
     show_mask(args.saliency, args.sample, out, data=args.data, bank=args.bank, copy=args.copy)
     print(f"wrote {out}")
 
@@ -778,10 +949,11 @@ def cmd_bench(args):
     from nuwa.io import write_csv
 
     _torch_threads(args)
+    out = args.out or f"results/bench/{args.name}.csv"
+    _check_files({}, {"--out": out})
     rows = bench_module(args.name).run(args, lambda line: print(line, file=sys.stderr))
     frame = rows_frame(rows)
     frame.to_csv(sys.stdout, index=False, float_format="%.6g")
-    out = args.out or f"results/bench/{args.name}.csv"
     write_csv(frame, out)
     print(f"wrote {out}", file=sys.stderr)
 
@@ -1029,10 +1201,15 @@ def _main(args) -> int:
         if os.environ.get("NUWA_DEBUG"):
             raise
         if isinstance(exc, OSError) and not isinstance(exc, DataFileError):
+            # the writers (nuwa.io.atomic_path) name their output themselves; any other file
+            # system error (a file read, a folder listed) is one line naming its file too
             reason = space_problem(exc)
-            if reason is None:
-                raise
-            message = f"{exc.filename or 'a file'}: cannot write: {reason}"
+            if reason is not None:
+                message = f"{exc.filename or 'a file'}: cannot write: {reason}"
+            elif exc.filename is not None:
+                message = f"{exc.filename}: {exc.strerror or exc}"
+            else:
+                message = f"{type(exc).__name__}: {exc}"
         else:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"nuwa {args.command}: error: {message}", file=sys.stderr)

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nuwa.globbing import find_paths
+
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 RADAR_SUFFIXES = (".h5", ".hdf5", ".hdf", ".gif", ".pgm", ".pgm.gz")
 FRAME_CHOICES = ((6, 6), (4, 4), (3, 3), (2, 2), (1, 1))
@@ -115,9 +117,9 @@ def classify(source: str) -> tuple[str, str, list[Path]]:
     text = str(source)
     path = Path(text).expanduser()
     if glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
+        files = [Path(p) for p in find_paths(text)]  # bounded (nuwa.globbing): link loops walked once
         if not files:
-            stores = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if _is_zarr(Path(p)))
+            stores = [Path(p) for p in find_paths(text, kind="dir") if _is_zarr(Path(p))]
             if stores:
                 return "gridded", "zarr", stores[:1]
             raise InspectError(f"{text}: no file matches the pattern")

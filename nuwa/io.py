@@ -28,6 +28,108 @@ class OutputSpaceError(DataFileError):
     """An output could not be written for lack of space (full disk, quota, file size limit)."""
 
 
+class OutputWriteError(DataFileError):
+    """An output could not be written: its path is a folder, a part of its folder path is a file,
+    its folder is not writable (permissions, a read-only file system), ... One line naming it."""
+
+
+def write_problem(exc: OSError, path: Path) -> str:
+    """Why writing ``path`` failed, in words, from the ``OSError`` of one of the writer's steps."""
+    import errno
+
+    culprit = getattr(exc, "filename", None)
+    where = f" ({culprit})" if culprit and str(culprit) != str(path) else ""
+    if isinstance(exc, IsADirectoryError) and path.is_dir():  # os.replace onto a folder made meanwhile
+        return "it is a folder"
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder"
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)
+    if exc.errno == errno.EROFS:
+        return f"folder {folder} is on a read-only file system"
+    if isinstance(exc, PermissionError):
+        return f"folder {folder} is not writable ({exc.strerror})"
+    name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    return f"{exc.strerror or exc}{f' ({name})' if name else ''}{where}"
+
+
+def _output_error(exc: OSError, path: Path) -> OutputWriteError:
+    return OutputWriteError(f"{path}: cannot write: {write_problem(exc, path)}")
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, before a stage computes anything, an output path that cannot be written: a folder,
+    under a file, or in a folder that is not writable. One :class:`OutputWriteError` line naming
+    it (the writers report the same problems, and any other, when they meet them)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputWriteError(f"{path}: cannot write: it is a folder")
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputWriteError(f"{path}: cannot write: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        read_only = False
+        with contextlib.suppress(OSError):
+            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        reason = "is on a read-only file system" if read_only else "is not writable (permission denied)"
+        raise OutputWriteError(f"{path}: cannot write: folder {folder} {reason}")
+
+
+def params_entry_sha256(entry) -> str:
+    """SHA-256 of a params entry (``datasets.<name>``) as canonical JSON: what ingest records in the
+    processed file (``nuwa_params_sha256``) and every reader compares with its own params."""
+    text = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value):
+    """``value`` as plain Python (numpy scalars and arrays, tuples, bytes as read back from files)."""
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def check_identity(path: str | Path, found, expected: dict, what: str = "attribute", hint: str = "",
+                   partial: bool = False) -> None:
+    """Each ``expected`` entry (None: not checked) must equal ``found``'s (a file's attributes or a
+    checkpoint's keys); else one :class:`DataFileError` line naming ``path``, the field (for a
+    mapping, its first differing key: ``backbone.size``), the value found and the one expected,
+    then ``hint``. ``partial``: a field the file lacks is not checked (result files written before
+    they recorded it). The one check of which params entry, dataset or cell a file belongs to."""
+    for key, want in expected.items():
+        if want is None or (partial and key not in found):
+            continue
+        if key not in found:
+            raise DataFileError(f"{path}: {what} {key} is missing, expected {_plain(want)!r}{hint}")
+        difference = _difference(key, _plain(found[key]), _plain(want))
+        if difference is not None:
+            field, have, wanted = difference
+            raise DataFileError(f"{path}: {what} {field} is {have!r}, expected {wanted!r}{hint}")
+
+
+def _difference(key: str, have, want):
+    if isinstance(have, dict) and isinstance(want, dict):
+        for sub in sorted(set(have) | set(want)):
+            if sub not in have or sub not in want:
+                return (f"{key}.{sub}", have.get(sub, "(absent)"), want.get(sub, "(absent)"))
+            inner = _difference(f"{key}.{sub}", have[sub], want[sub])
+            if inner is not None:
+                return inner
+        return None
+    return None if have == want else (key, have, want)
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete ``.NAME.XXXXXXXX.tmp`` files of this destination left by a writer killed mid-write
     (SIGKILL skips the clean-up below). Called only under :func:`_writer_claim`'s exclusive
@@ -79,24 +181,40 @@ def _writer_claim(path: Path) -> Iterator[None]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it into place, else delete it.
 
-    A write that fails for lack of space raises :class:`OutputSpaceError` naming ``path``.
+    A write that fails for lack of space raises :class:`OutputSpaceError` naming ``path``; one
+    that fails for another reason of the file system (``path`` is a folder, a part of its folder
+    path is a file, the folder is not writable or read-only), :class:`OutputWriteError`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_error(exc, path) from None
+    if path.is_dir():  # os.replace would fail only after the whole output was computed and written
+        raise OutputWriteError(f"{path}: cannot write: it is a folder")
     with _writer_claim(path):
         yield from _atomic_write(path)
 
 
 def _atomic_write(path: Path) -> Iterator[Path]:
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _output_error(exc, path) from None
     os.close(handle)
     tmp = Path(tmp_name)
-    # mkstemp creates the file private (0600); give results the permissions of a normal file
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        # mkstemp creates the file private (0600); give results the permissions of a normal file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _output_error(exc, path) from None
+    finishing = False  # the body returned: errors from here on are this writer's own
     try:
         yield tmp
+        finishing = True
         from nuwa.resources import refuse_output_over_memory_limit
 
         refuse_output_over_memory_limit(path)
@@ -115,6 +233,12 @@ def _atomic_write(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         if reason:
             raise OutputSpaceError(f"{path}: cannot write: {reason} ({type(exc).__name__}: {exc})") from exc
+        # the file system refused this output (not an input's error raised while computing it:
+        # in the body, only an error naming the temporary or the output is the output's)
+        if isinstance(exc, OSError) and not isinstance(exc, DataFileError) and (
+                finishing or {str(getattr(exc, "filename", None)), str(getattr(exc, "filename2", None))}
+                & {str(tmp), str(path)}):
+            raise _output_error(exc, path) from None
         raise
 
 
@@ -159,11 +283,13 @@ def netcdf_encoding(dataset: xr.Dataset, contiguous: tuple[str, ...] = ()) -> di
 
 
 def open_netcdf(path: str | Path, variables: tuple[str, ...] = (), dims: dict[str, tuple[str, ...]] | None = None,
-                load: bool = True) -> xr.Dataset:
+                load: bool = True, expect: dict | None = None, hint: str = "", partial: bool = False) -> xr.Dataset:
     """Open a NetCDF file, checking the variables a stage needs.
 
     ``load`` (default): read it fully into memory and close it. ``load=False``: return the open,
-    lazily read dataset (the caller closes it; use it as a context manager).
+    lazily read dataset (the caller closes it; use it as a context manager). ``expect``: global
+    attributes the file must have with these values (which dataset, variant, seed... it was
+    made for; :func:`check_identity`, ``hint`` ending its message; ``partial``: only those it has).
     """
     path = Path(path)
     if not path.exists():
@@ -186,6 +312,7 @@ def open_netcdf(path: str | Path, variables: tuple[str, ...] = (), dims: dict[st
             if tuple(dataset[name].dims) != tuple(expected):
                 raise DataFileError(f"{path}: variable {name!r} has dims {tuple(dataset[name].dims)}, "
                                     f"expected {tuple(expected)}")
+        check_identity(path, dataset.attrs, expect or {}, "attribute", hint, partial)
     except DataFileError:
         dataset.close()
         raise
@@ -367,12 +494,14 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
         torch.save(obj, stream)
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, expect: dict | None = None, hint: str = "") -> dict:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
 
     Errors are one line naming ``path``: not found, not a torch.save (zip) archive (truncated
     or corrupt), refused (a pickled object other than tensors and plain containers, e.g. a class
-    instance whose unpickling could run code: it is never run), or a dict expected.
+    instance whose unpickling could run code: it is never run), or a dict expected. ``expect``:
+    keys the checkpoint must hold with these values (its kind, dataset, cell:
+    :func:`check_identity`, ``hint`` ending its message).
     """
     import zipfile
 
@@ -395,6 +524,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DataFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {reason})") from None
     if not isinstance(payload, dict):
         raise DataFileError(f"{path}: not a nuwa checkpoint (holds a {type(payload).__name__}, expected a dict)")
+    check_identity(path, payload, expect or {}, "key", hint)
     return payload
 
 

@@ -83,19 +83,22 @@ def checkpoint(model: UpstreamViT, dataset_name: str, config: dict) -> dict:
             "pretrain": dict(config), "dataset": dataset_name, "kind": "upstream_vit"}
 
 
-def load_upstream(payload: dict, source: str, expected: dict | None = None) -> UpstreamViT:
+def load_upstream(payload: dict, source: str, expected: dict | None = None, dataset: str | None = None) -> UpstreamViT:
     """The upstream ViT of a checkpoint (:func:`checkpoint`'s dict, read from ``source``).
 
+    ``dataset``: the dataset it must have been pretrained on (its ``dataset`` key).
     ``expected``: ``model_config`` values the data needs (frames, channels, height, width,
     patch_size); a checkpoint built for others is refused naming the key and both values.
     A state dict that does not fit its own config is refused naming the first tensor and
     both shapes. Every error is a :class:`DataFileError` naming ``source``.
     """
-    from nuwa.io import DataFileError, check_state_dict
+    from nuwa.io import DataFileError, check_identity, check_state_dict
 
     if not isinstance(payload, dict) or payload.get("kind") != "upstream_vit":
         kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
         raise DataFileError(f"{source}: not an upstream ViT checkpoint (kind={kind!r})")
+    check_identity(source, payload, {"dataset": dataset}, "key",
+                   f" (the upstream model of another dataset; nuwa pretrain --dataset {dataset} writes its own)")
     config = payload.get("model_config")
     if not isinstance(config, dict):
         raise DataFileError(f"{source}: upstream checkpoint has no model_config dict")

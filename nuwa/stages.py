@@ -87,13 +87,13 @@ def _ablation_saliency(params, wildcards) -> list[str]:
 def dataset_source(params, wildcards) -> list[str]:
     """A file-based dataset's source (folder, file or glob matches): under Snakemake a missing one
     stops the DAG before any job runs, and new or changed files rerun the ingest."""
-    import glob
+    from nuwa.globbing import find_paths, has_magic
 
     source = params["datasets"][wildcards["dataset"]].get("source")
     if source is None:
         return []
-    if glob.has_magic(source):
-        return sorted(glob.glob(source, recursive=True)) or [source]
+    if has_magic(source):  # bounded: a link loop under ** does not hang the DAG build (nuwa.globbing)
+        return find_paths(source, kind="any") or [source]
     return [source]
 
 

@@ -91,7 +91,11 @@ class SeriesData:
         return values * std + mean
 
 
-def load_series(path) -> SeriesData:
+def load_series(path, dataset_name: str | None = None, entry: dict | None = None) -> SeriesData:
+    """The processed file ``path`` (``nuwa ingest``'s), checked. ``dataset_name``: the dataset it
+    must be (its ``nuwa_dataset`` attribute); ``entry``: that dataset's params entry, whose
+    ``height``/``width`` its grid must have and whose SHA-256 (:func:`nuwa.io.params_entry_sha256`)
+    its ``nuwa_params_sha256`` attribute must be (:func:`check_processed_identity`)."""
     from nuwa.io import check_finite, open_netcdf
 
     dataset = open_netcdf(path, variables=("split", "norm_mean", "norm_std"))
@@ -101,6 +105,7 @@ def load_series(path) -> SeriesData:
     field = dataset[name]
     if tuple(field.dims) != ("time", "channel", "y", "x"):
         raise DataFileError(f"{path}: variable {name!r} has dims {tuple(field.dims)}, expected ('time', 'channel', 'y', 'x')")
+    check_processed_identity(path, dataset.attrs, tuple(field.shape), dataset_name, entry)
     values = np.asarray(field.values, dtype=np.float32)
     check_finite(values, f"{path}: variable {name!r}")
     for variable, dim in (("split", "time"), ("segment", "time"), ("norm_mean", "channel"), ("norm_std", "channel")):
@@ -132,6 +137,52 @@ def load_series(path) -> SeriesData:
                               for dim in ("time", "channel", "y", "x") if dim in dataset.coords},
                       attrs={**dataset.attrs, "units": field.attrs.get("units", "1"),
                              "long_name": field.attrs.get("long_name", name)})
+
+
+_NOTED_UNHASHED: set[str] = set()  # old processed files already noted (once per file and process)
+
+
+def check_processed_identity(path, attrs: dict, shape: tuple[int, ...], dataset_name: str | None,
+                             entry: dict | None) -> None:
+    """That a processed file (its global ``attrs``, its field's (time, channel, y, x) ``shape``)
+    is the one ingest made of params entry ``datasets.<dataset_name>`` as it is now: its
+    ``nuwa_dataset``, its grid against the entry's height and width, and its
+    ``nuwa_params_sha256`` against the entry's. A file made before ingest recorded the hash is
+    accepted on the checks that can be made (name and grid), with a note on stderr. Each
+    mismatch: one :class:`DataFileError` line naming the file, the field, both values."""
+    if dataset_name is None:
+        return
+    from nuwa.io import params_entry_sha256
+
+    rerun = f"nuwa ingest --dataset {dataset_name}"
+    found = attrs.get("nuwa_dataset")
+    if found is None:
+        raise DataFileError(f"{path}: attribute nuwa_dataset is missing, expected {dataset_name!r}: not a processed "
+                            f"file written by nuwa ingest ({rerun} writes one)")
+    if str(found) != dataset_name:
+        raise DataFileError(f"{path}: attribute nuwa_dataset is {str(found)!r}, expected {dataset_name!r}: the "
+                            f"processed file of another dataset ({rerun} writes {dataset_name}'s)")
+    if entry is None:
+        return
+    grid = {"height": shape[2], "width": shape[3]}
+    for key, size in grid.items():
+        if key in entry and int(entry[key]) != int(size):
+            raise DataFileError(f"{path}: field has (y, x) = ({shape[2]}, {shape[3]}), but datasets.{dataset_name} "
+                                f"has {key} {entry[key]}: made with another version of that entry; rerun {rerun}")
+    recorded, expected = attrs.get("nuwa_params_sha256"), params_entry_sha256(entry)
+    if recorded is None:
+        if str(path) not in _NOTED_UNHASHED:
+            _NOTED_UNHASHED.add(str(path))
+            import sys
+
+            print(f"nuwa: note: {path}: made before nuwa ingest recorded its params entry (no attribute "
+                  f"nuwa_params_sha256): only its dataset name and grid were checked against "
+                  f"datasets.{dataset_name}; {rerun} records it", file=sys.stderr)
+        return
+    if str(recorded) != expected:
+        raise DataFileError(f"{path}: attribute nuwa_params_sha256 is {str(recorded)[:12]}..., expected "
+                            f"{expected[:12]}... (the SHA-256 of params datasets.{dataset_name}): made with another "
+                            f"version of that entry; rerun {rerun}")
 
 
 def _observed_mask(dataset, shape: tuple[int, ...], path) -> np.ndarray | None:

@@ -356,6 +356,9 @@ def test_ostia_through_nuwa_ingest(tmp_path):
     params["datasets"] = {"ostia": ostia(never_observed="mask", source=str(OSTIA))}
     params["grid"]["datasets"] = ["ostia"]
     params["ingest"] = {"scheduler": "threads"}
+    # validate checks the grid's backbones can train on the 18 x 60 grid: SimVP without downsampling
+    params["backbones"] = {"simvp": {"kind": "simvp", "size": "small", "N_S": 1},
+                           "convlstm": {"kind": "convlstm", "size": "small", "patch_size": 1}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     out = tmp_path / "ostia.nc"
@@ -371,14 +374,15 @@ def test_ostia_through_nuwa_ingest(tmp_path):
 # -- the shipped WFDE5 entry: same content as before calendars and calendar months -----------
 
 def _content_digest(path: Path) -> str:
-    """sha256 of a NetCDF file's content (attributes, types, dims, values), not of its HDF5 bytes."""
+    """sha256 of a NetCDF file's content (attributes, types, dims, values), not of its HDF5 bytes;
+    without ``nuwa_params_sha256`` (the params entry's digest, recorded since: checked on its own)."""
     def plain(value):
         return value if isinstance(value, str) else np.asarray(value).tolist()
 
     digest = hashlib.sha256()
     with netCDF4.Dataset(path) as dataset:
         dataset.set_auto_maskandscale(False)
-        for key in sorted(dataset.ncattrs()):
+        for key in sorted(set(dataset.ncattrs()) - {"nuwa_params_sha256"}):
             digest.update(f"global {key}={plain(dataset.getncattr(key))!r}\n".encode())
         for name in sorted(dataset.variables):
             variable = dataset.variables[name]
@@ -404,3 +408,9 @@ def test_wfde5_ingests_to_the_same_content_and_bytes(tmp_path, monkeypatch):
                      "--threads", "1"]) == 0
     assert outs[0].read_bytes() == outs[1].read_bytes()
     assert _content_digest(outs[0]) == WFDE5_CONTENT
+    from nuwa.config import load_params
+    from nuwa.io import params_entry_sha256
+
+    with netCDF4.Dataset(outs[0]) as dataset:  # the entry it was made of, which every later stage compares
+        recorded = dataset.getncattr("nuwa_params_sha256")
+    assert recorded == params_entry_sha256(load_params(REPO / "params.yaml")["datasets"]["wfde5_precip"])

@@ -48,7 +48,7 @@ def ingest_entry(tmp_path: Path, tiny_params: dict, name: str, entry: dict, caps
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     assert main(["validate", "--params", str(path)]) == 0, capsys.readouterr().err
-    out = tmp_path / f"{name}.nc"
+    out = tmp_path / "processed" / f"{name}.nc"  # not beside the source: odd.nc would be overwritten
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gaps are reported as warnings
         code = main(["ingest", "--params", str(path), "--dataset", name, "--out", str(out)])

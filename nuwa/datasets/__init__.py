@@ -25,13 +25,14 @@ Splitting and normalisation are common to all datasets and live in :mod:`nuwa.in
 
 from __future__ import annotations
 
-import glob
 import importlib
 import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+from nuwa.globbing import find_paths, has_magic
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -209,8 +210,9 @@ def source_status(config: dict) -> tuple[str | None, bool]:
     if source is None:
         return None, True
     path = Path(str(source)).expanduser()
-    if glob.has_magic(str(path)):
-        return str(source), bool(glob.glob(str(path), recursive=True))
+    if has_magic(str(path)):
+        # bounded: a link loop under a ** pattern is walked once (nuwa.globbing)
+        return str(source), bool(find_paths(str(path), kind="any"))
     if path.is_dir():
         return str(source), any(p.is_file() for p in path.rglob("*"))
     return str(source), path.exists()

@@ -137,7 +137,6 @@ gives the same bytes as before they existed (the shipped WFDE5 entry among them)
 
 from __future__ import annotations
 
-import glob
 import itertools
 import os
 import re
@@ -156,6 +155,7 @@ from nuwa.datasets import (
     segments_from_time,
 )
 from nuwa.errors import DataFileError
+from nuwa.globbing import find_paths, has_magic
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -360,9 +360,10 @@ def _is_zarr(path: Path) -> bool:
 def resolve_source(source: str) -> tuple[str, str, list[Path]]:
     """``(format, where, files)``: format ``zarr`` or ``netcdf``; ``where`` names the source in errors."""
     text = os.path.expanduser(str(source))
-    if glob.has_magic(text):
+    if has_magic(text):
         where = os.path.abspath(text)
-        files = sorted(Path(p).resolve() for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        # bounded globbing (nuwa.globbing): link loops walked once, each real file once, a cap on matches
+        files = sorted(Path(p).resolve() for p in find_paths(text))
         if not files:
             raise DataFileError(f"{where}: no file matches the pattern (source {source!r})")
         return "netcdf", where, files

@@ -175,7 +175,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
-import glob
 import importlib.util
 import inspect
 import io
@@ -193,6 +192,7 @@ import numpy as np
 
 from nuwa.datasets import describe_gaps, field_array, register_dataset, segments_from_time
 from nuwa.errors import DataFileError
+from nuwa.globbing import find_paths
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -761,8 +761,8 @@ def _settings(kind: str, config: dict) -> dict:
 def find_files(kind: str, folder: Path, pattern: str) -> list[Path]:
     if not folder.is_dir():
         raise DataFileError(f"{folder}: {kind} source folder not found")
-    files = sorted(Path(p) for p in glob.glob(os.path.join(glob.escape(str(folder)), pattern), recursive=True)
-                   if os.path.isfile(p))
+    # bounded globbing (nuwa.globbing): link loops walked once, each real file once, a cap on matches
+    files = [Path(p) for p in find_paths(pattern, root=str(folder))]
     if not files:
         raise DataFileError(f"{folder}: no files match pattern {pattern!r} ({kind})")
     return files
