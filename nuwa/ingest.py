@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import sys
 from typing import Iterator
 
@@ -24,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from nuwa.datasets import defines_split, get_dataset, with_defaults
-from nuwa.io import DataFileError
+from nuwa.io import DataFileError, params_entry_sha256
 # the split layout and the window count live in nuwa.windows (numpy only: params validation uses
 # them too); re-exported here, where they were first defined
 from nuwa.windows import SPLIT_CODES, SPLITS, TIME_STEP_KEYS, empty_split_message, split_flags  # noqa: F401
@@ -222,16 +224,96 @@ def duration_words(delta) -> str:
     return str(delta)
 
 
+#: Set to 1 to let ``ingest.scheduler`` name a dask scheduler on another machine (README, 'Ingest on a dask cluster').
+ALLOW_REMOTE_SCHEDULER = "NUWA_ALLOW_REMOTE_SCHEDULER"
+#: dask.distributed's transports that take a host (``inproc://`` never leaves the process).
+SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
+_SCHEDULER_ALLOWED = ("local, threads, or a loopback address: tcp://127.0.0.1:PORT, tcp://[::1]:PORT or "
+                      "tcp://localhost:PORT (also tls, ucx, ws, wss)")
+_HOST_PORT = re.compile(r"(\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*))(:(?P<port>[0-9]{1,5}))?")
+
+
+def check_scheduler_address(value: object, allow_remote: bool | None = None) -> str | None:
+    """The problem with ``ingest.scheduler`` = ``value`` (one line, starting ``ingest.scheduler:``),
+    or None when ingest may use it. Nothing is looked up but ``localhost`` (the hosts file) and
+    nothing is connected to.
+
+    dask.distributed exchanges pickles with the scheduler: whoever listens at the address can run
+    code in the ingest process. A parameter file is untrusted input, so an address is allowed only
+    on the loopback interface (127.0.0.0/8, ::1, ``localhost`` when it resolves to loopback only)
+    unless ``allow_remote`` (default: the environment variable ``NUWA_ALLOW_REMOTE_SCHEDULER`` is
+    ``1``). ``local``, ``threads`` and ``inproc://`` addresses start no connection. Unix sockets:
+    dask.distributed has no such transport, so ``unix://`` is refused like any unknown scheme."""
+    if value is None or value in ("local", "threads"):
+        return None
+    if not isinstance(value, str):
+        return f"ingest.scheduler: {value!r} has type {type(value).__name__}, expected text ({_SCHEDULER_ALLOWED})"
+    scheme, separator, location = value.partition("://")
+    if not separator:  # dask reads a bare host:port as tcp
+        scheme, location = "tcp", value
+    if scheme == "inproc":
+        return None
+    if scheme not in SCHEDULER_SCHEMES:
+        return (f"ingest.scheduler: {value!r}: {scheme!r} is not a transport of dask.distributed "
+                f"(allowed: {_SCHEDULER_ALLOWED})")
+    match = _HOST_PORT.fullmatch(location)
+    if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
+        return (f"ingest.scheduler: {value!r} is not an address of the form {scheme}://HOST:PORT "
+                f"(allowed: {_SCHEDULER_ALLOWED})")
+    if allow_remote is None:
+        allow_remote = os.environ.get(ALLOW_REMOTE_SCHEDULER) == "1"
+    if allow_remote:
+        return None
+    host = match["v6"] or match["host"]
+    problem = _not_loopback(host)
+    if problem is None:
+        return None
+    return (f"ingest.scheduler: {value!r}: {problem}, and dask exchanges pickles with its scheduler: whoever "
+            f"listens there could run code here (allowed: {_SCHEDULER_ALLOWED}; for a remote cluster you trust, "
+            f"set {ALLOW_REMOTE_SCHEDULER}=1)")
+
+
+def _not_loopback(host: str) -> str | None:
+    """Why ``host`` is not a loopback host, or None. Only IP literals and ``localhost`` count: any
+    other name would need a DNS answer, which may differ when dask connects."""
+    import ipaddress
+    import socket
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        mapped = getattr(address, "ipv4_mapped", None)
+        return None if (mapped or address).is_loopback else f"{host} is not a loopback address"
+    if host.lower() != "localhost":
+        return f"host name {host!r} is not a loopback address (no name but localhost is looked up)"
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except OSError as exc:
+        return f"localhost does not resolve ({exc})"
+    outside = sorted(a for a in found if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    return f"localhost resolves to {', '.join(outside)}" if outside else None
+
+
 @contextlib.contextmanager
-def dask_scheduler(scheduler: str | None, threads: int = 1) -> Iterator[object]:
+def dask_scheduler(scheduler: str | None, threads: int = 1, source: str | None = None) -> Iterator[object]:
     """Where ingest's dask work runs, from ``ingest.scheduler`` in params.yaml.
 
     * ``local`` (default): a dask.distributed LocalCluster started for this job (in-process
-      workers, ``threads`` threads), closed at the end;
+      workers, ``threads`` threads), closed at the end; its transport is in-process and its two
+      HTTP servers (which dask starts anyway) listen on 127.0.0.1 only;
     * ``threads``: dask's plain threaded scheduler, no cluster;
-    * an address such as ``tcp://scheduler:8786``: an existing dask.distributed cluster (its
-      workers must import nuwa and reach the source files).
+    * an address such as ``tcp://127.0.0.1:8786``: an existing dask.distributed cluster (its
+      workers must import nuwa and reach the source files). Only a loopback address, unless
+      ``NUWA_ALLOW_REMOTE_SCHEDULER=1`` (:func:`check_scheduler_address`): refused before any
+      connection, with ``source`` (the params file) first in the message when given.
     """
+    problem = check_scheduler_address(scheduler)
+    if problem:
+        from nuwa.config import ParamsError
+
+        raise ParamsError(f"{source}: {problem}" if source else problem)
     if scheduler in (None, "threads"):
         yield None
         return
@@ -239,11 +321,13 @@ def dask_scheduler(scheduler: str | None, threads: int = 1) -> Iterator[object]:
 
     if scheduler == "local":
         # silence_logs: a reader's error is re-raised here and reported in one line; the
-        # worker's own "Compute Failed" traceback would only repeat it. No dashboard, and the
-        # scheduler's HTTP server (which it starts anyway) on a free port rather than 8787:
-        # ingest jobs running at once would each warn that 8787 is taken
+        # worker's own "Compute Failed" traceback would only repeat it. No dashboard; the
+        # scheduler's and the worker's HTTP servers (started anyway) on free loopback ports:
+        # 8787 would be taken by ingest jobs running at once, and every interface (dask's
+        # default) would publish them to the network
         with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False,
-                          dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
+                          dashboard_address=None, worker_dashboard_address="127.0.0.1:0",
+                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                           silence_logs=logging.CRITICAL) as cluster, \
                 Client(cluster) as client:
             yield client
@@ -257,8 +341,13 @@ def dask_scheduler(scheduler: str | None, threads: int = 1) -> Iterator[object]:
 
 
 def ingest(dataset_name: str, config: dict, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> xr.Dataset:
+    entry_sha256 = params_entry_sha256(config)  # the params entry as given, before the kind's defaults
     config = with_defaults(config)
     if defines_split(config["kind"]) and "split" in config:
         raise ValueError(f"dataset {dataset_name!r}: kind {config['kind']!r} defines its own split; remove 'split'")
     field = get_dataset(config["kind"])(config, int(config["seed"]))
-    return build_processed(field, config, dataset_name, chunk_frames=chunk_frames)
+    processed = build_processed(field, config, dataset_name, chunk_frames=chunk_frames)
+    # which params entry the file was made of: every stage that reads it compares its own
+    # (nuwa.windows.check_processed_identity)
+    processed.attrs["nuwa_params_sha256"] = entry_sha256
+    return processed

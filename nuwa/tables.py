@@ -13,8 +13,13 @@ comparisons).
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from nuwa.errors import DataFileError
 
 REPORTED = ("mse", "mae", "mse_frame", "mae_frame", "ssim", "psnr")
 # How hard each variant intervenes, beside every result (means over seeds): the share of a batch
@@ -31,6 +36,72 @@ COMPARISON_COLUMNS = (*GROUP, "comparison", "a", "b", "metric", "windows", "lead
 REFERENCE = "persistence"  # skill is 1 - MSE / MSE of this baseline
 
 
+# What the tables read from a metrics JSON (a run's metrics.json, a baseline's <name>.json): every
+# metric must be a finite number, except the ones undefined by design, NaN in the file and "n/a" in
+# summary.md (blank in summary.csv): FSS at a threshold where neither forecast nor truth has an event
+# (pysteps' convention, nuwa.metrics). CSI and its family have Earthformer's epsilon: never NaN.
+METRIC_PREFIXES = ("csi_", "pod_", "far_", "bias_", "fss_")
+MAY_BE_UNDEFINED = ("fss_",)
+REQUIRED = ("mse",)  # skill and the comparisons need it
+NOT_AVAILABLE = "n/a"
+NOT_AVAILABLE_NOTE = (f"`{NOT_AVAILABLE}`: no value: an FSS with no event at its threshold in forecast or truth "
+                      "(undefined, NaN in the metrics files, as in pysteps), or a metric a baseline's file does "
+                      "not hold.")
+
+
+def is_metric(key: str) -> bool:
+    """Whether a metrics JSON's ``key`` is a number the tables use (a score or a perturbation strength)."""
+    return key in REPORTED or key in PERTURBATION or key.startswith(METRIC_PREFIXES)
+
+
+def metric_problem(key: str, value) -> str | None:
+    """Why ``value`` cannot be metric ``key`` in the tables (one phrase starting with the key), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key}: {value!r} has type {type(value).__name__}, expected a finite number"
+    if math.isfinite(value):
+        return None
+    if math.isnan(value) and key.startswith(MAY_BE_UNDEFINED):
+        return None
+    allowed = ("a finite number, or NaN where FSS is undefined (no event at that threshold)"
+               if key.startswith(MAY_BE_UNDEFINED) else "a finite number")
+    return f"{key}: {value!r} is not allowed (allowed: {allowed})"
+
+
+def check_metrics(metrics, source: str | Path, required: tuple[str, ...] = REQUIRED) -> dict:
+    """``metrics`` (a metrics JSON's content) when every metric the tables use is a finite number
+    (or NaN where undefined by design, :data:`MAY_BE_UNDEFINED`) and ``required`` are there; else
+    :class:`DataFileError`, one line naming ``source``, the key and the value. Other keys (the
+    run's names, per-lead lists, conventions) are not looked at."""
+    if not isinstance(metrics, dict):
+        raise DataFileError(f"{source}: {type(metrics).__name__} at the top level, expected a JSON object of metrics")
+    missing = [key for key in required if key not in metrics]
+    if missing:
+        raise DataFileError(f"{source}: no {', '.join(missing)} (expected in every metrics file: "
+                            "the stage that wrote it did not finish, or another program did)")
+    for key, value in metrics.items():
+        problem = metric_problem(key, value) if is_metric(key) else None
+        if problem:
+            raise DataFileError(f"{source}: {problem}")
+    return metrics
+
+
+def read_metrics(path: str | Path, required: tuple[str, ...] = REQUIRED) -> dict:
+    """A metrics JSON (a run's metrics.json, a baseline's), checked by :func:`check_metrics`."""
+    from nuwa.io import read_json
+
+    return check_metrics(read_json(path), path, required)
+
+
+def _record_source(record: dict) -> str:
+    """The metrics.json a run's record comes from (the grid's path of its cell)."""
+    from nuwa import grid
+
+    try:
+        return grid.Cell(*(record[axis] for axis in grid.AXES)).file("metrics.json")
+    except (KeyError, TypeError):
+        return "run " + "/".join(str(record.get(axis, "?")) for axis in grid.AXES)
+
+
 def _metric_names(frame: pd.DataFrame) -> list[str]:
     return ([m for m in REPORTED if m in frame] + sorted(c for c in frame if c.startswith("csi_"))
             + sorted(c for c in frame if c.startswith("fss_")))
@@ -44,7 +115,18 @@ def summarise(records: list[dict], baselines: dict[tuple, dict[str, dict]], vari
     ``<metric>_std`` = sample std over seeds (NaN for one seed), then one row per baseline
     (train_percent empty: a baseline is not trained); every row has ``skill`` = 1 - mse /
     persistence's mse on the same (dataset, task), and ``beats_persistence``.
+
+    Every metric of ``records`` and ``baselines`` must be a finite number (:func:`check_metrics`;
+    NaN only where undefined by design): else one :class:`DataFileError` line naming the grid's
+    path of its file, the key and the value.
     """
+    from nuwa import grid
+
+    for record in records:
+        check_metrics(record, _record_source(record), required=())
+    for (dataset, task), by_name in baselines.items():
+        for name, metrics in by_name.items():
+            check_metrics(metrics, grid.BASELINE.format(dataset=dataset, task=task, baseline=name), required=())
     frame = pd.DataFrame(records)
     metric_names = _metric_names(frame)
     rows = []
@@ -143,6 +225,7 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
                     and not c.endswith("_std")]
     verdicts = verdict_lines(comparisons) if comparisons is not None and len(comparisons) else pd.DataFrame()
     lines = []
+    undefined = False
     runs = summary[summary["method"] != "baseline"]
     baselines = summary[summary["method"] == "baseline"]
     for (dataset, task, percent), trained in runs.groupby(list(SETTING), sort=False):
@@ -160,7 +243,11 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
             cells.append(_number(row["skill"], 3) + mark)
             for metric in metric_names:
                 mean, std = row[metric], row[f"{metric}_std"]
-                cells.append("" if pd.isna(mean) else (f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}"))
+                if pd.isna(mean):  # never blank: an undefined FSS or a metric the file lacks (the note says)
+                    cells.append(NOT_AVAILABLE)
+                    undefined = True
+                else:
+                    cells.append(f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}")
             lines.append(f"| {row['backbone']} | {row['variant']} | {row['seeds']} | " + " | ".join(cells) + " |")
         if not all(ori.values()):
             lines += ["", "† this backbone's Ori does not beat persistence here: a difference between its variants "
@@ -197,6 +284,8 @@ def to_markdown(summary: pd.DataFrame, conventions: dict[str, str], comparisons:
                  "five independent units (seeds x whole blocks of windows).")
     lines.append("- lower is better for mse/mae; higher is better for ssim, psnr, csi, fss. "
                  "Values are means over seeds, ± the sample standard deviation when there are several.")
+    if undefined:
+        lines.append(f"- {NOT_AVAILABLE_NOTE}")
     return "# NuwaDynamics results (test split)\n\n" + "\n".join(lines) + "\n"
 
 

@@ -21,8 +21,14 @@ configfile: PARAMS_FILE
 OVERRIDES = dict(workflow.config_settings.config)  # `--config key=value` on the command line
 SOURCE = str(PARAMS_FILE)
 if OVERRIDES:
-    # typed and validated like the file, an error naming the command line
-    SOURCE = f"--config {' '.join(f'{k}={v}' for k, v in OVERRIDES.items())} (over {PARAMS_FILE})"
+    # typed and validated like the file, an error naming the command line as it was typed
+    # (config_args; the parsed values would show train={'steps': '-1'} for train={"steps": -1})
+    TYPED = workflow.config_settings.config_args
+    if not TYPED:
+        TYPED = [f"{key}={value}" for key, value in OVERRIDES.items()]
+    TYPED = TYPED if isinstance(TYPED, str) else " ".join(TYPED)
+    # on one line: it heads every error, and a comment line of the jobs' params file
+    SOURCE = f"--config {' '.join(TYPED.split())} (over {PARAMS_FILE})"
     PARAMS = with_overrides(PARAMS, OVERRIDES, source=SOURCE)
 config.clear()
 config.update(PARAMS)
