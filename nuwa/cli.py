@@ -19,7 +19,7 @@ from nuwa import grid
 COMMON_HELP = "parameter file (validated against the schema before anything runs)"
 
 
-def _params(args, stage=None, uses_torch=False, models=False, **wildcards):
+def _params(args, stage=None, uses_torch=False, **wildcards):
     """The validated parameter file; with ``stage``, only the keys the stage table declares for
     that stage's job (:func:`nuwa.stages.declared_params`: reading another key is an error).
     Names given on the command line are checked against the whole file first. ``uses_torch``:
@@ -27,7 +27,7 @@ def _params(args, stage=None, uses_torch=False, models=False, **wildcards):
     others start 2-5 s sooner per job."""
     from nuwa.config import load_params
 
-    params = load_params(args.params, models=models)
+    params = load_params(args.params)
     for section, name in (("datasets", wildcards.get("dataset")), ("tasks", wildcards.get("task")),
                           ("upstreams", wildcards.get("upstream")),
                           ("backbones", wildcards.get("backbone")), ("variants", wildcards.get("variant"))):
@@ -106,9 +106,10 @@ def _torch_threads(args):
 
 
 def cmd_validate(args):
-    # every backbone of the grid built on torch's meta device (parameter and module counts bounded):
-    # DVC's and Snakemake's validate step refuse what train would, before any stage runs
-    params = _params(args, models=True)
+    # torch-free: the backbone specs check what the builders would refuse (nuwa/backbones/_specs/);
+    # building every model on torch's meta device (load_params(models=True)) would add the torch
+    # import, 2 s and 3 GB of address space, to every Snakemake and DVC run's first step
+    params = _params(args)
     cells = grid.train_cells(params)
     print(f"{args.params}: valid; {len(params['grid']['datasets'])} dataset(s), {len(cells)} training run(s)")
     if args.out:

@@ -97,11 +97,16 @@ def build_inputs(folder, *, frames: int, size: int, windows: int, seed: int):
     from nuwa.bank import LazyWindows, write_bank
     from nuwa.ingest import ingest, split_flags
     from nuwa.io import write_netcdf
-    from nuwa.windows import load_series, select_dataset, window_starts
+    from nuwa.windows import load_series, select_dataset, window_counts
 
     split = {"train": 0.8, "val": 0.1, "test": 0.1}
-    length = windows + 2 * frames - 1  # the first length whose training split holds `windows` windows
-    while len(window_starts(split_flags(length, split), "train", 2 * frames, 1)) < windows:
+    # the first length whose training split holds `windows` windows and whose val and test splits
+    # one each (ingest refuses a split without a window)
+    length = windows + 2 * frames - 1
+    while True:
+        counts = window_counts(split_flags(length, split), 2 * frames, 1)
+        if counts["train"] >= windows and min(counts.values()) > 0:
+            break
         length += 1
     config = {"kind": "moving_glyphs", "length": length, "height": size, "width": size, "glyphs": 2,
               "glyph_size": max(4, size // 4), "max_speed": 1.5, "respawn_every": 20, "input_frames": frames,
