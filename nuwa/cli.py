@@ -910,6 +910,7 @@ def show_mask(saliency_path, sample, out, data=None, bank=None, copy=0, dataset=
     with its importance and, from ``bank``, the environmental patches that bank used. Every file
     must be of ``dataset`` (default: the saliency file's)."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from nuwa.figures import mask_figure
     from nuwa.io import open_netcdf, save_figure
@@ -921,7 +922,12 @@ def show_mask(saliency_path, sample, out, data=None, bank=None, copy=0, dataset=
     data = data or grid.PROCESSED.format(dataset=dataset)
     bank_data = (open_netcdf(bank, variables=("causal", "source_index", "copy"), expect={"nuwa_dataset": dataset},
                              hint=f" (the bank of another dataset than {saliency_path}'s)") if bank else None)
-    sample = int(saliency["sample"].values[0]) if sample is None else sample
+    if sample is None:  # the first window the bank augmented (a train_percents subset holds recent ones only)
+        samples = np.asarray(saliency["sample"].values)
+        if bank_data is not None:
+            augmented = np.asarray(bank_data["source_index"].values)[np.asarray(bank_data["copy"].values) == copy]
+            samples = np.intersect1d(samples, augmented) if np.intersect1d(samples, augmented).size else samples
+        sample = int(samples[0])
     figure = mask_figure(saliency, load_series(data, dataset or None).field, sample, bank=bank_data, copy=copy,
                          source=str(saliency_path), bank_source=str(bank) if bank else None)
     save_figure(figure, out, dpi=110)

@@ -162,9 +162,12 @@ class _BoundedLoader(yaml.SafeLoader):
     def construct_object(self, node, deep=False):
         try:
             return super().construct_object(node, deep=deep)
-        except (ValueError, TypeError, OverflowError) as exc:  # e.g. float('none') for `!!float none`
+        # e.g. float('none') for `!!float none`; PyYAML's bool and timestamp constructors raise
+        # KeyError (`!!bool -1`) and AttributeError (`!!timestamp 0.2`) on a value they cannot read
+        except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
+            why = "" if isinstance(exc, (KeyError, AttributeError)) else f": {exc}"  # theirs say nothing useful
             raise yaml.constructor.ConstructorError(
-                None, None, f"{node.tag} cannot be made from {getattr(node, 'value', '')!r}: {exc}"
+                None, None, f"{node.tag} cannot be made from {getattr(node, 'value', '')!r}{why}"
                 if isinstance(node, yaml.ScalarNode) else f"{node.tag}: {exc}", node.start_mark) from None
 
 
@@ -524,6 +527,8 @@ def validate_dataset_entry(name: str, entry: Any, source: str = "datasets entry"
 
 
 MAX_GENERATED_VALUES = 1 << 30
+# the lower-case names pandas reads as NaN by default (any other name of grid.NAME_PATTERN is safe)
+MISSING_VALUE_NAMES = ("nan", "null")
 
 
 def _dataset_checks(name: str, entry: dict):
@@ -544,6 +549,10 @@ def _dataset_checks(name: str, entry: dict):
         error.path.extendleft(reversed(["datasets", name]))
         yield _describe(error)
         return
+    labels = [f"{threshold:g}" for threshold in entry["csi_thresholds"]]
+    if len(set(labels)) < len(labels):  # the metric keys (csi_0.5, ...) are the thresholds as :g writes them
+        yield (f"{key}.csi_thresholds: {entry['csi_thresholds']} name the same threshold twice (as the metric keys "
+               f"write them: {labels}; allowed: distinct thresholds)")
     patch = entry["patch_size"]
     for side in ("height", "width"):
         if entry[side] % patch:
@@ -693,6 +702,12 @@ def _later_stage_checks(params: dict):
             if not -depth <= layer < depth:
                 yield (f"{key}.{index}: {layer} is not a block of the upstream ViT (pretrain.depth {depth}; allowed: "
                        f"{-depth} to {depth - 1}, negative counting from the last)")
+    # names CSV readers take for a missing value (pandas' defaults): a row named so loses its name
+    for section in ("datasets", "tasks", "backbones", "variants", "upstreams"):
+        for name in params.get(section) or {}:
+            if name in MISSING_VALUE_NAMES:
+                yield (f"{section}: name {name!r} is reserved (CSV readers such as pandas read it as a missing "
+                       f"value: the tables and figures would lose the name; reserved: {', '.join(MISSING_VALUE_NAMES)})")
     baselines = _baseline_names()
     for section in ("backbones", "variants"):
         for name in params[section]:

@@ -200,3 +200,57 @@ def test_stage_code_refuses_a_layer_outside_the_upstream_vit():
     with pytest.raises(ValueError) as error:
         saliency_dataset(np.arange(1), np.zeros((1, 1, 2, 2)), 4, [7], 1, "x")
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize("tag", ["!!bool -1", "!!timestamp 0.2"])
+def test_a_tag_that_cannot_read_its_value_is_one_line_with_the_line(tmp_path, tag):
+    """PyYAML's bool and timestamp constructors fail with KeyError and AttributeError (found by
+    the params mutations: a line naming nothing, or a traceback)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(TINY_PARAMS.read_text().replace("seeds: [0]", f"seeds: [{tag}]"))
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    value = tag.split()[1]
+    assert str(error.value) == (f"{path}: line 10, column 11: not valid YAML: tag:yaml.org,2002:{tag[2:].split()[0]} "
+                                f"cannot be made from {value!r}")
+
+
+def test_csi_thresholds_that_name_one_threshold_twice_are_refused(tmp_path):
+    """[0.5, 0.5] passed validate and was refused by `baseline` only (found by the params mutations)."""
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["datasets"]["moving_glyphs"]["csi_thresholds"] = [0.5, 0.5000001]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert str(error.value) == (f"{path}: datasets.moving_glyphs.csi_thresholds: [0.5, 0.5000001] name the same "
+                                "threshold twice (as the metric keys write them: ['0.5', '0.5']; allowed: distinct "
+                                "thresholds)")
+
+
+@pytest.mark.parametrize("name", ["nan", "null"])
+def test_names_csv_readers_take_for_missing_are_reserved(tmp_path, name):
+    """A dataset named `nan` ran and drew an empty lead-time figure (found by the params mutations)."""
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["datasets"][name] = params["datasets"].pop("moving_glyphs")
+    params["grid"]["datasets"] = [name]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert str(error.value) == (f"{path}: datasets: name {name!r} is reserved (CSV readers such as pandas read it as a "
+                                "missing value: the tables and figures would lose the name; reserved: nan, null)")
+
+
+@pytest.mark.parametrize("section", ["train", "pretrain"])
+def test_a_learning_rate_past_any_optimiser_is_refused(tmp_path, section):
+    """2**63 was accepted: training diverged, after ingest, pretraining, saliency and the banks had
+    run (found by the params mutations)."""
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params[section]["learning_rate"] = 2**63
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert str(error.value) == (f"{path}: {section}.learning_rate: 9223372036854775808 is out of range "
+                                "(allowed: > 0 and <= 10)")
