@@ -179,7 +179,7 @@ def test_relative_source_from_working_directory(data, monkeypatch):
     monkeypatch.chdir(data["root"])
     field = generate(config("parts/*.nc"))
     assert field.shape == (48, 1, 21, 20)
-    assert Path(field.attrs["source"]) == (data["parts"] / "*.nc").resolve()
+    assert field.attrs["source"] == "parts/*.nc"  # as written: a file made elsewhere has the same bytes
 
 
 def test_time_range(data):

@@ -1133,7 +1133,7 @@ def generate(config: dict, seed: int) -> xr.DataArray:
         "channel_units": "; ".join(f"{v}: {u}" for v, u in zip(variables, units)),
         "channel_long_names": "; ".join(f"{v}: {n}" for v, n in zip(variables, long_names)),
         "generator": "gridded",
-        "source": where,
+        "source": str(settings["source"]),  # as written in params (``where`` is absolute): the same bytes everywhere
         "source_format": fmt,
         "source_files": len(files),
         "source_file_names": _listed([p.name for p in files], limit=MAX_LISTED),

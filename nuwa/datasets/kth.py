@@ -464,7 +464,7 @@ def generate(config: dict, seed: int) -> xr.DataArray:
                    "held out of training for validation by default.",
         "generator": "kth",
         "origin": ORIGIN,
-        "source": str(folder),
+        "source": str(config["source"]),  # as written in params: the same bytes on every machine
         "sequences_file": str(sequences.path),
         "actions": _join(actions),
         "persons_train": _join(sorted(persons["train"])),

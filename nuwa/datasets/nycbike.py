@@ -177,7 +177,7 @@ def generate(config: dict, seed: int) -> xr.DataArray:
             "comment": "inflow: bikes arriving in the cell during the hour; outflow: bikes leaving it; "
                        "integer counts. No dates in the source files: time is hours since the first frame.",
             "generator": "nycbike",
-            "source": str(folder),
+            "source": str(config["source"]),  # as written in params: the same bytes on every machine
             "source_files": " ".join(FILES),
             "origin": "ST-SSL repository (github: Echo-Ji/ST-SSL), data/NYCBike1",
             "cell_layout": "cell k of the files' 128 = row k // 8, column k % 8 (row-major 16 x 8; matches adj_mx.npz)",

@@ -180,7 +180,7 @@ def generate(config: dict, seed: int) -> xr.DataArray:
             "comment": "inflow: taxi trips ending in the cell during the 30-minute slot; outflow: trips starting "
                        "there; whole counts. Split: the files' own cut (flow_train / flow_val / flow_test).",
             "generator": "nytaxi",
-            "source": str(folder),
+            "source": str(config["source"]),  # as written in params: the same bytes on every machine
             "source_files": " ".join(FILES),
             "origin": "STSAN repository (github: haoxingl/STSAN, commit f5d09f8, data/NYTaxi)",
             "frames_per_file": "; ".join(f"{p.name}: {len(f)}" for p, f in zip(paths, flows)),

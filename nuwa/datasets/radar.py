@@ -953,7 +953,7 @@ def read_radar(kind: str, config: dict, seed: int) -> xr.DataArray:
         "service": reading.service,
         "file_format": reading.format,
         **{k: v for k, v in info.items() if isinstance(v, (str, int, float))},
-        "source": str(folder),
+        "source": str(settings["source"]),  # as written in params: the same bytes on every machine
         "pattern": pattern,
         "timestamp_format": fmt,
         "n_files": len(paths),

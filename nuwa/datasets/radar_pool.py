@@ -72,6 +72,7 @@ per split), the missing-data totals over the pool, and the time step(s) and pixe
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,7 +136,8 @@ def _member_configs(config: dict) -> list[tuple[dict, Path]]:
         if not member.get("source"):
             raise KeyError(f"{KIND} member {index} ({member['kind']}) is missing source")
         source = Path(str(member["source"])).expanduser()
-        source = (source if source.is_absolute() else root / source).resolve()
+        # the joined path as written (not resolved): the processed file records it, the same on every machine
+        source = Path(os.path.normpath(source if source.is_absolute() else root / source))
         settings = {**defaults_for(member["kind"]), **member, "source": str(source)}
         for key in ("height", "width"):
             if key in config:
@@ -288,7 +290,7 @@ def generate_radar_pool(config: dict, seed: int) -> xr.DataArray:
         "units": first["units"],
         "long_name": first["long_name"],
         "generator": KIND,
-        "source": str(Path(str(config["source"])).expanduser().resolve()),
+        "source": str(config["source"]),  # as written in params: the same bytes on every machine
         "members": len(members),
         "member_kinds": " ".join(settings["kind"] for settings, _, _ in members),
         "n_files": int(sum(field.attrs["n_files"] for _, _, field in members)),

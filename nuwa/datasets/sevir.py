@@ -275,7 +275,7 @@ def generate(config: dict, seed: int) -> xr.DataArray:
                    + "; the conventional SEVIR CSI thresholds 16, 74, 133, 160, 181, 219 apply to these values. "
                    "Events are stacked in time_utc order, 49 frames (5 min) each; each event is a segment.",
         "generator": "sevir",
-        "source": str(folder),
+        "source": str(config["source"]),  # as written in params: the same bytes on every machine
         "catalog": str(catalog_path),
         "origin": "SEVIR (Veillette et al. 2020), AWS open data s3://sevir",
         "source_files": " ".join(sorted(events["file_name"].unique())),

@@ -258,7 +258,7 @@ def generate(config: dict, seed: int) -> xr.DataArray:
                        "integer counts from GPS trajectories. Days without all 48 slots are dropped "
                        "(as DeepST/ST-ResNet remove_incomplete_days); no window crosses a gap.",
             "generator": "taxibj",
-            "source": str(folder),
+            "source": str(config["source"]),  # as written in params: the same bytes on every machine
             "source_files": " ".join(p.name for p in paths),
             "origin": "ST-ResNet / DeepST release (Zhang et al. 2017; github: lucktroy/DeepST, data/TaxiBJ)",
             "years": " ".join(f"20{y:02d}" for y in years),
