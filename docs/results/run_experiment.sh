@@ -14,6 +14,14 @@ experiment=${1:?usage: run_experiment.sh EXPERIMENT_FILE}
 make install >> install.log 2>&1 || { echo "make install failed: see install.log" >&2; exit 1; }
 export PATH=$PWD/.venv/bin:$PATH
 python docs/results/carry_times.py >> experiment.log 2>&1 || { echo "see experiment.log" >&2; exit 2; }
+# a sitting killed at the end of a session leaves Snakemake's lock behind: remove it only when no
+# Snakemake of this checkout still runs (two at once would write the same files)
+running=""
+for pid in $(pgrep -f "bin/snakemake" || true); do
+  [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$PWD" ] && running=$pid
+done
+[ -n "$running" ] && { echo "Snakemake $running already runs in $PWD" >&2; exit 3; }
+snakemake --unlock --configfile "$experiment" >> snakemake.log 2>&1
 start=$(date +%s)
 echo "start $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) $experiment" >> experiment.log
 nice -n 5 snakemake --cores 2 --configfile "$experiment" --keep-going --rerun-incomplete >> snakemake.log 2>&1
