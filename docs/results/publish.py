@@ -10,8 +10,11 @@ that appends `start <UTC time> commit <sha>` to experiment.log before each sitti
 A finished grid: it brings the tables and figures up to date (`snakemake`, which trains
 nothing then) and writes the Snakemake report. A grid still running: the tables come from the
 runs that have finished (`nuwa tables --finished-only`, which says how many under the summary's
-title) and the figures that exist are copied as they are. Either way it copies the tables, the
-figures, the report and `runs.csv` (one row per finished training run).
+title), and the figures of each dataset whose every run has finished are drawn by the workflow's
+own commands (`nuwa figures`, `nuwa diagnostics`) straight into the results folder: no figure of
+a dataset still training, and none another experiment of the same checkout left in
+results/figures. Either way it copies the tables, this experiment's figures, the saliency
+diagnostics (CSV), the report and `runs.csv` (one row per finished training run).
 """
 
 from __future__ import annotations
@@ -68,6 +71,36 @@ def run_rows(params: dict, log: Path) -> list[dict]:
     return rows
 
 
+# the figures stage's outputs of one dataset, by the option of `nuwa figures` that names each
+FIGURES = {"--out-predictions": grid.PREDICTION_FIGURE, "--out-animation": grid.PREDICTION_ANIMATION,
+           "--out-learning-curves": grid.LEARNING_CURVES_FIGURE, "--out-saliency": grid.SALIENCY_FIGURE,
+           "--out-comparisons": grid.COMPARISON_FIGURE, "--out-lead-time": grid.LEAD_TIME_FIGURE}
+
+
+def draw_figures(experiment: str, dataset: str, out: Path) -> None:
+    """The figures stage's command for one dataset whose runs have all finished, into ``out/figures``."""
+    command = ["nuwa", "figures", "--params", experiment, "--dataset", dataset]
+    for option, template in FIGURES.items():
+        command += [option, str(out / "figures" / Path(template.format(dataset=dataset)).name)]
+    subprocess.run(command, check=True)
+
+
+def diagnose(experiment: str, dataset: str, out: Path) -> None:
+    """The saliency diagnostics of a dataset into ``out``: the workflow's files where it made them,
+    else the diagnostics stage's command (once its saliency file exists)."""
+    table, per_seed = grid.DIAGNOSTICS.format(dataset=dataset), grid.DIAGNOSTICS_PER_SEED.format(dataset=dataset)
+    figure = grid.DIAGNOSTICS_FIGURE.format(dataset=dataset)
+    if all(Path(path).exists() for path in (table, per_seed, figure)):
+        shutil.copy(table, out / "diagnostics")
+        shutil.copy(per_seed, out / "diagnostics")
+        shutil.copy(figure, out / "figures")
+    elif Path(grid.SALIENCY.format(dataset=dataset)).exists():
+        subprocess.run(["nuwa", "diagnostics", "--params", experiment, "--dataset", dataset,
+                        "--out", str(out / "diagnostics" / Path(table).name),
+                        "--out-per-seed", str(out / "diagnostics" / Path(per_seed).name),
+                        "--out-figure", str(out / "figures" / Path(figure).name)], check=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="the results folder's name (docs/results/<name>)")
@@ -81,25 +114,38 @@ def main() -> int:
     if not rows:
         raise SystemExit(f"{args.experiment}: no training run has finished yet: nothing to publish")
     report = Path("results/report.html")
+    out = Path(args.to) / args.name
+    # built beside and swapped in at the end: a publication that fails half-way leaves the last one whole
+    build = out.with_name(out.name + ".partial")
+    shutil.rmtree(build, ignore_errors=True)
+    (build / "figures").mkdir(parents=True)
+    (build / "diagnostics").mkdir()
+    datasets = params["grid"]["datasets"]
     if len(rows) < total:
         subprocess.run(["nuwa", "tables", "--params", args.experiment, "--finished-only"], check=True)
         report.unlink(missing_ok=True)  # a report of the whole grid waits for the whole grid
+        unfinished = {cell.dataset for cell in grid.train_cells(params) if not Path(cell.file("metrics.json")).exists()}
+        for dataset in datasets:
+            if dataset not in unfinished:
+                draw_figures(args.experiment, dataset, build)
+            diagnose(args.experiment, dataset, build)
     else:
         subprocess.run(["snakemake", "--cores", "2", "--configfile", args.experiment], check=True)
         subprocess.run(["snakemake", "--configfile", args.experiment, "--report", str(report)], check=True)
-    out = Path(args.to) / args.name
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "figures").mkdir(parents=True)
-    shutil.copytree("results/tables", out / "tables")
-    for figure in sorted(Path("results/figures").glob("*")):
-        shutil.copy(figure, out / "figures" / figure.name)
-    if report.exists():
-        shutil.copy(report, out / "report.html")
-    with open(out / "runs.csv", "w", newline="") as handle:
+        for dataset in datasets:
+            for template in FIGURES.values():
+                shutil.copy(template.format(dataset=dataset), build / "figures")
+            diagnose(args.experiment, dataset, build)
+        shutil.copy(report, build / "report.html")
+    if len(params["grid"]["train_percents"]) > 1:  # the tables stage's scarcity figure, of this run's tables
+        shutil.copy(grid.SCARCITY_FIGURE, build / "figures")
+    shutil.copytree("results/tables", build / "tables")
+    with open(build / "runs.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    shutil.rmtree(out, ignore_errors=True)
+    build.rename(out)
     print(f"{out}: {len(rows)} of {total} training runs finished", file=sys.stderr)
     return 0
 
