@@ -25,8 +25,9 @@ def _params(args, stage=None, uses_torch=False, **wildcards):
     Names given on the command line are checked against the whole file first. ``uses_torch``:
     also apply ``--threads`` to torch. Only the stages that compute with torch import it: the
     others start 2-5 s sooner per job."""
-    from nuwa.config import load_params
+    from nuwa.config import check_job_params, load_params
 
+    check_job_params(args.params)  # a workflow's job: still the params its run planned with
     params = load_params(args.params)
     for section, name in (("datasets", wildcards.get("dataset")), ("tasks", wildcards.get("task")),
                           ("upstreams", wildcards.get("upstream")),

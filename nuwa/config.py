@@ -6,7 +6,9 @@ path), the bad value and what is allowed, so a typo is fixed without reading cod
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
 from collections import Counter
 from importlib import resources
@@ -254,19 +256,61 @@ def with_overrides(params: dict, overrides: dict, source: str, models: bool = Fa
     return merged
 
 
-def write_params(params: dict, path: str | Path = ".nuwa/params.yaml", source: str = "params.yaml") -> Path:
+JOB_PARAMS_FILE = ".nuwa/params.yaml"
+# set by the workflow in each Snakemake process, inherited by its jobs: "<path>\t<sha256 of its text>"
+JOB_PARAMS_ENV = "NUWA_JOB_PARAMS"
+
+
+def job_params_text(params: dict, source: str = "params.yaml") -> str:
+    """The text of the file every job of a Snakemake run reads (:func:`write_params`)."""
+    return (f"# written by the workflow from {source}: the parameters every job of the run reads; "
+            "edit params.yaml, not this file\n" + yaml.safe_dump(params, sort_keys=False))
+
+
+def write_params(params: dict, path: str | Path = JOB_PARAMS_FILE, source: str = "params.yaml") -> Path:
     """``params`` (validated, merged: an experiment file's overlay, command-line overrides) as the
     one file every job of a Snakemake run reads. Its path never changes, so that a job's rerun
     follows the stage's own params keys, never the file's name; it is rewritten only when its
-    text changes."""
+    text changes. The workflow writes it once the run holds Snakemake's lock (``onstart``), never
+    on a dry run: a dry run of another experiment file in the same checkout once rewrote it under
+    a running workflow, whose next jobs read the other file's params."""
     from nuwa.io import write_text
 
     path = Path(path)
-    text = (f"# written by the workflow from {source}: the parameters every job of the run reads; "
-            "edit params.yaml, not this file\n" + yaml.safe_dump(params, sort_keys=False))
+    text = job_params_text(params, source)
     if not path.exists() or path.read_text() != text:
         write_text(text, path)
     return path
+
+
+def job_params_env(params: dict, path: str | Path = JOB_PARAMS_FILE, source: str = "params.yaml") -> str:
+    """The value of ``NUWA_JOB_PARAMS`` for a run with ``params``: what its jobs check the file against."""
+    return f"{path}\t{hashlib.sha256(job_params_text(params, source).encode()).hexdigest()}"
+
+
+def check_job_params(path: str | Path) -> None:
+    """Refuse a job's params file that is not the one its Snakemake run planned with (``NUWA_JOB_PARAMS``
+    names the file and the digest of its text): another run in the same checkout, with other
+    params, rewrote it since. A job of that run would otherwise compute with the other params and
+    Snakemake would record them as this run's."""
+    expected = os.environ.get(JOB_PARAMS_ENV)
+    if not expected or "\t" not in expected:
+        return
+    job_path, digest = expected.split("\t", 1)
+    path = Path(path)
+    try:
+        same = path.exists() and Path(job_path).exists() and os.path.samefile(path, job_path)
+    except OSError:
+        same = False
+    if not same:
+        return
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != digest:
+        first = path.read_text().splitlines()[0] if path.stat().st_size else "(empty)"
+        raise ParamsError(f"{path}: not the params this job's Snakemake run planned with (sha256 {found[:12]}, "
+                          f"expected {digest[:12]}); another Snakemake run in this checkout rewrote it "
+                          f"({first.lstrip('# ')[:160]}). Rerun this workflow once the other has finished; "
+                          "run experiments with other params at the same time in separate checkouts")
 
 
 def overlay(base: dict, changes: dict) -> dict:

@@ -190,6 +190,26 @@ def test_command_line_overrides_are_typed_validated_and_reach_the_jobs(snakemake
     assert json.loads((snakemake_run / target).read_text())["steps"] != 3
 
 
+def test_a_dry_run_with_other_params_leaves_the_jobs_params_file_alone(snakemake_run):
+    """A dry run (here with an override; once, another experiment file) in a checkout where a
+    workflow runs must not rewrite the file that workflow's jobs read: the file is written once a
+    run holds Snakemake's lock. And a job whose run planned with other params than the file now
+    holds (two executing runs with other params in one checkout) is refused, naming the file."""
+    job_params = snakemake_run / ".nuwa/params.yaml"
+    before = job_params.read_bytes()
+    run(["snakemake", "--dry-run", "--cores", "2", "--config", 'train={"steps": 3}'], snakemake_run)
+    assert job_params.read_bytes() == before
+    planned = f".nuwa/params.yaml\t{'0' * 64}"  # NUWA_JOB_PARAMS of a run that planned with other params
+    refused = subprocess.run(["nuwa", "validate", "--params", ".nuwa/params.yaml"], cwd=snakemake_run,
+                             env={**tool_env(), "NUWA_JOB_PARAMS": planned}, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert ".nuwa/params.yaml: not the params this job's Snakemake run planned with" in refused.stderr
+    assert "another Snakemake run in this checkout rewrote it" in refused.stderr
+    # another file than the run's (a user's own command) is not the job's file: not checked
+    assert subprocess.run(["nuwa", "validate", "--params", "params.yaml"], cwd=snakemake_run,
+                          env={**tool_env(), "NUWA_JOB_PARAMS": planned}).returncode == 0
+
+
 def test_show_mask_writes_a_png_of_a_window(snakemake_run):
     sample = int(xr.open_dataset(snakemake_run / "results/saliency/moving_glyphs.nc")["sample"].values[3])
     run(["nuwa", "show-mask", "results/saliency/moving_glyphs.nc", "--sample", str(sample), "--out", "mask.png"],

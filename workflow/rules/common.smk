@@ -1,9 +1,11 @@
 # Validation of params.yaml and the grid: both come from the nuwa package, so Snakemake,
 # DVC and `nuwa` accept and reject exactly the same parameter files.
 import json
+import os
 
 from nuwa import grid, stages
-from nuwa.config import load_params, with_overrides, write_params
+from nuwa.config import JOB_PARAMS_ENV, load_params, with_overrides, job_params_env, write_params
+from nuwa.config import JOB_PARAMS_FILE as JOB_PARAMS_PATH
 
 PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
 # The file first, read with yaml.safe_load exactly as `nuwa` and DVC's stages read it, and only
@@ -33,8 +35,16 @@ if OVERRIDES:
 config.clear()
 config.update(PARAMS)
 # every job reads the merged parameters (experiment overlay, overrides) from one file whose name
-# never changes, so jobs run with what the DAG was planned with and rerun by their own keys only
-JOB_PARAMS_FILE = str(write_params(PARAMS, source=SOURCE))
+# never changes, so jobs run with what the DAG was planned with and rerun by their own keys only.
+# Written once this run holds Snakemake's lock (onstart: never on a dry run, which would rewrite
+# it under a workflow running in this checkout); each job checks it is still this run's file
+# (NUWA_JOB_PARAMS, inherited from this process: nuwa.config.check_job_params).
+JOB_PARAMS_FILE = JOB_PARAMS_PATH
+os.environ[JOB_PARAMS_ENV] = job_params_env(PARAMS, JOB_PARAMS_FILE, source=SOURCE)
+
+
+onstart:
+    write_params(PARAMS, JOB_PARAMS_FILE, source=SOURCE)
 
 ENV = "../envs/nuwa.yaml"
 
