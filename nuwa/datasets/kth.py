@@ -465,7 +465,9 @@ def generate(config: dict, seed: int) -> xr.DataArray:
         "generator": "kth",
         "origin": ORIGIN,
         "source": str(config["source"]),  # as written in params: the same bytes on every machine
-        "sequences_file": str(sequences.path),
+        # under the source folder as written there, not this machine's absolute path
+        "sequences_file": (str(sequences.path.relative_to(folder)) if sequences.path.is_relative_to(folder)
+                           else sequences.path.name),
         "actions": _join(actions),
         "persons_train": _join(sorted(persons["train"])),
         "persons_val": _join(sorted(persons["val"])),
