@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 import sys
+from base64 import urlsafe_b64encode
 from pathlib import Path
 
 from nuwa import grid
@@ -50,6 +51,21 @@ def sittings(log: Path) -> list[tuple[dt.datetime, str]]:
     return sorted(rows)
 
 
+def job_end(path: Path) -> float:
+    """When the Snakemake job that wrote ``path`` ended (its record under .snakemake/metadata, named
+    as Snakemake's file persistence names it: the path, URL-safe base64); the file's own time
+    only where no record exists. Not the file's time first: carry_times.py moves those at every
+    sitting, which would date every run to the last one."""
+    encoded = urlsafe_b64encode(str(path).encode()).decode()
+    parts = [encoded[i:i + 254] for i in range(0, len(encoded), 254)]  # names over 255 bytes are split
+    record = Path(".snakemake/metadata", *(["@" + part for part in parts[:-1]] + parts[-1:]))
+    if record.exists():
+        end = json.loads(record.read_text()).get("endtime")
+        if end:
+            return float(end)
+    return path.stat().st_mtime
+
+
 def run_rows(params: dict, log: Path) -> list[dict]:
     """A row per finished training run: its axes, commit, machine, finish date, wall time and result."""
     starts, machine, rows = sittings(log), cpu_model(), []
@@ -58,7 +74,7 @@ def run_rows(params: dict, log: Path) -> list[dict]:
         if not metrics_file.exists():
             continue
         metrics = json.loads(metrics_file.read_text())
-        finished = dt.datetime.fromtimestamp(metrics_file.stat().st_mtime, dt.timezone.utc)
+        finished = dt.datetime.fromtimestamp(job_end(metrics_file), dt.timezone.utc)
         commit = next((sha for when, sha in reversed(starts) if when <= finished), "unknown")
         benchmark = Path("logs/benchmarks/train") / (str(cell.run_dir).removeprefix("results/runs/") + ".tsv")
         wall = ""
