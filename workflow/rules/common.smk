@@ -4,8 +4,8 @@ import json
 import os
 
 from nuwa import grid, stages
-from nuwa.config import JOB_PARAMS_ENV, load_params, with_overrides, job_params_env, write_params
-from nuwa.config import JOB_PARAMS_FILE as JOB_PARAMS_PATH
+from nuwa.config import (JOB_PARAMS_ENV, JOB_PARAMS_FILE, job_params_env, load_params, with_overrides,
+                         write_params)
 
 PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
 # The file first, read with yaml.safe_load exactly as `nuwa` and DVC's stages read it, and only
@@ -39,7 +39,6 @@ config.update(PARAMS)
 # Written once this run holds Snakemake's lock (onstart: never on a dry run, which would rewrite
 # it under a workflow running in this checkout); each job checks it is still this run's file
 # (NUWA_JOB_PARAMS, inherited from this process: nuwa.config.check_job_params).
-JOB_PARAMS_FILE = JOB_PARAMS_PATH
 os.environ[JOB_PARAMS_ENV] = job_params_env(PARAMS, JOB_PARAMS_FILE, source=SOURCE)
 
 
