@@ -56,17 +56,22 @@ def layout(comparisons: pd.DataFrame, rows: list[str], columns: list[str]) -> pd
     return table.fillna("")
 
 
+def markdown_table(table: pd.DataFrame) -> list[str]:
+    """The lines of a layout table in Markdown: its index levels, then its columns."""
+    names = list(table.index.names) if isinstance(table.index, pd.MultiIndex) else [table.index.name]
+    headers = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns]
+    lines = ["| " + " | ".join([*names, *headers]) + " |", "|" + "---|" * (len(names) + len(headers))]
+    for key, values in table.iterrows():
+        key = key if isinstance(key, tuple) else (key,)
+        lines.append("| " + " | ".join([*map(str, key), *map(str, values.tolist())]) + " |")
+    return lines
+
+
 def markdown_grid(table: pd.DataFrame, title: str, note: str, empty: str) -> str:
     lines = [f"# {title}", "", note, ""]
     if table.empty:
         return "\n".join(lines + [empty, ""])
-    names = list(table.index.names) if isinstance(table.index, pd.MultiIndex) else [table.index.name]
-    headers = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns]
-    lines += ["| " + " | ".join([*names, *headers]) + " |", "|" + "---|" * (len(names) + len(headers))]
-    for key, values in table.iterrows():
-        key = key if isinstance(key, tuple) else (key,)
-        lines.append("| " + " | ".join([*map(str, key), *map(str, values.tolist())]) + " |")
-    return "\n".join(lines + [""])
+    return "\n".join(lines + markdown_table(table) + [""])
 
 
 HOW_TO_READ = ("Each cell: B → A, the mean test MSE of the two variants (A − B is the row's comparison), their "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 import sys
@@ -585,3 +586,30 @@ def test_a_multi_gpu_cell_runs_under_torchrun(tmp_path):
     assert metrics["world_size"] == 2 and metrics["backend"] == "gloo"
     log = (directory / "logs/train/moving_glyphs/forecast/100pct/simvp/ori/seed0.log").read_text()
     assert "running under torchrun" in log
+
+
+def test_publish_copies_a_finished_grid_and_refuses_one_snakemake_would_retrain(snakemake_run, tmp_path):
+    """docs/results/publish.py on a finished grid: every run's row, the tables and the report; and
+    after a params edit that would retrain cells, a refusal naming how many, with nothing written."""
+    publish = [sys.executable, str(REPO / "docs" / "results" / "publish.py"), "tiny", "--experiment", "params.yaml",
+               "--to", str(tmp_path)]
+    run(publish, snakemake_run)
+    params = yaml.safe_load((snakemake_run / "params.yaml").read_text())
+    with open(tmp_path / "tiny" / "runs.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(grid.train_cells(params))
+    assert all(row["wall_seconds"] and row["finished_utc"].endswith("Z") for row in rows)
+    assert {"summary.csv", "comparisons.csv", "table1.md"} <= {p.name for p in (tmp_path / "tiny" / "tables").iterdir()}
+    assert (tmp_path / "tiny" / "report.html").stat().st_size > 0
+    published = digest(tmp_path / "tiny" / "runs.csv")
+
+    original = (snakemake_run / "params.yaml").read_text()
+    try:
+        _edit_params(snakemake_run, lambda p: p["variants"]["random"].update(environment_ratio=0.5))
+        result = run(publish, snakemake_run, check=False)
+        assert result.returncode != 0
+        assert "would train 2 cells again" in result.stderr and "params.yaml" in result.stderr
+        assert digest(tmp_path / "tiny" / "runs.csv") == published
+        assert not (tmp_path / "tiny.partial").exists()
+    finally:
+        (snakemake_run / "params.yaml").write_text(original)

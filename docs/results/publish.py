@@ -7,8 +7,10 @@ that appends `start <UTC time> commit <sha>` to experiment.log before each sitti
     python docs/results/publish.py table1_cpu --experiment experiments/table1_cpu.yaml \
         --to /work/main/docs/results
 
-A finished grid: it brings the tables and figures up to date (`snakemake`, which trains
-nothing then) and writes the Snakemake report. A grid still running: the tables come from the
+A finished grid: it brings the tables and figures up to date (`snakemake`, after a dry run has
+shown it would train nothing: a grid whose params changed since its runs is refused, not
+retrained) and writes the Snakemake report. Arguments after `--` go to Snakemake, e.g. the
+generalisation grid's `--rerun-triggers mtime input software-env code` (docs/results/README.md). A grid still running: the tables come from the
 runs that have finished (`nuwa tables --finished-only`, which says how many under the summary's
 title), and the figures of each dataset whose every run has finished are drawn by the workflow's
 own commands (`nuwa figures`, `nuwa diagnostics`) straight into the results folder: no figure of
@@ -23,6 +25,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -122,6 +125,8 @@ def main() -> int:
     parser.add_argument("name", help="the results folder's name (docs/results/<name>)")
     parser.add_argument("--experiment", required=True, help="the experiment file the run used")
     parser.add_argument("--to", default="docs/results", help="where the results folder goes (default: docs/results)")
+    parser.add_argument("snakemake_arguments", nargs="*", metavar="SNAKEMAKE_ARGUMENT",
+                        help="after --: further arguments for Snakemake once the grid has finished")
     args = parser.parse_args()
 
     params = load_params(args.experiment)
@@ -130,6 +135,16 @@ def main() -> int:
     if not rows:
         raise SystemExit(f"{args.experiment}: no training run has finished yet: nothing to publish")
     report = Path("results/report.html")
+    snakemake = ["snakemake", "--cores", "2", "--configfile", args.experiment, *args.snakemake_arguments]
+    if len(rows) == total:
+        would_run = subprocess.run([*snakemake, "--dry-run", "--quiet", "rules"], capture_output=True, text=True,
+                                   check=True).stdout
+        trains = re.search(r"^train\s+(\d+)$", would_run, re.MULTILINE)
+        if trains:
+            raise SystemExit(f"{args.experiment}: every run has finished, but Snakemake would train {trains.group(1)} "
+                             "cells again (its params or code changed since; `snakemake -n` says why). Publishing "
+                             "trains nothing: resume the grid with run_experiment.sh, or pass the rerun triggers "
+                             "the grid ran with after --")
     out = Path(args.to) / args.name
     # built beside and swapped in at the end: a publication that fails half-way leaves the last one whole
     build = out.with_name(out.name + ".partial")
@@ -146,7 +161,7 @@ def main() -> int:
                 draw_figures(args.experiment, dataset, build)
             diagnose(args.experiment, dataset, build)
     else:
-        subprocess.run(["snakemake", "--cores", "2", "--configfile", args.experiment], check=True)
+        subprocess.run(snakemake, check=True)
         subprocess.run(["snakemake", "--configfile", args.experiment, "--report", str(report)], check=True)
         for dataset in datasets:
             for template in FIGURES.values():
