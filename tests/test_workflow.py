@@ -613,3 +613,17 @@ def test_publish_copies_a_finished_grid_and_refuses_one_snakemake_would_retrain(
         assert not (tmp_path / "tiny.partial").exists()
     finally:
         (snakemake_run / "params.yaml").write_text(original)
+
+    # while another Snakemake holds the checkout (run_queue.sh's next grid), a finished grid is
+    # published without Snakemake: the same runs and tables, no report
+    lock = snakemake_run / ".snakemake" / "locks" / "0.input.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")
+    try:
+        result = run(publish, snakemake_run)
+        assert "another Snakemake holds this checkout" in result.stderr
+        assert digest(tmp_path / "tiny" / "runs.csv") == published
+        assert (tmp_path / "tiny" / "tables" / "table1.md").exists()
+        assert not (tmp_path / "tiny" / "report.html").exists()
+    finally:
+        lock.unlink()

@@ -10,7 +10,9 @@ that appends `start <UTC time> commit <sha>` to experiment.log before each sitti
 A finished grid: it brings the tables and figures up to date (`snakemake`, after a dry run has
 shown it would train nothing: a grid whose params changed since its runs is refused, not
 retrained) and writes the Snakemake report. Arguments after `--` go to Snakemake, e.g. the
-generalisation grid's `--rerun-triggers mtime input software-env code` (docs/results/README.md). A grid still running: the tables come from the
+generalisation grid's `--rerun-triggers mtime input software-env code` (docs/results/README.md).
+While another Snakemake holds the checkout (run_queue.sh running the next grid), a finished grid
+is published as a running one is, without the report. A grid still running: the tables come from the
 runs that have finished (`nuwa tables --finished-only`, which says how many under the summary's
 title), and the figures of each dataset whose every run has finished are drawn by the workflow's
 own commands (`nuwa figures`, `nuwa diagnostics`) straight into the results folder: no figure of
@@ -136,7 +138,13 @@ def main() -> int:
         raise SystemExit(f"{args.experiment}: no training run has finished yet: nothing to publish")
     report = Path("results/report.html")
     snakemake = ["snakemake", "--cores", "2", "--configfile", args.experiment, *args.snakemake_arguments]
-    if len(rows) == total:
+    # the whole grid's Snakemake publication needs the checkout to itself: while another grid of
+    # run_queue.sh holds it, a finished grid is published as a running one is, and its report waits
+    whole = len(rows) == total and not any(Path(".snakemake/locks").glob("*"))
+    if len(rows) == total and not whole:
+        print(f"{args.experiment}: every run has finished, but another Snakemake holds this checkout: tables and "
+              "figures by `nuwa`, the report at the next publication", file=sys.stderr)
+    if whole:
         would_run = subprocess.run([*snakemake, "--dry-run", "--quiet", "rules"], capture_output=True, text=True,
                                    check=True).stdout
         trains = re.search(r"^train\s+(\d+)$", would_run, re.MULTILINE)
@@ -152,7 +160,7 @@ def main() -> int:
     (build / "figures").mkdir(parents=True)
     (build / "diagnostics").mkdir()
     datasets = params["grid"]["datasets"]
-    if len(rows) < total:
+    if not whole:
         subprocess.run(["nuwa", "tables", "--params", args.experiment, "--finished-only"], check=True)
         report.unlink(missing_ok=True)  # a report of the whole grid waits for the whole grid
         unfinished = {cell.dataset for cell in grid.train_cells(params) if not Path(cell.file("metrics.json")).exists()}

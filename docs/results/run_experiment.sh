@@ -28,4 +28,6 @@ snakemake --unlock --configfile "$experiment" >> snakemake.log 2>&1
 start=$(date +%s)
 echo "start $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) $experiment${1:+ (with $# Snakemake arguments)}" >> experiment.log
 nice -n 5 snakemake --cores 2 --configfile "$experiment" --keep-going --rerun-incomplete "$@" >> snakemake.log 2>&1
-echo "end $(date -u +%FT%TZ) rc=$? seconds=$(( $(date +%s) - start ))" >> experiment.log
+rc=$?
+echo "end $(date -u +%FT%TZ) rc=$rc seconds=$(( $(date +%s) - start ))" >> experiment.log
+exit $rc
